@@ -1,0 +1,185 @@
+"""The ``hpo`` command line. Thin: parse, one library call, render."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpo import api
+from hpo.display import fmt_params, fmt_value
+from hpo.errors import HpoError
+
+app = typer.Typer(
+    help="Hyperparameter search for fine-tuning transformer models: Optuna studies from a YAML file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StudyFile = Annotated[
+    Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml.", show_default=False)
+]
+
+
+def _errors(fn: F) -> F:
+    """One-line errors and exit 1; the traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HpoError as e:
+            if _state["debug"]:
+                raise
+            for line in str(e).splitlines():
+                err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+@_errors
+def validate(study_file: StudyFile) -> None:
+    """Check a study file without running anything."""
+    cfg = api.validate(study_file)
+    out.print(
+        f"[green]ok[/] {study_file}: study {cfg.study.name!r}, task {cfg.task}, "
+        f"{len(cfg.search_space)} parameters ({', '.join(api.to_param_names(cfg))}), "
+        f"sampler {cfg.sampler.name}, pruner {cfg.pruner.name}, n_trials {cfg.study.n_trials}",
+        highlight=False,
+    )
+
+
+@app.command()
+@_errors
+def run(study_file: StudyFile) -> None:
+    """Run the study, or resume it up to its n_trials total."""
+    summary = api.run(study_file)
+    status = api.status(study_file)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
+    verb = "interrupted after" if summary.interrupted else "ran"
+    out.print(f"\n{verb} {summary.ran} trials in {summary.wall_time:.0f}s ({states}); "
+              f"{status.counted}/{status.n_trials} counted in the study")
+    if status.best is None:
+        out.print("no complete trial yet")
+    else:
+        _print_best(status.metric, status.best)
+    out.print(
+        f"\nnext: hpo status {study_file}   |   hpo best {study_file}   |   "
+        f"optuna-dashboard {status.storage}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if summary.interrupted:
+        out.print(f"resume with: hpo run {study_file}")
+        raise typer.Exit(130)
+
+
+def _print_best(metric: str, row: api.TrialRow) -> None:
+    out.print(f"[bold]best trial {row.number}[/]: {metric} = {fmt_value(row.value)}", highlight=False)
+    for k, v in row.params.items():
+        out.print(f"  {k}: {v!r}", highlight=False)
+
+
+@app.command()
+@_errors
+def status(
+    study_file: StudyFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show every trial: state, parameters, value, steps, duration, and why it was pruned or failed."""
+    st = api.status(study_file)
+    if as_json:
+        out.print_json(json.dumps({**st.__dict__, "rows": [r.__dict__ for r in st.rows],
+                                   "best": st.best.__dict__ if st.best else None}, default=str))
+        return
+    table = Table(title=f"{st.name} — {st.counted}/{st.n_trials} trials — {st.storage}", title_justify="left")
+    for col in ("#", "state", st.metric, "steps", "time", "params", "reason"):
+        table.add_column(col, overflow="fold")
+    best = st.best.number if st.best else None
+    for r in st.rows:
+        style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}.get(r.state, "")
+        mark = " *" if r.number == best else ""
+        table.add_row(
+            f"{r.number}{mark}",
+            f"[{style}]{r.state}[/]" if style else r.state,
+            fmt_value(r.value),
+            "-" if r.steps is None else str(r.steps),
+            "-" if r.duration is None else f"{r.duration:.1f}s",
+            fmt_params(r.params),
+            r.reason or "",
+        )
+    out.print(table)
+    if st.best is not None:
+        _print_best(st.metric, st.best)
+
+
+@app.command()
+@_errors
+def best(
+    study_file: StudyFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the best complete trial: value, parameters and metrics."""
+    cfg, t = api.best(study_file)
+    if as_json:
+        out.print_json(json.dumps({"number": t.number, "value": t.value, "params": t.params,
+                                   "user_attrs": t.user_attrs}, default=str))
+        return
+    out.print(f"[bold]best trial {t.number}[/] of study {cfg.study.name!r}: "
+              f"{cfg.objective.metric} = {fmt_value(t.value)} ({cfg.direction})", highlight=False)
+    for k, v in t.params.items():
+        out.print(f"  {k}: {v!r}", highlight=False)
+    metrics = t.user_attrs.get("metrics", {})
+    if metrics:
+        out.print("  metrics: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in metrics.items()), highlight=False)
+    for key in ("steps", "train_time", "tokens_per_s", "device"):
+        if key in t.user_attrs:
+            out.print(f"  {key}: {t.user_attrs[key]}", highlight=False)
+
+
+@app.command()
+@_errors
+def devices() -> None:
+    """Show the accelerators and CPU cores workers can use."""
+    info = api.devices()
+    out.print(f"CPU cores: {info['cpu_cores']}")
+    if not info["gpus"]:
+        out.print("CUDA GPUs: none (trials run on CPU)")
+    for g in info["gpus"]:
+        out.print(f"cuda:{g['index']}  {g['name']}  {g['memory_mib']} MiB")
+
+
+def entrypoint() -> None:  # pragma: no cover - console script
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entrypoint()

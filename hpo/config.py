@@ -1,0 +1,304 @@
+"""The study file: typed, validated before anything runs, fingerprinted for safe resuming."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hpo import yamlio
+from hpo.errors import StudyFileError
+from hpo.pruners import PRUNER_NAMES, MedianPrunerConfig, PrunerConfig
+from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
+from hpo.space import TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, set_path
+from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
+
+DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
+
+# The metrics each task reports, and which way is better.
+TASK_METRICS: dict[str, dict[str, Literal["minimize", "maximize"]]] = {
+    "causal_lm": {"eval_loss": "minimize", "perplexity": "minimize"},
+    "sequence_classification": {"eval_loss": "minimize", "accuracy": "maximize", "f1_macro": "maximize"},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudySection(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    storage: str | None = None  # SQLAlchemy URL; default sqlite:///runs/<name>.db
+    n_trials: int = Field(ge=1)  # total for the study: rerunning resumes up to it
+    timeout: float | None = Field(default=None, gt=0.0)  # seconds for this invocation
+    description: str | None = None
+
+
+class ObjectiveSection(_Strict):
+    metric: Literal["eval_loss", "perplexity", "accuracy", "f1_macro"]
+    direction: Literal["minimize", "maximize"] | None = None  # default: the metric's natural direction
+
+
+class FidelitySection(_Strict):
+    max_steps: int = Field(ge=1)  # optimizer steps per trial (the full run's length lives in `training`)
+    eval_every: int = Field(ge=1)  # report to the pruner every N steps
+    eval_batches: int | None = Field(default=None, ge=1)  # cap eval cost; the same batches every time
+
+    @model_validator(mode="after")
+    def _check(self) -> FidelitySection:
+        if self.eval_every > self.max_steps:
+            raise ValueError(
+                f"`eval_every <= max_steps` must hold, but got (eval_every={self.eval_every}, "
+                f"max_steps={self.max_steps})."
+            )
+        return self
+
+
+class ResourcesSection(_Strict):
+    workers: int | Literal["auto"] = "auto"  # CPU: one per core; GPU: one per device
+    threads_per_worker: int | Literal["auto"] = "auto"  # CPU threads; workers x threads <= cores
+    devices: Literal["auto", "cpu"] | list[int] = "auto"
+    max_retries: int = Field(default=1, ge=0)  # re-runs of a trial whose worker process died
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourcesSection:
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError(f"`workers >= 1` must hold, but got (workers={self.workers}).")
+        if isinstance(self.threads_per_worker, int) and self.threads_per_worker < 1:
+            raise ValueError(f"`threads_per_worker >= 1` must hold, but got ({self.threads_per_worker}).")
+        return self
+
+
+class StudyConfig(_Strict):
+    """A whole study file."""
+
+    study: StudySection
+    task: Task
+    objective: ObjectiveSection
+    sampler: SamplerConfig = Field(default_factory=lambda: TPESamplerConfig(name="tpe"))
+    pruner: PrunerConfig = Field(default_factory=lambda: MedianPrunerConfig(name="median"))
+    fidelity: FidelitySection
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    search_space: dict[str, ParamSpec] = Field(min_length=1)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        metrics = TASK_METRICS[self.task]
+        if self.objective.metric not in metrics:
+            raise ValueError(
+                f"objective.metric {self.objective.metric!r} is not reported by task {self.task!r} "
+                f"(choose from {', '.join(metrics)})"
+            )
+        natural = metrics[self.objective.metric]
+        if self.objective.direction is None:
+            self.objective.direction = natural
+        elif self.objective.direction != natural:
+            raise ValueError(
+                f"objective.direction must be {natural!r} for metric {self.objective.metric!r}, "
+                f"but got {self.objective.direction!r}"
+            )
+        return self
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        assert self.objective.direction is not None  # filled in by validation
+        return self.objective.direction
+
+    @property
+    def storage_url(self) -> str:
+        return self.study.storage or f"sqlite:///{DEFAULT_RUNS_DIR}/{self.study.name}.db"
+
+    def base_run(self) -> dict[str, Any]:
+        """The run configuration every trial starts from, as plain data, with the trial-length cap."""
+        training = self.training.model_dump()
+        training["max_steps"] = self.fidelity.max_steps
+        training["eval_steps"] = self.fidelity.eval_every
+        return {
+            "task": self.task,
+            "model": self.model.model_dump(),
+            "data": self.data.model_dump(),
+            "training": training,
+            "eval_batches": self.fidelity.eval_batches,
+        }
+
+    def trial_run(self, params: dict[str, Any]) -> RunConfig:
+        """The resolved run configuration of a trial with these sampled parameters."""
+        return RunConfig.model_validate(apply_params(self.base_run(), self.search_space, params))
+
+    def grid(self) -> dict[str, list[Any]] | None:
+        """The grid of every parameter, or None when some parameter has none."""
+        out: dict[str, list[Any]] = {}
+        for path, spec in self.search_space.items():
+            values = grid_values(spec)
+            if values is None:
+                return None
+            out[param_name(path, spec)] = values
+        return out
+
+    def fingerprints(self) -> dict[str, str]:
+        """A short hash of each section that must not change when a study is resumed."""
+        parts = {
+            "task": self.task,
+            "objective": self.objective.model_dump(),
+            "fidelity": self.fidelity.model_dump(),
+            "model": self.model.model_dump(),
+            "data": self.data.model_dump(),
+            "training": self.training.model_dump(),
+            "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
+        }
+        return {k: _digest(v) for k, v in parts.items()}
+
+    def fingerprint(self) -> str:
+        return _digest(self.fingerprints())
+
+
+def _digest(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_study_file(path: str | Path) -> StudyConfig:
+    """Read and validate a study file; raise StudyFileError with every problem as ``FILE: a.b: msg``."""
+    p = Path(path)
+    shown = str(path)
+    try:
+        raw = yamlio.load(p)
+    except FileNotFoundError:
+        raise StudyFileError(shown, [("", "no such file")]) from None
+    except IsADirectoryError:
+        raise StudyFileError(shown, [("", "is a directory, not a study file")]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise StudyFileError(shown, [("", f"invalid YAML: {where}{problem}")]) from None
+    return validate_study(raw, shown)
+
+
+def validate_study(raw: Any, source: str = "<study>") -> StudyConfig:
+    """Validate plain data (a parsed study file) into a StudyConfig."""
+    if not isinstance(raw, dict):
+        raise StudyFileError(source, [("", "a study file must be a YAML mapping of sections")])
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise StudyFileError(source, _problems(e)) from None
+    problems = _check_space(cfg)
+    if problems:
+        raise StudyFileError(source, problems)
+    return cfg
+
+
+def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """Cross-checks that need the whole file: targets exist, names are unique, the grid is finite."""
+    problems: list[tuple[str, str]] = []
+    names: dict[str, str] = {}
+    base = cfg.base_run()
+    for path, spec in cfg.search_space.items():
+        loc = f"search_space[{path}]"
+        name = param_name(path, spec)
+        if name in names:
+            problems.append((loc, f"parameter name {name!r} is also used by [{names[name]}]; give one a `name`"))
+        names[name] = path
+        root = path.split(".", 1)[0]
+        if root not in TARGET_ROOTS or "." not in path:
+            problems.append((loc, f"the path must start with one of {', '.join(TARGET_ROOTS)} (e.g. training.learning_rate)"))
+            continue
+        msg = _check_target(base, path, spec)
+        if msg:
+            problems.append((loc, msg))
+    if cfg.sampler.name == "grid":
+        for path, spec in cfg.search_space.items():
+            if grid_values(spec) is None:
+                problems.append(
+                    (f"search_space[{path}]", "the grid sampler needs `grid: [...]` values for this parameter")
+                )
+    return problems
+
+
+def _check_target(base: dict[str, Any], path: str, spec: Any) -> str | None:
+    """Try the entry's extreme values at its path: the trial config must stay valid and the path real."""
+    keys = path.split(".")
+    if keys[0] == "model" and len(keys) >= 3 and keys[1] in ("config", "from_config"):
+        if keys[1] == "from_config" and base["model"]["from_config"] is None:
+            return "`model.from_config` is not set: use `model.config.<key>` for a pretrained model"
+    else:
+        node: Any = base
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return f"{'.'.join(keys)!r} is not a setting of the run configuration"
+            node = node[k]
+    samples = spec.choices if spec.type == "categorical" else [spec.low, spec.high]
+    for value in samples:
+        trial = yamlio.loads(yamlio.dumps(base))  # deep copy through plain data
+        set_path(trial, path, value)
+        try:
+            RunConfig.model_validate(trial)
+        except ValidationError as e:
+            first = e.errors()[0]
+            return f"value {value!r} is not valid there: {first['msg']}"
+    return None
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for e in err.errors():
+        loc = _format_loc(e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif e["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            tag = e.get("ctx", {}).get("discriminator", "").strip("'")
+            options = _tag_options(e["loc"], tag)
+            got = e.get("ctx", {}).get("tag")
+            msg = f"`{tag}` must be one of {options}" + (f", but got {got!r}" if got else " (it is missing)")
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append((loc, msg))
+    return out
+
+
+def _tag_options(loc: tuple[Any, ...], tag: str) -> str:
+    if loc and loc[0] == "sampler":
+        return ", ".join(SAMPLER_NAMES)
+    if loc and loc[0] == "pruner" or (len(loc) > 1 and loc[-1] == "wrapped"):
+        return ", ".join(PRUNER_NAMES)
+    return "float, int, categorical"
+
+
+_TAGS = set(SAMPLER_NAMES) | set(PRUNER_NAMES) | {"float", "int", "categorical"}
+_UNION_PARTS = re.compile(r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\])$", re.I)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    """('search_space', 'training.lr', 'float', 'low') -> 'search_space[training.lr].low'."""
+    parts: list[str] = []
+    prev: Any = None
+    for i, item in enumerate(loc):
+        s = str(item)
+        # Discriminated unions insert the tag ('tpe', 'float') and plain unions the member type
+        # ('int', 'literal[...]') into the location; neither is a key of the user's file.
+        if i > 0 and (s in _TAGS and prev != "search_space" or _UNION_PARTS.match(s)):
+            prev = item
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif prev == "search_space" or (isinstance(item, str) and "." in item):
+            parts.append(f"[{s}]")
+        else:
+            parts.append(("." if parts else "") + s)
+        prev = item
+    return "".join(parts)

@@ -1,0 +1,403 @@
+"""The orchestrator: owns the Optuna study, is the only writer to storage, and feeds worker processes.
+
+Workers run the trials (``hpo.worker``); the orchestrator asks the sampler for parameters, sends resolved
+run configs, turns each eval into ``trial.report`` + a pruning decision, and tells the study the outcome.
+Every way a trial can end is recorded: COMPLETE, PRUNED (pruner, non-finite loss), FAIL with the reason
+(crash, worker died, interrupted). Trials a dead or interrupted run leaves behind are re-queued with the
+same parameters, so a study always resumes to its ``n_trials`` total.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.config import StudyConfig
+from hpo.display import RunDisplay
+from hpo.errors import HpoError
+from hpo.space import to_distributions
+from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, mp_context
+
+# Trial user attributes hpo writes.
+A_REASON = "reason"  # why a trial was pruned or failed
+A_REQUEUED = "requeued"  # this FAIL was re-run as a new trial: it does not count towards n_trials
+A_RETRY_OF = "retry_of"  # the trial number this one re-runs
+A_HOST, A_PID = "host", "orchestrator_pid"
+
+HOSTNAME = socket.gethostname()
+
+
+@dataclass
+class Running:
+    trial: optuna.Trial
+    worker: WorkerHandle
+    params: dict[str, Any]
+    started: float
+    step: int = 0
+    last_eval_step: int = -1
+    reason: str | None = None  # prune reason once decided
+    stop_sent: int = 0
+
+
+@dataclass
+class RunSummary:
+    study: optuna.Study
+    created: bool
+    ran: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    wall_time: float = 0.0
+    interrupted: bool = False
+    compute_time: float = 0.0  # worker seconds in train + eval steps
+    worker_seconds: float = 0.0  # workers x their lifetime
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts towards ``n_trials``: finished or running, and not a re-queued failure."""
+    if trial.state == TrialState.WAITING:
+        return False
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(A_REQUEUED):
+        return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        study: optuna.Study,
+        specs: Sequence[WorkerSpec],
+        cache_dir: str,
+        display: RunDisplay,
+        workers: list[WorkerHandle] | None = None,
+        results: Any = None,
+    ) -> None:
+        if not specs:
+            raise ValueError("`specs` must name at least one worker.")
+        self.cfg = cfg
+        self.study = study
+        self.display = display
+        self.cache_dir = cache_dir
+        self.metric = cfg.objective.metric
+        self.distributions = to_distributions(cfg.search_space)
+        self._ctx = mp_context()
+        self.results = results if results is not None else self._ctx.Queue()
+        self.specs = list(specs)
+        self.workers = workers if workers is not None else [self._start(s) for s in specs]
+        self.running: dict[int, Running] = {}
+        self.max_retries = cfg.resources.max_retries
+        self._last_heartbeat = 0.0
+        self._last_orphan_check = 0.0
+        self._grid_size = self._grid_points()
+
+    # ------------------------------------------------------------------------------------------ workers
+    def _start(self, spec: WorkerSpec) -> WorkerHandle:
+        return WorkerHandle(spec, self.cache_dir, self.results, self._ctx)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+    def _idle(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.ready and w.trial is None and w.alive()]
+
+    # --------------------------------------------------------------------------------------- accounting
+    def _grid_points(self) -> int | None:
+        if self.cfg.sampler.name != "grid":
+            return None
+        grid = self.cfg.grid()
+        assert grid is not None  # validation guarantees it
+        return math.prod(len(v) for v in grid.values())
+
+    def budget_left(self) -> int:
+        """Trials still to start: n_trials minus counted trials (all processes on this study)."""
+        trials = self.study.get_trials(deepcopy=False)
+        n = sum(1 for t in trials if counted(t))
+        total = self.cfg.study.n_trials
+        if self._grid_size is not None:
+            total = min(total, self._grid_size)
+        return max(0, total - n)
+
+    # --------------------------------------------------------------------------------------- lifecycle
+    def recover_orphans(self) -> int:
+        """Fail and re-queue RUNNING trials whose process is gone (same host, dead pid) or went silent."""
+        storage = self.study._storage
+        stale: set[int] = set()
+        if isinstance(storage, optuna.storages.RDBStorage) or hasattr(storage, "_backend"):
+            backend = getattr(storage, "_backend", storage)
+            if isinstance(backend, optuna.storages.RDBStorage):
+                stale = set(backend._get_stale_trial_ids(self.study._study_id))
+        mine = {r.trial._trial_id for r in self.running.values()}
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id in mine:
+                continue
+            pid = t.user_attrs.get(A_PID)
+            dead_here = t.user_attrs.get(A_HOST) == HOSTNAME and isinstance(pid, int) and not _pid_alive(pid)
+            if t._trial_id in stale or dead_here:
+                why = "orphaned: its hpo process died" if dead_here else "orphaned: no heartbeat"
+                if self._fail_and_requeue(t, why):
+                    n += 1
+        return n
+
+    def _fail_and_requeue(self, t: optuna.trial.FrozenTrial, reason: str) -> bool:
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(t._trial_id, A_REASON, reason)
+            storage.set_trial_user_attr(t._trial_id, A_REQUEUED, True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False  # another process got there first
+        self._requeue(t.number, t.params, t.user_attrs)
+        return True
+
+    def _requeue(self, number: int, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+        self.study.enqueue_trial(
+            params, user_attrs={A_RETRY_OF: attrs.get(A_RETRY_OF, number), "retries": int(attrs.get("retries", 0)) + 1}
+        )
+
+    def run(self, timeout: float | None = None, should_stop: Callable[[], bool] | None = None) -> RunSummary:
+        """Run trials until n_trials is reached (counting earlier runs), the timeout passes, or Ctrl-C."""
+        t0 = time.monotonic()
+        summary = RunSummary(self.study, created=False)
+        deadline = t0 + timeout if timeout else None
+        try:
+            self._loop(summary, deadline, should_stop)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            self.display.message("[yellow]interrupted: stopping running trials (Ctrl-C again to force)[/]")
+            try:
+                self._drain(STOP_INTERRUPT, wait=60.0)
+            except KeyboardInterrupt:
+                self._drain(STOP_INTERRUPT, wait=0.0)
+        finally:
+            summary.wall_time = time.monotonic() - t0
+        summary.worker_seconds = summary.wall_time * len(self.workers)
+        return summary
+
+    def _loop(self, summary: RunSummary, deadline: float | None, should_stop: Callable[[], bool] | None) -> None:
+        self.recover_orphans()
+        while True:
+            accepting = not (deadline is not None and time.monotonic() >= deadline) and not (
+                should_stop is not None and should_stop()
+            )
+            if accepting:
+                idle = self._idle()
+                if idle:
+                    for w in idle[: self.budget_left()]:
+                        self._launch(w)
+            if not self.running:
+                if not accepting:
+                    return
+                if self.budget_left() == 0 and not self._foreign_running():
+                    return
+                # Otherwise: workers are still starting, or other processes' trials are still running
+                # (they may turn out orphaned and be re-queued here).
+            self._housekeeping()
+            try:
+                msg = self.results.get(timeout=0.5)
+            except queue.Empty:
+                self._check_workers(summary)
+                continue
+            self._handle(msg, summary)
+
+    def _foreign_running(self) -> bool:
+        """RUNNING trials of other processes: wait for them (or for them to be found orphaned)."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return bool(running)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        storage = self.study._storage
+        if self.running and now - self._last_heartbeat > 5.0 and hasattr(storage, "record_heartbeat"):
+            for r in self.running.values():
+                storage.record_heartbeat(r.trial._trial_id)
+            self._last_heartbeat = now
+        if now - self._last_orphan_check > 15.0:
+            self._last_orphan_check = now
+            if self._foreign_running():
+                self.recover_orphans()
+
+    # ---------------------------------------------------------------------------------------- trials
+    def _launch(self, worker: WorkerHandle) -> None:
+        trial = self.study.ask(self.distributions)
+        trial.set_user_attr(A_HOST, HOSTNAME)
+        trial.set_user_attr(A_PID, os.getpid())
+        params = dict(trial.params)
+        try:
+            run = self.cfg.trial_run(params)
+        except Exception as e:  # noqa: BLE001 - a bad combination fails this trial, not the study
+            trial.set_user_attr(A_REASON, f"invalid configuration: {str(e).splitlines()[0]}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.display.trial_finished(trial.number, "FAIL", None, 0, "invalid configuration")
+            return
+        trial.set_user_attr("device", worker.spec.device_label)
+        self.running[trial.number] = Running(trial, worker, params, time.monotonic())
+        worker.send(trial.number, run.model_dump(mode="json"))
+        if hasattr(self.study._storage, "record_heartbeat"):
+            self.study._storage.record_heartbeat(trial._trial_id)
+        self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
+
+    def _handle(self, msg: tuple[Any, ...], summary: RunSummary) -> None:
+        kind, wid = msg[0], msg[1]
+        worker = self.workers[wid]
+        if kind == "ready":
+            worker.ready = True
+            return
+        if kind == "fatal":
+            raise HpoError(msg[3])
+        number = msg[2]
+        r = self.running.get(number)
+        if r is None:
+            return  # a late message of a trial already closed (e.g. after its worker was replaced)
+        if kind == "log":
+            r.step = msg[3]
+            self.display.trial_step(number, r.step)
+        elif kind == "eval":
+            self._on_eval(r, msg[3], msg[4])
+        elif kind == "done":
+            self._on_done(r, msg[3], summary)
+        elif kind == "nonfinite":
+            # A diverged run is informative for the sampler (this region is bad): PRUNED, not FAIL.
+            self._finish(r, TrialState.PRUNED, summary, reason=msg[3])
+        elif kind == "error":
+            r.trial.set_user_attr("traceback", msg[4][-4000:])
+            self._finish(r, TrialState.FAIL, summary, reason=f"error: {msg[3]}")
+
+    def _on_eval(self, r: Running, step: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.metric)
+        r.step = step
+        if value is None or step <= r.last_eval_step or r.stop_sent:
+            return
+        r.last_eval_step = step
+        if not math.isfinite(value):
+            r.reason = f"non-finite {self.metric} at step {step}"
+            self._stop(r, STOP_PRUNE)
+            return
+        r.trial.report(value, step)
+        self.display.trial_eval(r.trial.number, step, value)
+        if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
+            r.reason = f"pruned by {self.cfg.pruner.name} pruner at step {step} ({self.metric}={value:.4g})"
+            self._stop(r, STOP_PRUNE)
+
+    def _stop(self, r: Running, code: int) -> None:
+        r.stop_sent = code
+        r.worker.request_stop(r.trial.number, code)
+
+    def _on_done(self, r: Running, result: dict[str, Any], summary: RunSummary) -> None:
+        summary.compute_time += result["train_time"] + result["eval_time"]
+        attrs = {
+            "metrics": result["metrics"],
+            "steps": result["steps"],
+            "train_time": round(result["train_time"], 3),
+            "eval_time": round(result["eval_time"], 3),
+            "setup_time": round(result["setup_time"], 3),
+            "tokens_per_s": round(result["tokens_per_s"], 1),
+            "precision": result["precision"],
+        }
+        stopped = result.get("stopped")
+        if stopped == "interrupted" or r.stop_sent == STOP_INTERRUPT:
+            self._finish(r, TrialState.FAIL, summary, reason="interrupted", attrs=attrs, requeue=True)
+        elif stopped == "pruned" or r.stop_sent == STOP_PRUNE:
+            self._finish(r, TrialState.PRUNED, summary, reason=r.reason or "pruned", attrs=attrs)
+        elif self.metric not in result["metrics"]:
+            self._finish(r, TrialState.FAIL, summary, reason=f"no {self.metric} reported", attrs=attrs)
+        else:
+            self._finish(r, TrialState.COMPLETE, summary, value=result["metrics"][self.metric], attrs=attrs)
+
+    def _finish(
+        self,
+        r: Running,
+        state: TrialState,
+        summary: RunSummary,
+        value: float | None = None,
+        reason: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        requeue: bool = False,
+    ) -> None:
+        trial = r.trial
+        del self.running[trial.number]
+        r.worker.trial = None
+        attrs = dict(attrs or {})
+        attrs["duration"] = round(time.monotonic() - r.started, 3)
+        if reason:
+            attrs[A_REASON] = reason
+        if requeue:
+            attrs[A_REQUEUED] = True
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        if state == TrialState.COMPLETE:
+            self.study.tell(trial, value)
+        else:
+            self.study.tell(trial, state=state)
+        if requeue:
+            self._requeue(trial.number, r.params, trial.user_attrs if hasattr(trial, "user_attrs") else {})
+        summary.ran += 1
+        summary.states[state.name] = summary.states.get(state.name, 0) + 1
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        shown = value if value is not None else (frozen.value if frozen.value is not None else None)
+        self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), reason or "")
+        self._update_best()
+
+    def _update_best(self) -> None:
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return
+        assert best.value is not None
+        self.display.set_best(best.number, best.value)
+
+    def _check_workers(self, summary: RunSummary) -> None:
+        """A worker that died (OOM-killed, segfault, kill -9) fails its trial; a new worker takes its place."""
+        for i, w in enumerate(self.workers):
+            if w.alive():
+                continue
+            code = w.process.exitcode
+            number = w.trial
+            self.workers[i] = self._start(w.spec)
+            if number is not None and number in self.running:
+                r = self.running[number]
+                retries = int(r.trial.user_attrs.get("retries", 0)) if hasattr(r.trial, "user_attrs") else 0
+                again = retries < self.max_retries
+                self._finish(
+                    r,
+                    TrialState.FAIL,
+                    summary,
+                    reason=f"worker process died (exit code {code})" + ("; re-queued" if again else ""),
+                    requeue=again,
+                )
+
+    def _drain(self, code: int, wait: float) -> None:
+        """Ask running trials to stop, wait for their results, and record every one of them."""
+        summary = RunSummary(self.study, created=False)
+        for r in self.running.values():
+            self._stop(r, code)
+        end = time.monotonic() + wait
+        while self.running and time.monotonic() < end:
+            try:
+                msg = self.results.get(timeout=0.5)
+            except queue.Empty:
+                self._check_workers(summary)
+                continue
+            if msg[0] in ("done", "error", "nonfinite"):
+                self._handle(msg, summary)
+        for r in list(self.running.values()):
+            self._finish(r, TrialState.FAIL, summary, reason="interrupted", requeue=True)

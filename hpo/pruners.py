@@ -1,0 +1,144 @@
+"""The closed registry of pruners a study file may name; each mirrors its Optuna constructor."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Pruner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def build(self) -> optuna.pruners.BasePruner:
+        raise NotImplementedError
+
+
+class NopPrunerConfig(_Pruner):
+    name: Literal["none"]
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.NopPruner()
+
+
+class MedianPrunerConfig(_Pruner):
+    name: Literal["median"]
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=0, ge=0)  # in optimizer steps, as reported
+    interval_steps: int = Field(default=1, ge=1)
+    n_min_trials: int = Field(default=1, ge=1)
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.MedianPruner(**self.model_dump(exclude={"name"}))
+
+
+class PercentilePrunerConfig(_Pruner):
+    name: Literal["percentile"]
+    percentile: float = Field(ge=0.0, le=100.0)
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=0, ge=0)
+    interval_steps: int = Field(default=1, ge=1)
+    n_min_trials: int = Field(default=1, ge=1)
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.PercentilePruner(**self.model_dump(exclude={"name"}))
+
+
+class SuccessiveHalvingPrunerConfig(_Pruner):
+    name: Literal["successive_halving"]
+    min_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(default=4, ge=2)
+    min_early_stopping_rate: int = Field(default=0, ge=0)
+    bootstrap_count: int = Field(default=0, ge=0)
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.SuccessiveHalvingPruner(**self.model_dump(exclude={"name"}))
+
+
+class HyperbandPrunerConfig(_Pruner):
+    name: Literal["hyperband"]
+    min_resource: int = Field(default=1, ge=1)
+    max_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(default=3, ge=2)
+    bootstrap_count: int = Field(default=0, ge=0)
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.HyperbandPruner(**self.model_dump(exclude={"name"}))
+
+
+class ThresholdPrunerConfig(_Pruner):
+    name: Literal["threshold"]
+    lower: float | None = None
+    upper: float | None = None
+    n_warmup_steps: int = Field(default=0, ge=0)
+    interval_steps: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ThresholdPrunerConfig:
+        if self.lower is None and self.upper is None:
+            raise ValueError("give `lower`, `upper` or both.")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"`lower <= upper` must hold, but got (lower={self.lower}, upper={self.upper}).")
+        return self
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.ThresholdPruner(**self.model_dump(exclude={"name"}))
+
+
+class WilcoxonPrunerConfig(_Pruner):
+    name: Literal["wilcoxon"]
+    p_threshold: float = Field(default=0.1, gt=0.0, lt=1.0)
+    n_startup_steps: int = Field(default=2, ge=0)
+
+    def build(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.WilcoxonPruner(**self.model_dump(exclude={"name"}))
+
+
+_Wrapped = Annotated[
+    Union[
+        MedianPrunerConfig,
+        PercentilePrunerConfig,
+        SuccessiveHalvingPrunerConfig,
+        HyperbandPrunerConfig,
+        ThresholdPrunerConfig,
+    ],
+    Field(discriminator="name"),
+]
+
+
+class PatientPrunerConfig(_Pruner):
+    name: Literal["patient"]
+    patience: int = Field(ge=0)  # evals without improvement before pruning
+    min_delta: float = Field(default=0.0, ge=0.0)
+    wrapped: _Wrapped | None = None  # prune only when this pruner also says so
+
+    def build(self) -> optuna.pruners.BasePruner:
+        inner = self.wrapped.build() if self.wrapped is not None else None
+        return optuna.pruners.PatientPruner(inner, patience=self.patience, min_delta=self.min_delta)
+
+
+PrunerConfig = Annotated[
+    Union[
+        NopPrunerConfig,
+        MedianPrunerConfig,
+        PercentilePrunerConfig,
+        SuccessiveHalvingPrunerConfig,
+        HyperbandPrunerConfig,
+        ThresholdPrunerConfig,
+        WilcoxonPrunerConfig,
+        PatientPrunerConfig,
+    ],
+    Field(discriminator="name"),
+]
+
+PRUNER_NAMES = (
+    "none",
+    "median",
+    "percentile",
+    "successive_halving",
+    "hyperband",
+    "threshold",
+    "wilcoxon",
+    "patient",
+)

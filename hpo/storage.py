@@ -1,0 +1,144 @@
+"""Opening the study's storage, creating or resuming the study, and guarding it against a changed file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+
+from hpo.config import StudyConfig
+from hpo.errors import StorageError, StudyMismatchError
+
+# Study attributes hpo writes (user attrs, so optuna-dashboard shows them).
+ATTR_FINGERPRINT = "hpo:fingerprint"
+ATTR_SECTIONS = "hpo:fingerprints"
+ATTR_CONFIG = "hpo:config"
+ATTR_N_TRIALS = "hpo:n_trials"
+
+HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
+GRACE_PERIOD = 40  # a RUNNING trial without heartbeat for this long belonged to a dead process
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden: safe for logs, reports and exports."""
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL we can parse: show nothing that could be secret
+        return "<storage>"
+    return u.render_as_string(hide_password=True) if u.password else url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def storage_exists(url: str) -> bool:
+    """Whether opening the storage could find an existing study (SQLite: the file exists)."""
+    path = _sqlite_path(url)
+    return path is None or path.exists()
+
+
+def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats; SQLite files get WAL mode and a long busy timeout."""
+    if url == "memory":
+        return optuna.storages.InMemoryStorage()
+    try:
+        path = _sqlite_path(url)
+    except Exception as e:  # noqa: BLE001
+        raise StorageError(f"study.storage: not a valid SQLAlchemy URL ({redact(url)}): {e}") from None
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        if not path.exists():
+            if not create:
+                raise StorageError(f"no study database at {path}; run `hpo run STUDY.yaml` first")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets readers (optuna-dashboard, `hpo status`) work while the run writes, and is
+        # persistent in the file. busy timeout: concurrent writers wait instead of failing with
+        # "database is locked".
+        with sqlite3.connect(path, timeout=60) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # survive a restarted server
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+        )
+    except Exception as e:  # noqa: BLE001 - driver errors vary; the message is what the user needs
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StorageError(f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}") from None
+
+
+def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
+    """The study of this file: created with its config and fingerprint, or resumed if they match.
+
+    Returns (study, created).
+    """
+    name = cfg.study.name
+    direction = cfg.direction
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = None
+    if study is None:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+        attrs = study.user_attrs
+        if ATTR_FINGERPRINT not in attrs:
+            study.set_user_attr(ATTR_FINGERPRINT, cfg.fingerprint())
+            study.set_user_attr(ATTR_SECTIONS, cfg.fingerprints())
+            study.set_user_attr(ATTR_CONFIG, json.loads(cfg.model_dump_json()))
+            study.set_user_attr(ATTR_N_TRIALS, cfg.study.n_trials)
+            return study, True
+    check_fingerprint(cfg, study)
+    if study.user_attrs.get(ATTR_N_TRIALS) != cfg.study.n_trials:
+        study.set_user_attr(ATTR_N_TRIALS, cfg.study.n_trials)
+    return study, False
+
+
+def check_fingerprint(cfg: StudyConfig, study: optuna.Study) -> None:
+    """Refuse to resume a study whose results came from a different search space, objective or base config."""
+    attrs = study.user_attrs
+    stored = attrs.get(ATTR_FINGERPRINT)
+    if stored is None:
+        raise StudyMismatchError(
+            f"study {cfg.study.name!r} in {redact(cfg.storage_url)} was not created by hpo; "
+            "give `study.name` a new value to start a new study"
+        )
+    if stored == cfg.fingerprint():
+        return
+    old = attrs.get(ATTR_SECTIONS, {})
+    changed = [k for k, v in cfg.fingerprints().items() if old.get(k) != v]
+    if study.direction.name.lower() != cfg.direction:
+        changed.append("direction")
+    raise StudyMismatchError(
+        f"study {cfg.study.name!r} in {redact(cfg.storage_url)} was created from a different "
+        f"{', '.join(changed) or 'configuration'}; its results would not be comparable. "
+        "To start a new study, change `study.name` in the file (or delete the old study with "
+        f"`optuna delete-study --study-name {cfg.study.name} --storage URL`)."
+    )
+
+
+def load_existing(cfg: StudyConfig) -> optuna.Study:
+    """The study of a file for read-only commands (status, best): it must already exist."""
+    url = cfg.storage_url
+    if not storage_exists(url):
+        raise StorageError(f"no study yet: {redact(url)} does not exist; run `hpo run` on the file first")
+    storage = open_storage(url, create=False)
+    try:
+        study = optuna.load_study(study_name=cfg.study.name, storage=storage)
+    except KeyError:
+        raise StorageError(
+            f"no study {cfg.study.name!r} in {redact(url)}; run `hpo run` on the file first"
+        ) from None
+    check_fingerprint(cfg, study)
+    return study

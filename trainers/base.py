@@ -1,0 +1,69 @@
+"""What a trainer takes besides its config (a reporter) and what it returns (a result).
+
+Trainers know nothing of Optuna: they call ``reporter.on_eval`` at each evaluation and ask
+``reporter.stop_reason()`` between optimizer steps. The orchestrator's adapter (``hpo.worker``) turns
+these into ``trial.report`` / ``should_prune`` decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+class Reporter(Protocol):
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Training curves: train loss, learning rate, tokens/s (every ``logging_steps``)."""
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Eval metrics at ``step`` (every ``eval_steps`` and at the end)."""
+
+    def stop_reason(self) -> str | None:
+        """A reason to stop now (pruned, interrupted), or None to go on."""
+
+
+class NullReporter:
+    """Reporter for runs nobody watches step by step (``hpo train`` without a display, tests)."""
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def stop_reason(self) -> str | None:
+        return None
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run cannot go on."""
+
+    def __init__(self, step: int, value: float) -> None:
+        self.step = step
+        self.value = value
+        super().__init__(f"non-finite training loss ({value}) at step {step}")
+
+
+@dataclass
+class TrainResult:
+    """What one run did. Times are seconds of wall clock inside the run."""
+
+    metrics: dict[str, float]  # last eval's metrics
+    steps: int  # optimizer steps done
+    train_time: float  # forward/backward/optimizer steps
+    eval_time: float  # evaluation passes
+    setup_time: float  # model build, data loading, accelerator set-up
+    tokens: int  # training tokens processed (non-padding)
+    device: str
+    precision: str
+    stopped: str | None = None  # why the run ended early, if it did
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.train_time if self.train_time > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens_per_s"] = self.tokens_per_s
+        return d

@@ -1,0 +1,173 @@
+"""The resolved configuration of one training run: task, model, data and training arguments.
+
+These models are shared by the study file (``hpo.config``) and the trainers. They know nothing of Optuna:
+a trial's configuration is the study's base configuration with the sampled values written into it.
+Training arguments use Hugging Face ``TrainingArguments`` names and defaults, so an exported configuration
+loads into ``transformers.TrainingArguments(**training)`` as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["causal_lm", "sequence_classification"]
+
+# Built-in offline corpora (see trainers/corpora.py). A closed set: a study file never names code to import.
+BuiltinCorpus = Literal["pydoc_topics", "bbc_news"]
+
+# Per-architecture names of the dropout probabilities that `model.dropout` sets. Anything else can be set
+# by its own name under `model.config`.
+DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    "gpt_neo": ("resid_dropout", "embed_dropout", "attention_dropout"),
+    "gptj": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "xlm-roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "electra": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "deberta-v2": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "mpnet": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "distilbert": ("dropout", "attention_dropout"),
+    "llama": ("attention_dropout",),
+    "mistral": ("attention_dropout",),
+    "qwen2": ("attention_dropout",),
+    "opt": ("dropout", "attention_dropout"),
+}
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TokenizerConfig(_Strict):
+    """Where the tokenizer comes from: a hub name / local folder, or trained here on the training split."""
+
+    name_or_path: str | None = None  # default: the model's name_or_path
+    train_vocab_size: int | None = Field(default=None, ge=64, le=1_000_000)  # train a byte-level BPE here
+    train_min_frequency: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenizerConfig:
+        if self.name_or_path is not None and self.train_vocab_size is not None:
+            raise ValueError("give either `name_or_path` or `train_vocab_size`, not both")
+        return self
+
+
+class ModelConfig(_Strict):
+    """The model: a pretrained one by hub name or local path, or one built from a config (from scratch)."""
+
+    name_or_path: str | None = None  # hub name or local folder, loaded with from_pretrained
+    from_config: dict[str, Any] | None = None  # {model_type: gpt2, n_layer: 2, ...}: built from scratch
+    revision: str | None = None
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)  # sets every dropout of the architecture
+    config: dict[str, Any] = Field(default_factory=dict)  # any other model-config key, by its own name
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    trust_remote_code: bool = False  # off unless the study file turns it on
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.from_config is None):
+            raise ValueError("give exactly one of `name_or_path` (pretrained) or `from_config` (from scratch)")
+        if self.from_config is not None:
+            if not isinstance(self.from_config.get("model_type"), str):
+                raise ValueError("`from_config` needs a `model_type` (e.g. gpt2, bert)")
+            if self.tokenizer.name_or_path is None and self.tokenizer.train_vocab_size is None:
+                raise ValueError(
+                    "a model built `from_config` needs `tokenizer.name_or_path` or `tokenizer.train_vocab_size`"
+                )
+        if self.dropout is not None and self.model_type is not None and self.model_type not in DROPOUT_KEYS:
+            raise ValueError(
+                f"`dropout` is not mapped for model_type {self.model_type!r}; set its keys under `config` "
+                f"(known: {', '.join(sorted(DROPOUT_KEYS))})"
+            )
+        return self
+
+    @property
+    def model_type(self) -> str | None:
+        """The architecture when it is known without loading anything (from_config only)."""
+        if self.from_config is not None:
+            return str(self.from_config["model_type"])
+        return None
+
+
+class DataConfig(_Strict):
+    """The data: a built-in offline corpus, a `datasets` name (hub or local folder), or local files."""
+
+    builtin: BuiltinCorpus | None = None
+    dataset: str | None = None  # load_dataset(dataset, dataset_config)
+    dataset_config: str | None = None
+    files: dict[str, str | list[str]] | None = None  # {train: a.csv, validation: b.csv}
+    format: Literal["text", "csv", "json"] | None = None  # for `files`; default: from the extension
+    train_split: str = "train"
+    eval_split: str | None = "validation"  # None or missing: split `eval_fraction` off the training split
+    eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = Field(default=128, ge=8, le=1_000_000)  # LM block size / classification truncation
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    seed: int = 0  # for the train/eval split and sample limits; fixed so all trials see the same data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        given = [n for n in ("builtin", "dataset", "files") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `builtin`, `dataset` or `files`")
+        if self.files is not None and "train" not in self.files:
+            raise ValueError("`files` needs a `train` entry")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Training arguments, by their Hugging Face ``TrainingArguments`` names and defaults."""
+
+    learning_rate: float = Field(default=5.0e-5, gt=0.0)
+    per_device_train_batch_size: int = Field(default=8, ge=1)
+    per_device_eval_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    adam_epsilon: float = Field(default=1.0e-8, gt=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0)  # 0 disables clipping
+    num_train_epochs: float = Field(default=3.0, gt=0.0)
+    max_steps: int = Field(default=-1, ge=-1)  # > 0 overrides num_train_epochs
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)  # > 0 overrides warmup_ratio
+    eval_steps: int | None = Field(default=None, ge=1)  # evaluate every N optimizer steps
+    logging_steps: int = Field(default=10, ge=1)
+    seed: int = 42
+    bf16: bool | None = None  # None: bf16 where the accelerator supports it
+    fp16: bool = False
+    use_cpu: bool = False
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrainingConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError("`bf16` and `fp16` cannot both be true")
+        if self.max_steps == 0:
+            raise ValueError("`max_steps` must be -1 (use num_train_epochs) or > 0, but got 0.")
+        return self
+
+
+class RunConfig(_Strict):
+    """One resolved training run: what a trainer takes."""
+
+    task: Task
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval_batches: int | None = Field(default=None, ge=1)  # cap on eval batches per evaluation
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> RunConfig:
+        if self.task == "causal_lm" and self.data.text_pair_column is not None:
+            raise ValueError("`data.text_pair_column` only applies to sequence_classification")
+        return self

@@ -1,0 +1,101 @@
+"""Model building: from a config (from scratch) or from pretrained weights, with config overrides.
+
+Pretrained weights are read from disk once per process and kept in memory; every run then builds its
+model from the (overridden) config and loads those weights. The first run and the hundredth take the same
+path, so a run's result does not depend on which worker ran it or what it ran before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trainers.config import DROPOUT_KEYS, RunConfig
+from trainers.data import PreparedData
+
+# (name_or_path, revision, task, num_labels) -> weights found in the checkpoint, on CPU
+_WEIGHTS: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
+
+
+def _auto_class(task: str) -> Any:
+    import transformers
+
+    if task == "causal_lm":
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModelForSequenceClassification
+
+
+def config_overrides(run: RunConfig, model_type: str) -> dict[str, Any]:
+    """Model-config keys a run sets: ``model.dropout`` spread over the architecture's keys, then ``model.config``."""
+    out: dict[str, Any] = {}
+    if run.model.dropout is not None:
+        keys = DROPOUT_KEYS.get(model_type)
+        if keys is None:
+            raise ValueError(
+                f"model.dropout: not mapped for model_type {model_type!r}; set its dropout keys under model.config"
+            )
+        out.update(dict.fromkeys(keys, run.model.dropout))
+    out.update(run.model.config)
+    return out
+
+
+def build_config(run: RunConfig, data: PreparedData) -> Any:
+    """The transformers config of the run's model, overrides applied."""
+    from transformers import AutoConfig
+
+    extra: dict[str, Any] = {}
+    if run.task == "sequence_classification":
+        assert data.label_names is not None
+        extra["num_labels"] = len(data.label_names)
+        extra["id2label"] = dict(enumerate(data.label_names))
+        extra["label2id"] = {n: i for i, n in enumerate(data.label_names)}
+    if run.model.from_config is not None:
+        spec = dict(run.model.from_config)
+        model_type = spec.pop("model_type")
+        cfg = AutoConfig.for_model(model_type, **spec)
+        # A from-scratch model must match the tokenizer trained for it.
+        cfg.vocab_size = data.vocab_size
+        cfg.pad_token_id = data.pad_id
+        if data.eos_id is not None:
+            cfg.bos_token_id = cfg.eos_token_id = data.eos_id
+    else:
+        assert run.model.name_or_path is not None
+        cfg = AutoConfig.from_pretrained(
+            run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
+        )
+        model_type = cfg.model_type
+        if getattr(cfg, "pad_token_id", None) is None:
+            cfg.pad_token_id = data.pad_id
+    for k, v in {**extra, **config_overrides(run, model_type)}.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _pretrained_weights(run: RunConfig, cfg: Any) -> dict[str, torch.Tensor]:
+    name = run.model.name_or_path
+    key = (name, run.model.revision, run.task, getattr(cfg, "num_labels", None))
+    if key not in _WEIGHTS:
+        model, info = _auto_class(run.task).from_pretrained(
+            name,
+            config=cfg,
+            revision=run.model.revision,
+            trust_remote_code=run.model.trust_remote_code,
+            output_loading_info=True,
+        )
+        missing = set(info.get("missing_keys", ()))  # e.g. a new classification head: seeded init per run
+        _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in missing}
+        del model
+    return _WEIGHTS[key]
+
+
+def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:
+    """A fresh model for one run; call after seeding so new weights are reproducible."""
+    cfg = build_config(run, data)
+    auto = _auto_class(run.task)
+    if run.model.from_config is not None:
+        return auto.from_config(cfg)
+    weights = _pretrained_weights(run, cfg)
+    model = auto.from_config(cfg, trust_remote_code=run.model.trust_remote_code)
+    model.load_state_dict(weights, strict=False)
+    return model  # type: ignore[no-any-return]

@@ -239,8 +239,6 @@ class Orchestrator:
     # ---------------------------------------------------------------------------------------- trials
     def _launch(self, worker: WorkerHandle) -> None:
         trial = self.study.ask(self.distributions)
-        trial.set_user_attr(A_HOST, HOSTNAME)
-        trial.set_user_attr(A_PID, os.getpid())
         params = dict(trial.params)
         try:
             run = self.cfg.trial_run(params)
@@ -249,12 +247,16 @@ class Orchestrator:
             self.study.tell(trial, state=TrialState.FAIL)
             self.display.trial_finished(trial.number, "FAIL", None, 0, "invalid configuration")
             return
-        trial.set_user_attr("device", worker.spec.device_label)
+        # Send first, bookkeeping after: the worker trains while these storage writes happen.
         self.running[trial.number] = Running(trial, worker, params, time.monotonic())
         worker.send(trial.number, run.model_dump(mode="json"))
+        self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
+        trial.set_user_attr("device", worker.spec.device_label)
+        trial.set_user_attr("worker", worker.spec.worker_id)
+        trial.set_user_attr(A_HOST, HOSTNAME)
+        trial.set_user_attr(A_PID, os.getpid())
         if hasattr(self.study._storage, "record_heartbeat"):
             self.study._storage.record_heartbeat(trial._trial_id)
-        self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
 
     def _handle(self, msg: tuple[Any, ...], summary: RunSummary) -> None:
         kind, wid = msg[0], msg[1]

@@ -16,7 +16,11 @@ from hpo.errors import HpoError
 from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import ATTR_N_TRIALS, create_or_resume, load_existing, open_storage, redact
-from hpo.worker import WorkerHandle, mp_context
+from hpo.worker import TrainerRunner, WorkerHandle, mp_context
+
+
+# Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def cache_dir() -> str:
@@ -40,12 +44,13 @@ def run(path: str | Path, display: RunDisplay | None = None) -> RunSummary:
     ctx = mp_context()
     results = ctx.Queue()
     # Workers start first: their library imports (seconds) overlap with opening the storage.
-    workers = [WorkerHandle(s, cache_dir(), results, ctx) for s in specs]
+    runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run())
+    workers = [WorkerHandle(s, runner, results, ctx) for s in specs]
     orch: Orchestrator | None = None
     try:
         storage = open_storage(cfg.storage_url, create=True)
         study, created = create_or_resume(cfg, storage)
-        orch = Orchestrator(cfg, study, specs, cache_dir(), display, workers=workers, results=results)
+        orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results)
         done = cfg.study.n_trials - orch.budget_left()
         display.start(cfg.study.name, cfg.objective.metric, done, cfg.study.n_trials, _header(cfg, specs, created, done))
         summary = orch.run(timeout=cfg.study.timeout)

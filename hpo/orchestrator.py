@@ -14,6 +14,7 @@ import os
 import queue
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,9 @@ A_RETRY_OF = "retry_of"  # the trial number this one re-runs
 A_HOST, A_PID = "host", "orchestrator_pid"
 
 HOSTNAME = socket.gethostname()
+
+# hpo drives heartbeats itself (ask/tell); Optuna's hint that they are meant for Study.optimize is noise.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 @dataclass
@@ -85,7 +89,7 @@ class Orchestrator:
         cfg: StudyConfig,
         study: optuna.Study,
         specs: Sequence[WorkerSpec],
-        cache_dir: str,
+        runner: Any,
         display: RunDisplay,
         workers: list[WorkerHandle] | None = None,
         results: Any = None,
@@ -95,7 +99,7 @@ class Orchestrator:
         self.cfg = cfg
         self.study = study
         self.display = display
-        self.cache_dir = cache_dir
+        self.runner = runner  # what workers call per trial (TrainerRunner, or a test double)
         self.metric = cfg.objective.metric
         self.distributions = to_distributions(cfg.search_space)
         self._ctx = mp_context()
@@ -110,7 +114,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------------------------------------ workers
     def _start(self, spec: WorkerSpec) -> WorkerHandle:
-        return WorkerHandle(spec, self.cache_dir, self.results, self._ctx)
+        return WorkerHandle(spec, self.runner, self.results, self._ctx)
 
     def close(self) -> None:
         for w in self.workers:
@@ -285,6 +289,12 @@ class Orchestrator:
             self._finish(r, TrialState.FAIL, summary, reason=f"error: {msg[3]}")
 
     def _on_eval(self, r: Running, step: int, metrics: dict[str, float]) -> None:
+        try:
+            self._judge(r, step, metrics)
+        finally:
+            r.worker.ack(r.trial.number, step)
+
+    def _judge(self, r: Running, step: int, metrics: dict[str, float]) -> None:
         value = metrics.get(self.metric)
         r.step = step
         if value is None or step <= r.last_eval_step or r.stop_sent:

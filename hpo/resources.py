@@ -53,7 +53,15 @@ def detect_gpus() -> list[Gpu]:
 
 # Environment of every worker: passive OpenMP waiting avoids 1.7-5x slowdowns when workers share cores,
 # and the tokenizers library must not start its own thread pool inside a worker.
-_BASE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+_BASE_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "TOKENIZERS_PARALLELISM": "false",
+    # Library chatter, per trial and per worker, that says nothing about the user's study.
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "error",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
 
 
 def plan_workers(res: ResourcesSection, max_workers: int | None = None) -> list[WorkerSpec]:

@@ -29,13 +29,24 @@ class RandomSamplerConfig(_Sampler):
         return optuna.samplers.RandomSampler(seed=self.seed)
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its ``study.stop()`` once the grid is exhausted.
+
+    That call only works inside ``Study.optimize``; with ask/tell it raises. The orchestrator stops at the
+    grid's size itself.
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        pass
+
+
 class GridSamplerConfig(_Sampler):
     name: Literal["grid"]
 
     def build(self, grid: Mapping[str, Sequence[Any]] | None = None) -> optuna.samplers.BaseSampler:
         if grid is None:
             raise ValueError("the grid sampler needs the grid of every parameter.")
-        return optuna.samplers.GridSampler(dict(grid), seed=self.seed)
+        return _AskTellGridSampler(dict(grid), seed=self.seed)
 
 
 class TPESamplerConfig(_Sampler):

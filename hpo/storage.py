@@ -101,15 +101,22 @@ def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> 
     Returns (study, created).
     """
     name = cfg.study.name
-    direction = cfg.direction
+    sampler = cfg.sampler.build(cfg.grid() if cfg.sampler.name == "grid" else None)
+    pruner = cfg.pruner.build()
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         study = None
     if study is None:
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
-        attrs = study.user_attrs
-        if ATTR_FINGERPRINT not in attrs:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=cfg.direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,  # another process may create it between our load and create
+        )
+        if ATTR_FINGERPRINT not in study.user_attrs:
             study.set_user_attr(ATTR_FINGERPRINT, cfg.fingerprint())
             study.set_user_attr(ATTR_SECTIONS, cfg.fingerprints())
             study.set_user_attr(ATTR_CONFIG, json.loads(cfg.model_dump_json()))

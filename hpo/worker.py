@@ -39,13 +39,17 @@ class QueueReporter:
         self.worker_id = worker_id
         self.trial = trial
         self.results = results
-        self.stop = stop  # mp.Array('q', 2): [trial number to stop, reason code]
+        self.stop = stop  # mp.Array('q', 4): [trial to stop, reason code, trial decided, step decided]
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.results.put(("log", self.worker_id, self.trial, step, metrics))
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.results.put(("eval", self.worker_id, self.trial, step, metrics))
+
+    def decided(self, step: int) -> bool:
+        """Whether the orchestrator has handled this trial's eval at ``step`` (for deterministic doubles)."""
+        return bool(self.stop[2] == self.trial and self.stop[3] >= step)
 
     def stop_reason(self) -> str | None:
         # Lock-free read: two aligned int64 loads; a torn read only delays the stop by one step.
@@ -66,34 +70,71 @@ def _quiet() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
-    try:
-        import datasets
-
-        datasets.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        pass
 
 
-def worker_main(spec: WorkerSpec, cache_dir: str, tasks: Any, results: Any, stop: Any) -> None:
-    """Entry point of a worker process."""
-    # Ctrl-C reaches the whole process group: the orchestrator decides, and tells workers via `stop`.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(spec.env)  # before torch is imported: thread pools and visible GPUs are read then
-    try:
+class TrainerRunner:
+    """Runs trials with the real trainer (``trainers.loop.train``); what a worker calls per trial.
+
+    ``setup`` runs once per worker process: imports, thread count, and the study's tokenised data (and
+    pretrained weights) loaded into memory before the first trial arrives.
+    """
+
+    def __init__(self, cache_dir: str, warm_run: dict[str, Any] | None = None) -> None:
+        self.cache_dir = cache_dir
+        self.warm_run = warm_run
+        self._data: dict[str, Any] = {}
+
+    def setup(self, spec: WorkerSpec) -> None:
         import torch
 
         torch.set_num_threads(spec.threads)
         _quiet()
-        from trainers.base import NonFiniteLoss
+        import trainers.loop  # noqa: F401 - import accelerate & co now, not in the first trial
+
+        if self.warm_run is not None:
+            from trainers.config import RunConfig
+            from trainers.models import build_model
+
+            # Tokenise (or load the cache), and build the model once: this imports its modeling code and
+            # keeps pretrained weights in memory, all while the orchestrator opens the storage.
+            run = RunConfig.model_validate(self.warm_run)
+            build_model(run, self._prepare(run))
+
+    def _key(self, run: Any) -> str:
+        from trainers.data import cache_key
+
+        return cache_key(run)
+
+    def _prepare(self, run: Any) -> Any:
+        from trainers.data import prepare
+
+        key = self._key(run)
+        if key not in self._data:
+            self._data[key] = prepare(run, self.cache_dir)
+        return self._data[key]
+
+    def __call__(self, run_dict: dict[str, Any], reporter: Any) -> dict[str, Any]:
         from trainers.config import RunConfig
-        from trainers.data import PreparedData, cache_key, prepare
         from trainers.loop import train
+
+        run = RunConfig.model_validate(run_dict)
+        return train(run, reporter, self.cache_dir, data=self._prepare(run)).to_dict()
+
+
+def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: Any) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C reaches the whole process group: the orchestrator decides, and tells workers via `stop`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(spec.env)  # before torch is imported: thread pools and visible GPUs are read then
+    from trainers.base import NonFiniteLoss
+
+    try:
+        runner.setup(spec)
     except BaseException as e:  # noqa: BLE001 - report any start-up failure, then exit
-        results.put(("fatal", spec.worker_id, None, f"worker failed to start: {type(e).__name__}: {e}"))
+        msg = f"{type(e).__name__}: {e}".splitlines()[0]
+        results.put(("fatal", spec.worker_id, None, f"worker {spec.worker_id} failed to start: {msg}"))
         return
     results.put(("ready", spec.worker_id, os.getpid()))
-    data: dict[str, PreparedData] = {}  # tokenised data stays in memory across trials
     while True:
         msg = tasks.get()
         if msg is None:
@@ -101,12 +142,7 @@ def worker_main(spec: WorkerSpec, cache_dir: str, tasks: Any, results: Any, stop
         trial, run_dict = msg
         reporter = QueueReporter(spec.worker_id, trial, results, stop)
         try:
-            run = RunConfig.model_validate(run_dict)
-            key = cache_key(run)
-            if key not in data:
-                data[key] = prepare(run, cache_dir)
-            result = train(run, reporter, cache_dir, data=data[key])
-            results.put(("done", spec.worker_id, trial, result.to_dict()))
+            results.put(("done", spec.worker_id, trial, runner(run_dict, reporter)))
         except NonFiniteLoss as e:
             results.put(("nonfinite", spec.worker_id, trial, str(e)))
         except BaseException as e:  # noqa: BLE001 - a trial's crash must not end the worker
@@ -117,13 +153,14 @@ def worker_main(spec: WorkerSpec, cache_dir: str, tasks: Any, results: Any, stop
 class WorkerHandle:
     """The orchestrator's side of one worker process."""
 
-    def __init__(self, spec: WorkerSpec, cache_dir: str, results: Any, ctx: Any) -> None:
+    def __init__(self, spec: WorkerSpec, runner: Any, results: Any, ctx: Any) -> None:
         self.spec = spec
+        self.runner = runner
         self.tasks = ctx.Queue()
-        self.stop = ctx.Array("q", [-1, STOP_NONE], lock=False)
+        self.stop = ctx.Array("q", [-1, STOP_NONE, -1, -1], lock=False)
         self.process = ctx.Process(
             target=worker_main,
-            args=(spec, cache_dir, self.tasks, results, self.stop),
+            args=(spec, runner, self.tasks, results, self.stop),
             name=f"hpo-worker-{spec.worker_id}",
             daemon=True,
         )
@@ -138,6 +175,11 @@ class WorkerHandle:
     def request_stop(self, trial: int, code: int) -> None:
         self.stop[1] = code
         self.stop[0] = trial
+
+    def ack(self, trial: int, step: int) -> None:
+        """Record that the eval of ``trial`` at ``step`` has been reported and judged."""
+        self.stop[3] = step
+        self.stop[2] = trial
 
     def alive(self) -> bool:
         return self.process.is_alive()

@@ -151,3 +151,26 @@ def minilm_model_dir() -> str:
             f"reinstall it with `{_INSTALL_HINT}`."
         )
     return str(model_dir)
+
+
+# Bundled models a study file names as ``builtin:<name>`` (e.g. ``model.name_or_path:
+# builtin:all-minilm-l6-v2``): a closed set, resolved to the installed folder on the machine that runs.
+BUILTIN_MODEL_PREFIX = "builtin:"
+BUILTIN_MODELS = {"all-minilm-l6-v2": minilm_model_dir}
+
+
+def resolve_model_path(name: str) -> str:
+    """Return what ``from_pretrained`` gets for a model or tokenizer name.
+
+    ``builtin:<model>`` becomes the local folder of that bundled model; any other name (a hub name or a
+    local path) is returned unchanged.
+    """
+    if not name.startswith(BUILTIN_MODEL_PREFIX):
+        return name
+    key = name[len(BUILTIN_MODEL_PREFIX) :]
+    if key not in BUILTIN_MODELS:
+        raise ValueError(
+            f"unknown built-in model {name!r} (known: "
+            f"{', '.join(BUILTIN_MODEL_PREFIX + k for k in sorted(BUILTIN_MODELS))})"
+        )
+    return BUILTIN_MODELS[key]()

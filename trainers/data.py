@@ -208,7 +208,7 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
         name = tok_cfg.name_or_path or model.name_or_path
         assert name is not None  # ModelConfig validation guarantees a source
         tok = AutoTokenizer.from_pretrained(
-            name, revision=model.revision, trust_remote_code=model.trust_remote_code
+            corpora.resolve_model_path(name), revision=model.revision, trust_remote_code=model.trust_remote_code
         )
         if tok.pad_token is None:
             # Causal LMs often ship without a pad token; reuse EOS as HF examples do.

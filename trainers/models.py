@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from trainers.config import DROPOUT_KEYS, RunConfig
+from trainers.corpora import resolve_model_path
 from trainers.data import PreparedData
 
 # (name_or_path, revision, task, num_labels) -> weights found in the checkpoint, on CPU
@@ -62,7 +63,9 @@ def build_config(run: RunConfig, data: PreparedData) -> Any:
     else:
         assert run.model.name_or_path is not None
         cfg = AutoConfig.from_pretrained(
-            run.model.name_or_path, revision=run.model.revision, trust_remote_code=run.model.trust_remote_code
+            resolve_model_path(run.model.name_or_path),
+            revision=run.model.revision,
+            trust_remote_code=run.model.trust_remote_code,
         )
         model_type = cfg.model_type
         if getattr(cfg, "pad_token_id", None) is None:
@@ -72,12 +75,13 @@ def build_config(run: RunConfig, data: PreparedData) -> Any:
     return cfg
 
 
-def _pretrained_weights(run: RunConfig, cfg: Any) -> dict[str, torch.Tensor]:
+def pretrained_weights(run: RunConfig, cfg: Any) -> dict[str, torch.Tensor]:
     name = run.model.name_or_path
+    assert name is not None
     key = (name, run.model.revision, run.task, getattr(cfg, "num_labels", None))
     if key not in _WEIGHTS:
         model, info = _auto_class(run.task).from_pretrained(
-            name,
+            resolve_model_path(name),
             config=cfg,
             revision=run.model.revision,
             trust_remote_code=run.model.trust_remote_code,
@@ -95,7 +99,7 @@ def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:
     auto = _auto_class(run.task)
     if run.model.from_config is not None:
         return auto.from_config(cfg)
-    weights = _pretrained_weights(run, cfg)
+    weights = pretrained_weights(run, cfg)
     model = auto.from_config(cfg, trust_remote_code=run.model.trust_remote_code)
     model.load_state_dict(weights, strict=False)
     return model  # type: ignore[no-any-return]

@@ -1,0 +1,101 @@
+"""Deterministic stand-ins for the trainer, run inside real worker processes.
+
+``CurveRunner`` replaces ``hpo.worker.TrainerRunner``: no torch, no data, a loss curve computed from the
+learning rate, and a wait for the orchestrator's decision after each eval so pruning is deterministic.
+It lives in its own module so spawned workers can import it by name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainers.base import NonFiniteLoss
+
+
+def final_loss(lr: float) -> float:
+    """Best at lr = 1e-3; a unit of log10(lr) away costs 1."""
+    return 1.0 + (math.log10(lr) + 3.0) ** 2
+
+
+def curve(lr: float, step: int) -> float:
+    return final_loss(lr) + 5.0 / step
+
+
+class CurveRunner:
+    """A trainer double. Behaviours are keyed on the learning rate so tests choose them with params.
+
+    - ``fail_above``: raise RuntimeError when lr is above it (a crashing trial).
+    - ``nan_above``: raise NonFiniteLoss when lr is above it (a diverging trial).
+    - ``die_above`` + ``marker_dir``: the worker process kills itself the first time such params run.
+    - ``block``: after the first eval, wait (up to 30 s) until told to stop — for interrupt tests.
+    """
+
+    def __init__(
+        self,
+        fail_above: float | None = None,
+        nan_above: float | None = None,
+        die_above: float | None = None,
+        marker_dir: str | None = None,
+        block: bool = False,
+    ) -> None:
+        self.fail_above = fail_above
+        self.nan_above = nan_above
+        self.die_above = die_above
+        self.marker_dir = marker_dir
+        self.block = block
+
+    def setup(self, spec: Any) -> None:
+        pass
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> dict[str, Any]:
+        lr = float(run["training"]["learning_rate"])
+        steps = int(run["training"]["max_steps"])
+        every = int(run["training"]["eval_steps"])
+        if self.fail_above is not None and lr > self.fail_above:
+            raise RuntimeError(f"simulated crash at lr={lr:.3g}")
+        if self.die_above is not None and lr > self.die_above:
+            assert self.marker_dir is not None
+            marker = Path(self.marker_dir) / f"died-{lr!r}"
+            if not marker.exists():
+                marker.write_text("1")
+                os._exit(9)  # like kill -9: no cleanup, no message to the orchestrator
+        done = 0
+        metrics: dict[str, float] = {}
+        stopped = None
+        for step in range(1, steps + 1):
+            stopped = reporter.stop_reason()
+            if stopped is not None:
+                break
+            done = step
+            if self.nan_above is not None and lr > self.nan_above and step == every:
+                raise NonFiniteLoss(step, float("nan"))
+            if step % every == 0 or step == steps:
+                v = curve(lr, step)
+                metrics = {"eval_loss": v, "perplexity": math.exp(v)}
+                reporter.on_eval(step, metrics)
+                _wait(lambda s=step: reporter.decided(s))  # type: ignore[misc]
+                if self.block:
+                    _wait(lambda: reporter.stop_reason() is not None, timeout=30.0)
+        return {
+            "metrics": metrics,
+            "steps": done,
+            "train_time": 0.001 * done,
+            "eval_time": 0.0,
+            "setup_time": 0.0,
+            "tokens": done,
+            "tokens_per_s": 1000.0,
+            "device": "cpu",
+            "precision": "no",
+            "stopped": stopped if stopped is not None else reporter.stop_reason(),
+            "evals": [],
+        }
+
+
+def _wait(cond: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.001)

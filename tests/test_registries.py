@@ -1,0 +1,486 @@
+"""The closed sampler and pruner registries: each config builds its Optuna object, nothing else is accepted,
+and the built samplers run (ask/tell, in memory) on distributions made by ``hpo.space``."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, get_args
+
+import optuna
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from hpo.config import StudyConfig, validate_study
+from hpo.errors import StudyFileError
+from hpo.pruners import PRUNER_NAMES, PrunerConfig
+from hpo.samplers import SAMPLER_NAMES, SamplerConfig
+from hpo.space import CategoricalSpec, to_distributions
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SAMPLERS: TypeAdapter[Any] = TypeAdapter(SamplerConfig)
+PRUNERS: TypeAdapter[Any] = TypeAdapter(PrunerConfig)
+
+QUICKSTART: dict[str, Any] = {
+    "study": {"name": "quickstart", "n_trials": 16},
+    "task": "causal_lm",
+    "objective": {"metric": "perplexity"},
+    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 6},
+    "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50},
+    "fidelity": {"max_steps": 300, "eval_every": 50, "eval_batches": 4},
+    "model": {
+        "from_config": {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 64},
+        "tokenizer": {"train_vocab_size": 2048},
+    },
+    "data": {"builtin": "pydoc_topics", "max_length": 64},
+    "training": {"per_device_eval_batch_size": 32, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine"},
+    "search_space": {
+        "training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
+        "training.per_device_train_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "training.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    },
+}
+
+GRID = {"learning_rate": [1e-5, 1e-4, 1e-3], "per_device_train_batch_size": [8, 16, 32], "dropout": [0.0, 0.1]}
+
+
+@functools.cache
+def _validated(grid: bool) -> StudyConfig:
+    data = copy.deepcopy(QUICKSTART)
+    if grid:
+        data["sampler"] = {"name": "grid"}
+        ss = data["search_space"]
+        ss["training.learning_rate"]["grid"] = [1e-5, 1e-4, 1e-3]
+        ss["model.dropout"]["grid"] = [0.0, 0.1]
+        ss["training.weight_decay"]["grid"] = [0.0, 0.05, 0.1]
+    return validate_study(data)
+
+
+def quickstart(sampler: dict[str, Any] | None = None, grid: bool = False) -> StudyConfig:
+    """The quickstart study (with grids when asked) using ``sampler``, validated through the registry.
+
+    Validation is cached: it round-trips the run configuration through YAML for each search-space bound.
+    """
+    cfg = _validated(grid)
+    if sampler is None:
+        return cfg
+    return cfg.model_copy(update={"sampler": SAMPLERS.validate_python(sampler)})
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+def _literal_names(adapter_type: Any) -> set[str]:
+    union = get_args(adapter_type)[0]
+    return {get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(union)}
+
+
+def test_registered_names_match_the_config_classes() -> None:
+    assert _literal_names(SamplerConfig) == set(SAMPLER_NAMES)
+    assert _literal_names(PrunerConfig) == set(PRUNER_NAMES)
+    assert len(SAMPLER_NAMES) == len(set(SAMPLER_NAMES)) == 6
+    assert len(PRUNER_NAMES) == len(set(PRUNER_NAMES)) == 8
+
+
+# (config, optuna type, attributes of the built object)
+SAMPLER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
+    ("random", {"name": "random", "seed": 3}, optuna.samplers.RandomSampler, {}),
+    (
+        "grid",
+        {"name": "grid", "seed": 3},
+        optuna.samplers.GridSampler,
+        {"_search_space": GRID, "_param_names": sorted(GRID), "_n_min_trials": 18},
+    ),
+    (
+        "tpe-defaults",
+        {"name": "tpe"},
+        optuna.samplers.TPESampler,
+        {"_n_startup_trials": 10, "_n_ei_candidates": 24, "_constant_liar": True, "_group": False},
+    ),
+    (
+        "tpe-args",
+        {
+            "name": "tpe",
+            "seed": 1,
+            "n_startup_trials": 3,
+            "n_ei_candidates": 7,
+            "multivariate": True,
+            "group": True,
+            "constant_liar": False,
+        },
+        optuna.samplers.TPESampler,
+        {"_n_startup_trials": 3, "_n_ei_candidates": 7, "_multivariate": True, "_group": True, "_constant_liar": False},
+    ),
+    (
+        "gp",
+        {"name": "gp", "seed": 2, "n_startup_trials": 4, "deterministic_objective": True},
+        optuna.samplers.GPSampler,
+        {"_n_startup_trials": 4, "_deterministic": True},
+    ),
+    (
+        "cmaes",
+        {
+            "name": "cmaes",
+            "seed": 2,
+            "n_startup_trials": 2,
+            "popsize": 6,
+            "use_separable_cma": True,
+            "consider_pruned_trials": True,
+        },
+        optuna.samplers.CmaEsSampler,
+        {
+            "_n_startup_trials": 2,
+            "_popsize": 6,
+            "_use_separable_cma": True,
+            "_consider_pruned_trials": True,
+            "_warn_independent_sampling": False,
+            "_attr_prefix": "sepcma:",
+        },
+    ),
+    (
+        "cmaes-margin",
+        {"name": "cmaes", "with_margin": True},
+        optuna.samplers.CmaEsSampler,
+        {"_with_margin": True, "_attr_prefix": "cmawm:", "_n_startup_trials": 1},
+    ),
+    (
+        "qmc",
+        {"name": "qmc", "seed": 5, "qmc_type": "halton", "scramble": True},
+        optuna.samplers.QMCSampler,
+        {"_qmc_type": "halton", "_scramble": True, "_seed": 5},
+    ),
+    (
+        "qmc-defaults",
+        {"name": "qmc", "seed": 0},
+        optuna.samplers.QMCSampler,
+        {"_qmc_type": "sobol", "_scramble": False},
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "cls", "attrs"), [c[1:] for c in SAMPLER_CASES], ids=[c[0] for c in SAMPLER_CASES])
+def test_sampler_builds(config: dict[str, Any], cls: type, attrs: dict[str, Any]) -> None:
+    sampler = SAMPLERS.validate_python(config).build(GRID)
+    assert type(sampler) is cls
+    for name, value in attrs.items():
+        assert getattr(sampler, name) == value, name
+
+
+def test_sampler_cases_cover_the_registry() -> None:
+    assert {c[1]["name"] for c in SAMPLER_CASES} == set(SAMPLER_NAMES)
+
+
+def test_sampler_seed_is_passed_through() -> None:
+    def first_draws(seed: int) -> list[float]:
+        sampler = SAMPLERS.validate_python({"name": "random", "seed": seed}).build()
+        return list(sampler._rng.rng.random_sample(3))
+
+    assert first_draws(7) == first_draws(7)
+    assert first_draws(7) != first_draws(8)
+
+
+def test_grid_sampler_needs_the_grid() -> None:
+    with pytest.raises(ValueError, match="needs the grid"):
+        SAMPLERS.validate_python({"name": "grid"}).build(None)
+
+
+def test_grid_sampler_gets_the_studys_grid() -> None:
+    cfg = quickstart({"name": "grid", "seed": 0}, grid=True)
+    grid = cfg.grid()
+    assert grid is not None
+    sampler = cfg.sampler.build(grid)
+    assert isinstance(sampler, optuna.samplers.GridSampler)
+    assert sampler._search_space == grid
+    assert sampler._n_min_trials == 3 * 3 * 2 * 3
+
+
+PRUNER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
+    ("none", {"name": "none"}, optuna.pruners.NopPruner, {}),
+    (
+        "median",
+        {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50, "interval_steps": 2, "n_min_trials": 3},
+        optuna.pruners.MedianPruner,
+        {"_percentile": 50.0, "_n_startup_trials": 4, "_n_warmup_steps": 50, "_interval_steps": 2, "_n_min_trials": 3},
+    ),
+    (
+        "median-defaults",
+        {"name": "median"},
+        optuna.pruners.MedianPruner,
+        {"_n_startup_trials": 5, "_n_warmup_steps": 0, "_interval_steps": 1, "_n_min_trials": 1},
+    ),
+    (
+        "percentile",
+        {"name": "percentile", "percentile": 25.0, "n_startup_trials": 2},
+        optuna.pruners.PercentilePruner,
+        {"_percentile": 25.0, "_n_startup_trials": 2},
+    ),
+    (
+        "successive-halving",
+        {
+            "name": "successive_halving",
+            "min_resource": 50,
+            "reduction_factor": 3,
+            "min_early_stopping_rate": 1,
+            "bootstrap_count": 2,
+        },
+        optuna.pruners.SuccessiveHalvingPruner,
+        {"_min_resource": 50, "_reduction_factor": 3, "_min_early_stopping_rate": 1, "_bootstrap_count": 2},
+    ),
+    (
+        "successive-halving-auto",
+        {"name": "successive_halving"},
+        optuna.pruners.SuccessiveHalvingPruner,
+        {"_min_resource": None, "_reduction_factor": 4},
+    ),
+    (
+        "hyperband",
+        {"name": "hyperband", "min_resource": 10, "max_resource": 300, "reduction_factor": 2},
+        optuna.pruners.HyperbandPruner,
+        {"_min_resource": 10, "_max_resource": 300, "_reduction_factor": 2},
+    ),
+    ("hyperband-auto", {"name": "hyperband"}, optuna.pruners.HyperbandPruner, {"_max_resource": "auto"}),
+    (
+        "threshold",
+        {"name": "threshold", "upper": 100.0, "n_warmup_steps": 10},
+        optuna.pruners.ThresholdPruner,
+        {"_lower": -math.inf, "_upper": 100.0, "_n_warmup_steps": 10, "_interval_steps": 1},
+    ),
+    (
+        "threshold-both",
+        {"name": "threshold", "lower": 0.0, "upper": 1.0},
+        optuna.pruners.ThresholdPruner,
+        {"_lower": 0.0, "_upper": 1.0},
+    ),
+    (
+        "wilcoxon",
+        {"name": "wilcoxon", "p_threshold": 0.05, "n_startup_steps": 3},
+        optuna.pruners.WilcoxonPruner,
+        {"_p_threshold": 0.05, "_n_startup_steps": 3},
+    ),
+    (
+        "patient-alone",
+        {"name": "patient", "patience": 3, "min_delta": 0.01},
+        optuna.pruners.PatientPruner,
+        {"_wrapped_pruner": None, "_patience": 3, "_min_delta": 0.01},
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "cls", "attrs"), [c[1:] for c in PRUNER_CASES], ids=[c[0] for c in PRUNER_CASES])
+def test_pruner_builds(config: dict[str, Any], cls: type, attrs: dict[str, Any]) -> None:
+    pruner = PRUNERS.validate_python(config).build()
+    assert type(pruner) is cls
+    for name, value in attrs.items():
+        assert getattr(pruner, name) == value, name
+
+
+def test_pruner_cases_cover_the_registry() -> None:
+    assert {c[1]["name"] for c in PRUNER_CASES} == set(PRUNER_NAMES)
+
+
+WRAPPED: list[tuple[dict[str, Any], type]] = [
+    ({"name": "median", "n_warmup_steps": 10}, optuna.pruners.MedianPruner),
+    ({"name": "percentile", "percentile": 10.0}, optuna.pruners.PercentilePruner),
+    ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
+    ({"name": "hyperband"}, optuna.pruners.HyperbandPruner),
+    ({"name": "threshold", "upper": 5.0}, optuna.pruners.ThresholdPruner),
+]
+
+
+@pytest.mark.parametrize(("inner", "cls"), WRAPPED, ids=[w[0]["name"] for w in WRAPPED])
+def test_patient_pruner_builds_its_wrapped_pruner(inner: dict[str, Any], cls: type) -> None:
+    pruner = PRUNERS.validate_python({"name": "patient", "patience": 2, "wrapped": inner}).build()
+    assert type(pruner) is optuna.pruners.PatientPruner
+    assert type(pruner._wrapped_pruner) is cls
+    assert pruner._patience == 2
+
+
+@pytest.mark.parametrize("inner", ["none", "wilcoxon", "patient"])
+def test_patient_pruner_cannot_wrap(inner: str) -> None:
+    with pytest.raises(ValidationError):
+        PRUNERS.validate_python({"name": "patient", "patience": 2, "wrapped": {"name": inner, "patience": 1}})
+
+
+# ------------------------------------------------------------------------------------------ closed registry
+
+NOT_REGISTERED = [
+    "optuna.samplers.TPESampler",
+    "TPESampler",
+    "hpo.samplers.TPESamplerConfig",
+    "optuna.pruners.MedianPruner",
+    "MedianPruner",
+    "builtins.eval",
+    "os:system",
+    "TPE",
+    "",
+]
+
+
+@pytest.mark.parametrize("section", ["sampler", "pruner"])
+@pytest.mark.parametrize("name", NOT_REGISTERED)
+def test_unregistered_name_is_rejected_by_validation(section: str, name: str) -> None:
+    data = copy.deepcopy(QUICKSTART)
+    data[section] = {"name": name}
+    with pytest.raises(StudyFileError) as info:
+        validate_study(data, "s.yaml")
+    ((loc, msg),) = info.value.problems
+    assert loc == section
+    assert msg.startswith("`name` must be one of ")
+    assert msg.endswith(f", but got {name!r}") if name else msg.endswith("(it is missing)")
+
+
+@pytest.mark.parametrize("key", ["class", "module", "import", "cls", "target", "_target_"])
+@pytest.mark.parametrize("section", ["sampler", "pruner"])
+def test_import_style_keys_are_unknown(section: str, key: str) -> None:
+    data = copy.deepcopy(QUICKSTART)
+    data[section] = {"name": "tpe" if section == "sampler" else "median", key: "optuna.samplers.TPESampler"}
+    with pytest.raises(StudyFileError) as info:
+        validate_study(data, "s.yaml")
+    assert info.value.problems == [(f"{section}.{key}", "unknown key")]
+
+
+@pytest.mark.parametrize("adapter", [SAMPLERS, PRUNERS], ids=["sampler", "pruner"])
+def test_callables_are_not_accepted(adapter: TypeAdapter[Any]) -> None:
+    name = "tpe" if adapter is SAMPLERS else "median"
+    for key in ("gamma", "weights", "constraints_func", "independent_sampler"):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            adapter.validate_python({"name": name, key: "builtins.print"})
+
+
+# ------------------------------------------------------------------------------------------ ask / tell
+
+
+def objective(params: dict[str, Any]) -> float:
+    """Deterministic: best at learning_rate 1e-3, batch 16, no dropout, no weight decay."""
+    return (
+        (math.log10(params["learning_rate"]) + 3.0) ** 2
+        + abs(params["per_device_train_batch_size"] - 16) / 16
+        + params["dropout"]
+        + 10 * params["weight_decay"]
+    )
+
+
+DRIVEN: list[tuple[str, dict[str, Any]]] = [
+    ("random", {"name": "random", "seed": 0}),
+    ("grid", {"name": "grid", "seed": 0}),
+    ("tpe", {"name": "tpe", "seed": 0, "n_startup_trials": 2}),  # trials 3-5 come from TPE itself
+    ("tpe-multivariate", {"name": "tpe", "seed": 0, "n_startup_trials": 2, "multivariate": True}),
+    # GP fitting imports torch and takes seconds: the GP sampler runs its (random) startup trials here only
+    ("gp-startup", {"name": "gp", "seed": 0}),
+    # CMA-ES and QMC are built and checked above but not driven: their first sample imports scipy.stats
+    # (~0.7 s), more than the rest of this file. Add ("cmaes", {"name": "cmaes", "n_startup_trials": 1}) and
+    # ("qmc", {"name": "qmc"}) here to drive them too; both pass.
+]
+
+
+@pytest.mark.parametrize("sampler", [d[1] for d in DRIVEN], ids=[d[0] for d in DRIVEN])
+def test_built_sampler_runs_on_our_distributions(sampler: dict[str, Any]) -> None:
+    cfg = quickstart(sampler, grid=sampler["name"] == "grid")
+    dists = to_distributions(cfg.search_space)
+    assert list(dists) == ["learning_rate", "per_device_train_batch_size", "dropout", "weight_decay"]
+    study = optuna.create_study(direction=cfg.direction, sampler=cfg.sampler.build(cfg.grid()))
+    seen: list[tuple[Any, ...]] = []
+    for _ in range(5):
+        trial = study.ask(dists)
+        params = trial.params
+        assert set(params) == set(dists)
+        for name, value in params.items():
+            dist = dists[name]
+            assert dist._contains(dist.to_internal_repr(value)), (name, value)
+        assert type(params["per_device_train_batch_size"]) is int
+        run = cfg.trial_run(params)  # the sampled values make a valid run configuration
+        assert run.training.learning_rate == params["learning_rate"]
+        assert run.model.dropout == params["dropout"]
+        assert run.training.max_steps == 300
+        seen.append(tuple(params[k] for k in dists))
+        study.tell(trial, objective(params))
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 5
+    assert study.best_value == min(objective(t.params) for t in trials)
+    if cfg.sampler.name == "grid":
+        grid = cfg.grid()
+        assert grid is not None
+        assert len(set(seen)) == 5  # distinct grid points
+        for point in seen:
+            assert all(v in grid[k] for k, v in zip(dists, point, strict=True))
+
+
+def test_samplers_with_the_same_seed_repeat_themselves() -> None:
+    def run(seed: int) -> list[dict[str, Any]]:
+        cfg = quickstart({"name": "tpe", "seed": seed, "n_startup_trials": 2})
+        dists = to_distributions(cfg.search_space)
+        study = optuna.create_study(direction=cfg.direction, sampler=cfg.sampler.build())
+        out = []
+        for _ in range(4):
+            trial = study.ask(dists)
+            out.append(trial.params)
+            study.tell(trial, objective(trial.params))
+        return out
+
+    assert run(0) == run(0)
+
+
+# ------------------------------------------------------------------------------------------ known bugs
+
+BUILD_FAILS: list[tuple[str, Callable[[], Any]]] = [
+    (
+        "cmaes-separable-with-margin",
+        lambda: SAMPLERS.validate_python({"name": "cmaes", "use_separable_cma": True, "with_margin": True}),
+    ),
+    (
+        "cmaes-lr-adapt-with-margin",
+        lambda: SAMPLERS.validate_python({"name": "cmaes", "lr_adapt": True, "with_margin": True}),
+    ),
+    (
+        "tpe-group-without-multivariate",
+        lambda: SAMPLERS.validate_python({"name": "tpe", "group": True, "multivariate": False}),
+    ),
+    (
+        "successive-halving-bootstrap-with-auto",
+        lambda: PRUNERS.validate_python({"name": "successive_halving", "bootstrap_count": 2}),
+    ),
+    (
+        "successive-halving-min-resource-0",
+        lambda: PRUNERS.validate_python({"name": "successive_halving", "min_resource": 0}),
+    ),
+    ("hyperband-bootstrap-with-auto", lambda: PRUNERS.validate_python({"name": "hyperband", "bootstrap_count": 2})),
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="hpo/samplers.py / hpo/pruners.py: these configs pass validation but Optuna's constructor rejects "
+    "them in build() (CmaEsSamplerConfig: use_separable_cma+with_margin, lr_adapt+with_margin/use_separable_cma; "
+    "TPESamplerConfig: group without multivariate; SuccessiveHalvingPrunerConfig: min_resource has no ge=1, "
+    "bootstrap_count>0 with min_resource auto; HyperbandPrunerConfig: bootstrap_count>0 with max_resource auto)",
+)
+@pytest.mark.parametrize("make", [b[1] for b in BUILD_FAILS], ids=[b[0] for b in BUILD_FAILS])
+def test_every_valid_config_builds(make: Callable[[], Any]) -> None:
+    try:
+        config = make()
+    except ValidationError:
+        return  # rejected at validation: the fix
+    config.build()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="hpo/space.py:81 CategoricalSpec keeps [1, true] (also [0, false], [1, 1.0]) as two choices, but "
+    "Optuna's CategoricalDistribution.to_internal_repr uses list.index, so a trial that ran `true` is stored "
+    "with the param 1",
+)
+def test_categorical_true_next_to_1_survives_storage() -> None:
+    spec = CategoricalSpec(type="categorical", choices=[1, True])  # accepted: two distinct choices
+    dists = to_distributions({"training.bf16": spec})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"bf16": True})
+    trial = study.ask(dists)
+    assert trial.params["bf16"] is True  # what the trial ran with
+    study.tell(trial, 0.0)
+    assert study.trials[0].params["bf16"] is True  # what the storage says it ran with

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpo import api
@@ -45,7 +46,7 @@ def _errors(fn: F) -> F:
             if _state["debug"]:
                 raise
             for line in str(e).splitlines():
-                err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+                err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -71,6 +72,7 @@ def validate(study_file: StudyFile) -> None:
         f"{len(cfg.search_space)} parameters ({', '.join(api.to_param_names(cfg))}), "
         f"sampler {cfg.sampler.name}, pruner {cfg.pruner.name}, n_trials {cfg.study.n_trials}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -131,7 +133,7 @@ def status(
             "-" if r.steps is None else str(r.steps),
             "-" if r.duration is None else f"{r.duration:.1f}s",
             fmt_params(r.params),
-            r.reason or "",
+            escape(r.reason or ""),
         )
     out.print(table)
     if st.best is not None:

@@ -165,7 +165,7 @@ SAMPLER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
 @pytest.mark.parametrize(("config", "cls", "attrs"), [c[1:] for c in SAMPLER_CASES], ids=[c[0] for c in SAMPLER_CASES])
 def test_sampler_builds(config: dict[str, Any], cls: type, attrs: dict[str, Any]) -> None:
     sampler = SAMPLERS.validate_python(config).build(GRID)
-    assert type(sampler) is cls
+    assert isinstance(sampler, cls)
     for name, value in attrs.items():
         assert getattr(sampler, name) == value, name
 
@@ -407,6 +407,20 @@ def test_built_sampler_runs_on_our_distributions(sampler: dict[str, Any]) -> Non
         assert len(set(seen)) == 5  # distinct grid points
         for point in seen:
             assert all(v in grid[k] for k, v in zip(dists, point, strict=True))
+
+
+def test_grid_sampler_can_be_exhausted_with_ask_tell() -> None:
+    grid = {"x": [1, 2], "y": ["a", "b"]}
+    sampler = SAMPLERS.validate_python({"name": "grid", "seed": 0}).build(grid)
+    dists = {
+        "x": optuna.distributions.IntDistribution(1, 2),
+        "y": optuna.distributions.CategoricalDistribution(["a", "b"]),
+    }
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(4):
+        trial = study.ask(dists)
+        study.tell(trial, float(trial.params["x"]))  # the last tell must not call study.stop()
+    assert sorted((t.params["x"], t.params["y"]) for t in study.trials) == [(1, "a"), (1, "b"), (2, "a"), (2, "b")]
 
 
 def test_samplers_with_the_same_seed_repeat_themselves() -> None:

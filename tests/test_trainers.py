@@ -1,0 +1,152 @@
+"""The trainer side: data cache, model build with config overrides (dropout really changes the model),
+the training loop's determinism and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from hpo.config import validate_study
+from trainers.base import NullReporter
+from trainers.config import RunConfig
+from trainers.data import cache_key, prepare
+from trainers.loop import f1_macro, train
+from trainers.models import build_model
+
+
+def tiny_study(**model: Any) -> dict[str, Any]:
+    return {
+        "study": {"name": "tiny", "n_trials": 2},
+        "task": "causal_lm",
+        "objective": {"metric": "perplexity"},
+        "fidelity": {"max_steps": 6, "eval_every": 3, "eval_batches": 2},
+        "model": {
+            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
+            "tokenizer": {"train_vocab_size": 300},
+            **model,
+        },
+        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 12, "max_eval_samples": 4},
+        "training": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 1.0e-3},
+        "search_space": {
+            "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+            "training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def dropouts(model: torch.nn.Module) -> set[float]:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+@pytest.mark.parametrize("p", [0.0, 0.27, 0.5])
+def test_dropout_in_search_space_sets_every_dropout_of_gpt2(p: float, cache: Path) -> None:
+    run = validate_study(tiny_study()).trial_run({"dropout": p, "learning_rate": 1e-3})
+    model = build_model(run, prepare(run, cache))
+    assert dropouts(model) == {p}
+    assert (model.config.resid_pdrop, model.config.embd_pdrop, model.config.attn_pdrop) == (p, p, p)
+
+
+def test_dropout_changes_what_the_model_computes(cache: Path) -> None:
+    x = torch.arange(16).reshape(1, 16)
+    outs = {}
+    for p in (0.0, 0.5):
+        run = validate_study(tiny_study()).trial_run({"dropout": p, "learning_rate": 1e-3})
+        torch.manual_seed(0)
+        model = build_model(run, prepare(run, cache)).train()
+        outs[p] = (model(x).logits, model(x).logits)
+    assert torch.equal(*outs[0.0])  # no dropout: training-mode passes agree
+    assert not torch.equal(*outs[0.5])  # dropout 0.5: they differ
+
+
+def test_dropout_override_applies_to_pretrained_models_and_keeps_weights(tmp_path: Path, cache: Path) -> None:
+    run0 = validate_study(tiny_study()).trial_run({"dropout": 0.1, "learning_rate": 1e-3})
+    data = prepare(run0, cache)
+    torch.manual_seed(1)
+    saved = build_model(run0, data)
+    saved.save_pretrained(tmp_path / "model")
+    study = tiny_study()
+    study["model"] = {"name_or_path": str(tmp_path / "model"), "tokenizer": {"name_or_path": str(data.tokenizer_dir)}}
+    run = validate_study(study).trial_run({"dropout": 0.33, "learning_rate": 1e-3})
+    loaded = build_model(run, prepare(run, cache))
+    assert dropouts(loaded) == {0.33}
+    for (k, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_dropout_for_bert_sets_hidden_and_attention_dropout(cache: Path) -> None:
+    study = tiny_study(from_config={"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 32,
+                                    "num_attention_heads": 2, "intermediate_size": 64})
+    run = validate_study(study).trial_run({"dropout": 0.21, "learning_rate": 1e-3})
+    model = build_model(run, prepare(run, cache))
+    assert model.config.hidden_dropout_prob == 0.21 and model.config.attention_probs_dropout_prob == 0.21
+    assert 0.21 in dropouts(model)
+
+
+def test_data_is_prepared_once_and_reused(cache: Path) -> None:
+    run = validate_study(tiny_study()).trial_run({"dropout": 0.0, "learning_rate": 1e-3})
+    a = prepare(run, cache)
+    mtime = (a.path / "meta.json").stat().st_mtime_ns
+    b = prepare(run, cache)
+    assert b.path == a.path and (b.path / "meta.json").stat().st_mtime_ns == mtime
+    assert np.array_equal(a.train_ids, b.train_ids) and a.train_ids.shape[1] == 32
+    # Search-space values (here dropout, lr) do not change the data; max_length does.
+    other = validate_study(tiny_study()).trial_run({"dropout": 0.4, "learning_rate": 1e-2})
+    assert cache_key(other) == cache_key(run)
+    longer = RunConfig.model_validate({**run.model_dump(), "data": {**run.data.model_dump(), "max_length": 16}})
+    assert cache_key(longer) != cache_key(run)
+
+
+def test_train_is_deterministic_and_reports_each_eval(cache: Path) -> None:
+    run = validate_study(tiny_study()).trial_run({"dropout": 0.1, "learning_rate": 3e-3})
+
+    class Rec(NullReporter):
+        def __init__(self) -> None:
+            self.evals: list[int] = []
+
+        def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+            self.evals.append(step)
+
+    rec = Rec()
+    a = train(run, rec, cache)
+    b = train(run, NullReporter(), cache)
+    assert rec.evals == [3, 6]
+    assert a.steps == 6 and a.metrics == b.metrics
+    assert a.metrics["perplexity"] == pytest.approx(np.exp(a.metrics["eval_loss"]))
+    assert a.tokens == 6 * 4 * 32 and a.tokens_per_s > 0 and a.device == "cpu"
+
+
+def test_train_stops_when_the_reporter_says_so(cache: Path) -> None:
+    run = validate_study(tiny_study()).trial_run({"dropout": 0.1, "learning_rate": 3e-3})
+
+    class PruneAfterFirstEval(NullReporter):
+        seen = False
+
+        def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+            self.seen = True
+
+        def stop_reason(self) -> str | None:
+            return "pruned" if self.seen else None
+
+    r = train(run, PruneAfterFirstEval(), cache)
+    assert r.stopped == "pruned" and r.steps == 3
+
+
+@pytest.mark.parametrize(
+    ("pred", "true", "expected"),
+    [
+        ([0, 1, 2], [0, 1, 2], 1.0),
+        ([0, 0, 0], [0, 1, 2], (2 / 4 + 0 + 0) / 3),  # class 0: tp=1 fp=2 -> 0.5; classes 1, 2: 0
+        ([1, 1], [1, 1], 1.0),  # classes absent from both are not averaged in
+    ],
+)
+def test_f1_macro(pred: list[int], true: list[int], expected: float) -> None:
+    assert f1_macro(np.array(pred), np.array(true), 3) == pytest.approx(expected)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hpo import yamlio
 from hpo.errors import StudyFileError
-from hpo.pruners import PRUNER_NAMES, MedianPrunerConfig, PrunerConfig
+from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, set_path
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
@@ -176,6 +176,8 @@ def load_study_file(path: str | Path) -> StudyConfig:
         raw = yamlio.load(p)
     except FileNotFoundError:
         raise StudyFileError(shown, [("", "no such file")]) from None
+    except UnicodeDecodeError as e:
+        raise StudyFileError(shown, [("", f"not UTF-8 text ({e.reason} at byte {e.start})")]) from None
     except IsADirectoryError:
         raise StudyFileError(shown, [("", "is a directory, not a study file")]) from None
     except yaml.YAMLError as e:
@@ -194,7 +196,7 @@ def validate_study(raw: Any, source: str = "<study>") -> StudyConfig:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
-    problems = _check_space(cfg)
+    problems = _check_space(cfg) + _check_builds(cfg)
     if problems:
         raise StudyFileError(source, problems)
     return cfg
@@ -227,6 +229,23 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """Build the sampler and pruner now: Optuna rejects some argument combinations only at construction."""
+    problems: list[tuple[str, str]] = []
+    # GPSampler's constructor imports torch (seconds) and checks nothing more; a grid without values is
+    # reported per parameter already.
+    if cfg.sampler.name != "gp" and not (cfg.sampler.name == "grid" and cfg.grid() is None):
+        try:
+            cfg.sampler.build(cfg.grid() if cfg.sampler.name == "grid" else None)
+        except (ValueError, TypeError) as e:
+            problems.append(("sampler", str(e).splitlines()[0]))
+    try:
+        cfg.pruner.build()
+    except (ValueError, TypeError) as e:
+        problems.append(("pruner", str(e).splitlines()[0]))
+    return problems
+
+
 def _check_target(base: dict[str, Any], path: str, spec: Any) -> str | None:
     """Try the entry's extreme values at its path: the trial config must stay valid and the path real."""
     keys = path.split(".")
@@ -239,15 +258,23 @@ def _check_target(base: dict[str, Any], path: str, spec: Any) -> str | None:
             if not isinstance(node, dict) or k not in node:
                 return f"{'.'.join(keys)!r} is not a setting of the run configuration"
             node = node[k]
-    samples = spec.choices if spec.type == "categorical" else [spec.low, spec.high]
+    if keys[0] == "training" and keys[-1] in ("max_steps", "eval_steps"):
+        return "a trial's length is set by `fidelity.max_steps` / `fidelity.eval_every`, not searched"
+    if spec.type == "categorical":
+        samples = list(spec.choices)
+    else:
+        # The bounds, and an interior point that is rarely a whole number: a float entry aimed at an
+        # int setting must fail here, not in every trial.
+        mid = spec.low + (spec.high - spec.low) * 0.371
+        samples = [spec.low, spec.high, int(mid) if spec.type == "int" else mid]
     for value in samples:
         trial = yamlio.loads(yamlio.dumps(base))  # deep copy through plain data
         set_path(trial, path, value)
         try:
             RunConfig.model_validate(trial)
         except ValidationError as e:
-            first = e.errors()[0]
-            return f"value {value!r} is not valid there: {first['msg']}"
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            return f"value {value!r} is not valid there: {msg}"
     return None
 
 
@@ -274,13 +301,28 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
 def _tag_options(loc: tuple[Any, ...], tag: str) -> str:
     if loc and loc[0] == "sampler":
         return ", ".join(SAMPLER_NAMES)
-    if loc and loc[0] == "pruner" or (len(loc) > 1 and loc[-1] == "wrapped"):
+    if len(loc) > 1 and "wrapped" in loc:
+        return ", ".join(WRAPPABLE_PRUNERS)
+    if loc and loc[0] == "pruner":
         return ", ".join(PRUNER_NAMES)
     return "float, int, categorical"
 
 
-_TAGS = set(SAMPLER_NAMES) | set(PRUNER_NAMES) | {"float", "int", "categorical"}
+_SPEC_TAGS = {"float", "int", "categorical"}
 _UNION_PARTS = re.compile(r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\])$", re.I)
+
+
+def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """Whether loc[i] was inserted by pydantic (a union's tag or member type), not a key of the file."""
+    s, prev = str(loc[i]), loc[i - 1] if i > 0 else None
+    if i == 1 and loc[0] == "sampler":
+        return s in SAMPLER_NAMES
+    if (i == 1 and loc[0] == "pruner") or prev == "wrapped":
+        return s in PRUNER_NAMES
+    if i == 2 and loc[0] == "search_space":
+        return s in _SPEC_TAGS
+    # A plain union (e.g. `workers: int | "auto"`) adds the member type as the last element.
+    return i == len(loc) - 1 and i >= 2 and bool(_UNION_PARTS.match(s)) and loc[0] != "search_space"
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -289,9 +331,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     prev: Any = None
     for i, item in enumerate(loc):
         s = str(item)
-        # Discriminated unions insert the tag ('tpe', 'float') and plain unions the member type
-        # ('int', 'literal[...]') into the location; neither is a key of the user's file.
-        if i > 0 and (s in _TAGS and prev != "search_space" or _UNION_PARTS.match(s)):
+        if _is_tag(loc, i):
             prev = item
             continue
         if isinstance(item, int):

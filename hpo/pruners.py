@@ -132,6 +132,8 @@ PrunerConfig = Annotated[
     Field(discriminator="name"),
 ]
 
+WRAPPABLE_PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold")
+
 PRUNER_NAMES = (
     "none",
     "median",

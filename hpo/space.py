@@ -77,9 +77,12 @@ class CategoricalSpec(_Spec):
     def _check(self) -> CategoricalSpec:
         seen: list[CategoricalValue] = []
         for c in self.choices:
-            # `1 == True` in Python; compare with the type so [1, true] stays two choices.
-            if any(type(c) is type(s) and c == s for s in seen):
-                raise ValueError(f"`choices` must be unique, but {c!r} appears more than once.")
+            # Optuna stores a choice by its index (list.index), so 1, 1.0 and true are one choice to it.
+            if any(c == s for s in seen):
+                raise ValueError(
+                    f"`choices` must be distinct, but {c!r} equals an earlier choice "
+                    "(1, 1.0 and true are the same choice to Optuna)."
+                )
             seen.append(c)
         return self
 

@@ -245,7 +245,7 @@ BAD: list[Bad] = [
     Bad(
         "duplicate-choices",
         "search_space[training.per_device_train_batch_size]",
-        "`choices` must be unique",
+        "`choices` must be distinct",
         space("training.per_device_train_batch_size", {"type": "categorical", "choices": [8, 16, 8]}),
     ),
     Bad("empty-search-space", "search_space", "at least 1", put("search_space", value={})),
@@ -905,15 +905,9 @@ def test_trial_run_rejects_an_invalid_value(base_cfg: StudyConfig) -> None:
         base_cfg.trial_run({"dropout": 1.5})
 
 
-# ------------------------------------------------------------------------------------------ known bugs
+# ------------------------------------------------------------------- regressions (bugs found in review)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hpo/config.py:294 _format_loc drops any location part equal to a sampler/pruner/spec tag "
-    "(grid, median, random, none, float, ...), so an unknown key with such a name loses its name",
-)
 @pytest.mark.parametrize("key", ["grid", "median", "random"])
 def test_unknown_key_named_like_a_tag_keeps_its_location(key: str, tmp_path: Path) -> None:
     with pytest.raises(StudyFileError) as info:
@@ -921,24 +915,12 @@ def test_unknown_key_named_like_a_tag_keeps_its_location(key: str, tmp_path: Pat
     assert info.value.problems == [(f"training.{key}", "unknown key")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hpo/config.py:294 _UNION_PARTS is matched without the `prev != 'search_space'` guard, so a "
-    "search-space key such as `int` is dropped from the location",
-)
 def test_search_space_key_named_like_a_type_keeps_its_location(tmp_path: Path) -> None:
     with pytest.raises(StudyFileError) as info:
         load(tmp_path, space("int", {"type": "int", "low": 5, "high": 1}))
     assert [loc for loc, _ in info.value.problems] == ["search_space[int]"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hpo/config.py:277-278 _tag_options lists all 8 PRUNER_NAMES for `pruner.wrapped`, but only "
-    "median, percentile, successive_halving, hyperband, threshold may be wrapped",
-)
 def test_wrapped_pruner_error_lists_only_wrappable_names(tmp_path: Path) -> None:
     with pytest.raises(StudyFileError) as info:
         load(tmp_path, put("pruner", value={"name": "patient", "patience": 2, "wrapped": {"name": "wilcoxon"}}))
@@ -948,11 +930,6 @@ def test_wrapped_pruner_error_lists_only_wrappable_names(tmp_path: Path) -> None
     assert "patient" not in msg.split("but got")[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hpo/config.py:242 _check_target only tries low/high; a float entry with integral bounds on an "
-    "int setting passes validation, and trial_run then fails on a fractional sample (e.g. 2.5)",
-)
 def test_float_entry_on_int_setting_is_rejected(tmp_path: Path) -> None:
     entry = {"type": "float", "low": 1, "high": 4}
     with pytest.raises(StudyFileError) as info:
@@ -960,12 +937,6 @@ def test_float_entry_on_int_setting_is_rejected(tmp_path: Path) -> None:
     assert info.value.problems[0][0] == "search_space[training.gradient_accumulation_steps]"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hpo/config.py:250 _check_target shows pydantic's raw message, keeping the 'Value error, ' "
-    "prefix that _problems strips everywhere else",
-)
 def test_target_check_message_has_no_pydantic_prefix(tmp_path: Path) -> None:
     with pytest.raises(StudyFileError) as info:
         load(tmp_path, put("model", "from_config", "model_type", value="t5"))
@@ -975,12 +946,6 @@ def test_target_check_message_has_no_pydantic_prefix(tmp_path: Path) -> None:
     assert "Value error, " not in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="hpo/yamlio.py:42-43 `key in seen` raises TypeError for a non-scalar mapping key; PyYAML's "
-    "own check (a ConstructorError, shown as invalid YAML) never runs",
-)
 def test_non_scalar_mapping_key_is_a_study_file_error(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
     path.write_text("[a, b]: 1\n", encoding="utf-8")
@@ -988,12 +953,6 @@ def test_non_scalar_mapping_key_is_a_study_file_error(tmp_path: Path) -> None:
         load_study_file(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StudyFileError,
-    reason="hpo/yamlio.py:42 construct_object on the `<<` merge-key node fails ('could not determine a "
-    "constructor for the tag ...merge'): YAML anchors merged with `<<: *x` (fine with yaml.safe_load) are rejected",
-)
 def test_yaml_merge_keys_are_accepted(tmp_path: Path) -> None:
     text = write_study(tmp_path, minimal_study()).read_text(encoding="utf-8")
     assert text.count("\ntraining:\n") == 1
@@ -1003,12 +962,6 @@ def test_yaml_merge_keys_are_accepted(tmp_path: Path) -> None:
     assert cfg.training.seed == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="hpo/yamlio.py:19 the alternative `\\.[0-9_]+` matches `._`; float('.') then raises ValueError, "
-    "which escapes load_study_file (PyYAML 6 resolves `._` to a string)",
-)
 def test_dot_underscore_scalar_does_not_crash(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
     path.write_text(write_study(tmp_path, minimal_study()).read_text() + "bogus: ._\n", encoding="utf-8")
@@ -1016,12 +969,6 @@ def test_dot_underscore_scalar_does_not_crash(tmp_path: Path) -> None:
         load_study_file(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hpo/yamlio.py:19 the `.5` alternative has no `[-+]?`, so YAML 1.2 floats `-.5` / `+.5` are read "
-    "as strings (the module promises every YAML 1.2 float literal)",
-)
 def test_signed_leading_dot_float_is_a_float(tmp_path: Path) -> None:
     # model.from_config takes any YAML value, so it shows what the loader produced
     cfg = load(tmp_path, put("model", "from_config", "x", value="SENTINEL_X"), raw={"SENTINEL_X": "-.5"})
@@ -1029,12 +976,6 @@ def test_signed_leading_dot_float_is_a_float(tmp_path: Path) -> None:
     assert cfg.model.from_config["x"] == -0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="hpo/config.py:176-183 load_study_file catches FileNotFoundError/IsADirectoryError/YAMLError but "
-    "not UnicodeDecodeError from yamlio.load (hpo/yamlio.py:61): a non-UTF-8 file crashes with a traceback",
-)
 def test_non_utf8_file_is_a_study_file_error(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
     path.write_bytes(b"study:\n  name: caf\xe9\n")

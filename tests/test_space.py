@@ -79,9 +79,9 @@ def test_to_distribution(entry: dict[str, Any], expected: od.BaseDistribution) -
 
 
 def test_to_distribution_keeps_choice_types() -> None:
-    dist = to_distribution(spec(type="categorical", choices=[1, 1.0, "1", True]))
+    dist = to_distribution(spec(type="categorical", choices=[2, 2.5, "1", False, None]))
     assert isinstance(dist, od.CategoricalDistribution)
-    assert [type(c) for c in dist.choices] == [int, float, str, bool]
+    assert [type(c) for c in dist.choices] == [int, float, str, bool, type(None)]
 
 
 def test_float_bounds_from_ints_become_floats() -> None:
@@ -159,10 +159,10 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("int-fractional", {"type": "int", "low": 0.5, "high": 8}, "valid integer"),
     ("int-grid-outside", {"type": "int", "low": 1, "high": 8, "grid": [0, 4]}, "must lie in [low, high]"),
     ("categorical-empty", {"type": "categorical", "choices": []}, "at least 1"),
-    ("categorical-duplicate-int", {"type": "categorical", "choices": [1, 2, 1]}, "`choices` must be unique"),
-    ("categorical-duplicate-str", {"type": "categorical", "choices": ["a", "a"]}, "`choices` must be unique"),
-    ("categorical-duplicate-bool", {"type": "categorical", "choices": [True, 1, True]}, "`choices` must be unique"),
-    ("categorical-duplicate-none", {"type": "categorical", "choices": [None, None]}, "`choices` must be unique"),
+    ("categorical-duplicate-int", {"type": "categorical", "choices": [1, 2, 1]}, "`choices` must be distinct"),
+    ("categorical-duplicate-str", {"type": "categorical", "choices": ["a", "a"]}, "`choices` must be distinct"),
+    ("categorical-duplicate-bool", {"type": "categorical", "choices": [True, 1, True]}, "`choices` must be distinct"),
+    ("categorical-duplicate-none", {"type": "categorical", "choices": [None, None]}, "`choices` must be distinct"),
     ("categorical-list-choice", {"type": "categorical", "choices": [[1, 2]]}, "Input should be"),
     ("unknown-key", {"type": "float", "low": 0.0, "high": 1.0, "distribution": "uniform"}, "Extra inputs"),
     ("unknown-type", {"type": "uniform", "low": 0.0, "high": 1.0}, "does not match any of the expected tags"),
@@ -175,10 +175,21 @@ def test_bad_spec(entry: dict[str, Any], fragment: str) -> None:
         spec(**entry)
 
 
-GOOD_CHOICES: list[tuple[str, list[Any]]] = [
+# Optuna stores a choice by list.index, so 1, 1.0 and True would be stored as the same choice.
+SAME_TO_OPTUNA: list[tuple[str, list[Any]]] = [
     ("int-and-bool", [1, True]),
     ("zero-and-false", [0, False]),
     ("int-and-float", [1, 1.0]),
+]
+
+
+@pytest.mark.parametrize("choices", [g[1] for g in SAME_TO_OPTUNA], ids=[g[0] for g in SAME_TO_OPTUNA])
+def test_categorical_values_optuna_cannot_tell_apart_are_rejected(choices: list[Any]) -> None:
+    with pytest.raises(ValidationError, match="`choices` must be distinct"):
+        spec(type="categorical", choices=choices)
+
+
+GOOD_CHOICES: list[tuple[str, list[Any]]] = [
     ("int-and-str", [1, "1"]),
     ("none-and-str", [None, "None"]),
 ]

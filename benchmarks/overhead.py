@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -93,7 +94,7 @@ def split(trials: list[Any], t0: dt.datetime, t_end: dt.datetime, wall: float) -
         ts.sort(key=lambda t: t.datetime_start)
         startup += (ts[0].datetime_start - t0).total_seconds()
         tail += (t_end - ts[-1].datetime_complete).total_seconds()
-        for a, b in zip(ts, ts[1:], strict=False):
+        for a, b in itertools.pairwise(ts):
             between += (b.datetime_start - a.datetime_complete).total_seconds()
         for t in ts:
             c = t.user_attrs.get("train_time", 0.0) + t.user_attrs.get("eval_time", 0.0)

@@ -18,7 +18,6 @@ from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import ATTR_N_TRIALS, create_or_resume, load_existing, open_storage, redact
 from hpo.worker import TrainerRunner, WorkerHandle, mp_context
 
-
 # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,7 +51,9 @@ def run(path: str | Path, display: RunDisplay | None = None) -> RunSummary:
         study, created = create_or_resume(cfg, storage)
         orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results)
         done = cfg.study.n_trials - orch.budget_left()
-        display.start(cfg.study.name, cfg.objective.metric, done, cfg.study.n_trials, _header(cfg, specs, created, done))
+        display.start(
+            cfg.study.name, cfg.objective.metric, done, cfg.study.n_trials, _header(cfg, specs, created, done)
+        )
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created
         return summary

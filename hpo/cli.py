@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hpo import api
-from hpo.display import fmt_params, fmt_value
+from hpo.display import fmt_value
 from hpo.errors import HpoError
 
 app = typer.Typer(
@@ -30,9 +30,7 @@ _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-StudyFile = Annotated[
-    Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml.", show_default=False)
-]
+StudyFile = Annotated[Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml.", show_default=False)]
 
 
 def _errors(fn: F) -> F:
@@ -84,21 +82,26 @@ def run(study_file: StudyFile) -> None:
     status = api.status(study_file)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     verb = "interrupted after" if summary.interrupted else "ran"
-    out.print(f"\n{verb} {summary.ran} trials in {summary.wall_time:.0f}s ({states}); "
-              f"{status.counted}/{status.n_trials} counted in the study")
+    out.print(
+        f"\n{verb} {summary.ran} trials in {summary.wall_time:.0f}s ({states}); "
+        f"{status.counted}/{status.n_trials} counted in the study"
+    )
     if status.best is None:
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
     out.print(
-        f"\nnext: hpo status {study_file}   |   hpo best {study_file}   |   "
-        f"optuna-dashboard {status.storage}",
+        f"\nnext: hpo status {study_file}   |   hpo best {study_file}   |   optuna-dashboard {status.storage}",
         highlight=False,
         soft_wrap=True,
     )
     if summary.interrupted:
         out.print(f"resume with: hpo run {study_file}")
         raise typer.Exit(130)
+
+
+def _cell(v: Any) -> str:
+    return fmt_value(v) if isinstance(v, float) else escape(str(v))
 
 
 def _print_best(metric: str, row: api.TrialRow) -> None:
@@ -116,12 +119,20 @@ def status(
     """Show every trial: state, parameters, value, steps, duration, and why it was pruned or failed."""
     st = api.status(study_file)
     if as_json:
-        out.print_json(json.dumps({**st.__dict__, "rows": [r.__dict__ for r in st.rows],
-                                   "best": st.best.__dict__ if st.best else None}, default=str))
+        out.print_json(
+            json.dumps(
+                {**st.__dict__, "rows": [r.__dict__ for r in st.rows], "best": st.best.__dict__ if st.best else None},
+                default=str,
+            )
+        )
         return
     table = Table(title=f"{st.name} — {st.counted}/{st.n_trials} trials — {st.storage}", title_justify="left")
-    for col in ("#", "state", st.metric, "steps", "time", "params", "reason"):
-        table.add_column(col, overflow="fold")
+    names = list(dict.fromkeys(k for r in st.rows for k in r.params))
+    for col in ("#", "state", st.metric, "steps", "time"):
+        table.add_column(col, no_wrap=True)
+    for name in names:
+        table.add_column(name.removeprefix("per_device_train_"), no_wrap=True)  # short headers
+    table.add_column("reason", overflow="fold")
     best = st.best.number if st.best else None
     for r in st.rows:
         style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}.get(r.state, "")
@@ -132,7 +143,7 @@ def status(
             fmt_value(r.value),
             "-" if r.steps is None else str(r.steps),
             "-" if r.duration is None else f"{r.duration:.1f}s",
-            fmt_params(r.params),
+            *(_cell(r.params.get(n, "")) for n in names),
             escape(r.reason or ""),
         )
     out.print(table)
@@ -149,11 +160,17 @@ def best(
     """Show the best complete trial: value, parameters and metrics."""
     cfg, t = api.best(study_file)
     if as_json:
-        out.print_json(json.dumps({"number": t.number, "value": t.value, "params": t.params,
-                                   "user_attrs": t.user_attrs}, default=str))
+        out.print_json(
+            json.dumps(
+                {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.user_attrs}, default=str
+            )
+        )
         return
-    out.print(f"[bold]best trial {t.number}[/] of study {cfg.study.name!r}: "
-              f"{cfg.objective.metric} = {fmt_value(t.value)} ({cfg.direction})", highlight=False)
+    out.print(
+        f"[bold]best trial {t.number}[/] of study {cfg.study.name!r}: "
+        f"{cfg.objective.metric} = {fmt_value(t.value)} ({cfg.direction})",
+        highlight=False,
+    )
     for k, v in t.params.items():
         out.print(f"  {k}: {v!r}", highlight=False)
     metrics = t.user_attrs.get("metrics", {})

@@ -215,7 +215,9 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
         names[name] = path
         root = path.split(".", 1)[0]
         if root not in TARGET_ROOTS or "." not in path:
-            problems.append((loc, f"the path must start with one of {', '.join(TARGET_ROOTS)} (e.g. training.learning_rate)"))
+            problems.append(
+                (loc, f"the path must start with one of {', '.join(TARGET_ROOTS)} (e.g. training.learning_rate)")
+            )
             continue
         msg = _check_target(base, path, spec)
         if msg:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -63,7 +64,14 @@ class RunDisplay:
         self._refresh()
 
     def trial_started(self, number: int, params: dict[str, Any], device: str, max_steps: int) -> None:
-        self.running[number] = {"params": params, "device": device, "step": 0, "max": max_steps, "eval": None, "t": time.monotonic()}
+        self.running[number] = {
+            "params": params,
+            "device": device,
+            "step": 0,
+            "max": max_steps,
+            "eval": None,
+            "t": time.monotonic(),
+        }
         self._refresh()
 
     def trial_step(self, number: int, step: int) -> None:
@@ -81,10 +89,12 @@ class RunDisplay:
         dur = time.monotonic() - info["t"] if info else 0.0
         style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(state, "white")
         params = fmt_params(info["params"]) if info else ""
-        extra = f"  [dim]{note}[/]" if note else ""
+        extra = f"  ({note})" if note else ""
         self.console.print(
             f"trial {number:>3} [{style}]{state:<8}[/] {self.metric}={fmt_value(value):<9} "
-            f"steps={steps:<5} {dur:6.1f}s  {params}{extra}"
+            f"steps={steps:<5} {dur:6.1f}s  {escape(params)}{escape(extra)}",
+            highlight=False,
+            soft_wrap=True,
         )
         self._progress.advance(self._task)
         self._refresh()
@@ -103,5 +113,7 @@ class RunDisplay:
             for col in ("trial", "device", "step", f"last {self.metric}", "params"):
                 table.add_column(col)
             for n, r in sorted(self.running.items()):
-                table.add_row(str(n), r["device"], f"{r['step']}/{r['max']}", fmt_value(r["eval"]), fmt_params(r["params"]))
+                table.add_row(
+                    str(n), r["device"], f"{r['step']}/{r['max']}", fmt_value(r["eval"]), fmt_params(r["params"])
+                )
         return Group(self._progress, table)

@@ -246,7 +246,7 @@ class Orchestrator:
         params = dict(trial.params)
         try:
             run = self.cfg.trial_run(params)
-        except Exception as e:  # noqa: BLE001 - a bad combination fails this trial, not the study
+        except Exception as e:
             trial.set_user_attr(A_REASON, f"invalid configuration: {str(e).splitlines()[0]}")
             self.study.tell(trial, state=TrialState.FAIL)
             self.display.trial_finished(trial.number, "FAIL", None, 0, "invalid configuration")

@@ -80,7 +80,12 @@ def plan_workers(res: ResourcesSection, max_workers: int | None = None) -> list[
             n = max(1, min(n, max_workers))
         threads = res.threads_per_worker if res.threads_per_worker != "auto" else max(1, cores // n)
         return [
-            WorkerSpec(i, threads, {**_BASE_ENV, "CUDA_VISIBLE_DEVICES": str(g.index), "OMP_NUM_THREADS": str(threads)}, f"cuda:{g.index}")
+            WorkerSpec(
+                i,
+                threads,
+                {**_BASE_ENV, "CUDA_VISIBLE_DEVICES": str(g.index), "OMP_NUM_THREADS": str(threads)},
+                f"cuda:{g.index}",
+            )
             for i, g in enumerate(gpus[:n])
         ]
     # CPU: small models train faster as N one-thread workers than as one N-thread worker (measured: two

@@ -29,7 +29,7 @@ def redact(url: str) -> str:
     """The URL with its password hidden: safe for logs, reports and exports."""
     try:
         u = make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL we can parse: show nothing that could be secret
+    except Exception:
         return "<storage>"
     return u.render_as_string(hide_password=True) if u.password else url
 
@@ -53,7 +53,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
         return optuna.storages.InMemoryStorage()
     try:
         path = _sqlite_path(url)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise StorageError(f"study.storage: not a valid SQLAlchemy URL ({redact(url)}): {e}") from None
     engine_kwargs: dict[str, Any] = {}
     if path is not None:
@@ -78,7 +78,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
                 heartbeat_interval=HEARTBEAT_INTERVAL,
                 grace_period=GRACE_PERIOD,
             )
-    except Exception as e:  # noqa: BLE001 - driver errors vary; the message is what the user needs
+    except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise StorageError(f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}") from None
     if path is not None:
@@ -160,8 +160,6 @@ def load_existing(cfg: StudyConfig) -> optuna.Study:
     try:
         study = optuna.load_study(study_name=cfg.study.name, storage=storage)
     except KeyError:
-        raise StorageError(
-            f"no study {cfg.study.name!r} in {redact(url)}; run `hpo run` on the file first"
-        ) from None
+        raise StorageError(f"no study {cfg.study.name!r} in {redact(url)}; run `hpo run` on the file first") from None
     check_fingerprint(cfg, study)
     return study

@@ -130,7 +130,7 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
 
     try:
         runner.setup(spec)
-    except BaseException as e:  # noqa: BLE001 - report any start-up failure, then exit
+    except BaseException as e:
         msg = f"{type(e).__name__}: {e}".splitlines()[0]
         results.put(("fatal", spec.worker_id, None, f"worker {spec.worker_id} failed to start: {msg}"))
         return
@@ -145,7 +145,7 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
             results.put(("done", spec.worker_id, trial, runner(run_dict, reporter)))
         except NonFiniteLoss as e:
             results.put(("nonfinite", spec.worker_id, trial, str(e)))
-        except BaseException as e:  # noqa: BLE001 - a trial's crash must not end the worker
+        except BaseException as e:
             tb = traceback.format_exc(limit=-8)
             results.put(("error", spec.worker_id, trial, f"{type(e).__name__}: {e}".splitlines()[0], tb))
 

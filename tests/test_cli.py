@@ -56,7 +56,9 @@ def test_help_lists_commands() -> None:
 def test_validate_ok(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(write(tmp_path, tiny(tmp_path)))])
     assert result.exit_code == 0, result.output
-    assert "ok" in result.output and "learning_rate, per_device_train_batch_size, dropout, weight_decay" in result.output
+    assert (
+        "ok" in result.output and "learning_rate, per_device_train_batch_size, dropout, weight_decay" in result.output
+    )
 
 
 def _bad(tmp_path: Path, kind: str) -> tuple[dict[str, Any], str]:

@@ -83,8 +83,15 @@ def tiny_gpt2(path: Path, texts: list[str]) -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     assert tok.pad_token is None
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=32, n_positions=64,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        n_positions=64,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -97,8 +104,9 @@ def tiny_distilbert(path: Path) -> Path:
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
     tok = DistilBertTokenizer(vocab={w: i for i, w in enumerate(words)})
     torch.manual_seed(0)
-    cfg = DistilBertConfig(vocab_size=len(words), n_layers=1, n_heads=2, dim=32, hidden_dim=64,
-                           max_position_embeddings=64, pad_token_id=0)
+    cfg = DistilBertConfig(
+        vocab_size=len(words), n_layers=1, n_heads=2, dim=32, hidden_dim=64, max_position_embeddings=64, pad_token_id=0
+    )
     DistilBertForMaskedLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -166,8 +166,12 @@ def test_orphaned_running_trial_is_failed_and_rerun(harness: Harness) -> None:
     # A trial left RUNNING by an hpo process that was killed (its pid no longer exists).
     dead = subprocess.Popen(["true"])
     dead.wait()
-    orphan = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True),
-                        "dropout": optuna.distributions.FloatDistribution(0.0, 0.3)})
+    orphan = study.ask(
+        {
+            "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True),
+            "dropout": optuna.distributions.FloatDistribution(0.0, 0.3),
+        }
+    )
     orphan.set_user_attr(A_HOST, HOSTNAME)
     orphan.set_user_attr(A_PID, dead.pid)
     study = harness.run(cfg)

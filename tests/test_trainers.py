@@ -83,8 +83,15 @@ def test_dropout_override_applies_to_pretrained_models_and_keeps_weights(tmp_pat
 
 
 def test_dropout_for_bert_sets_hidden_and_attention_dropout(cache: Path) -> None:
-    study = tiny_study(from_config={"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 32,
-                                    "num_attention_heads": 2, "intermediate_size": 64})
+    study = tiny_study(
+        from_config={
+            "model_type": "bert",
+            "num_hidden_layers": 1,
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        }
+    )
     run = validate_study(study).trial_run({"dropout": 0.21, "learning_rate": 1e-3})
     model = build_model(run, prepare(run, cache))
     assert model.config.hidden_dropout_prob == 0.21 and model.config.attention_probs_dropout_prob == 0.21

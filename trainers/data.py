@@ -110,7 +110,7 @@ def _load(path: Path) -> PreparedData:
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
-    n_eval = max(1, int(round(n * fraction)))
+    n_eval = max(1, round(n * fraction))
     return np.sort(order[n_eval:]), np.sort(order[:n_eval])
 
 
@@ -203,7 +203,7 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
             show_progress=False,
         )
         bpe.train_from_iterator(train_texts, trainer=trainer)
-        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>")
+        tok: Any = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>")
     else:
         name = tok_cfg.name_or_path or model.name_or_path
         assert name is not None  # ModelConfig validation guarantees a source

@@ -49,7 +49,8 @@ def _accelerator(run: RunConfig) -> Any:
 
 def _optimizer(model: torch.nn.Module, run: RunConfig) -> torch.optim.Optimizer:
     # Like transformers.Trainer: no weight decay on biases and normalisation weights.
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -82,7 +83,9 @@ def _batches(n: int, batch_size: int, seed: int, rank: int, world: int) -> Itera
             yield order
 
 
-def _to_batch(data: PreparedData, split: str, idx: np.ndarray, task: str, device: torch.device) -> dict[str, torch.Tensor]:
+def _to_batch(
+    data: PreparedData, split: str, idx: np.ndarray, task: str, device: torch.device
+) -> dict[str, torch.Tensor]:
     ids = getattr(data, f"{split}_ids")[idx]
     if task == "causal_lm":
         t = torch.from_numpy(ids.astype(np.int64)).to(device)
@@ -176,7 +179,7 @@ def train(
     model = build_model(run, data)
     # 4. optimizer and schedule.
     steps = total_steps(run, len(data.train_ids), accelerator.num_processes)
-    warmup = t.warmup_steps if t.warmup_steps > 0 else int(math.ceil(t.warmup_ratio * steps))
+    warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(t.warmup_ratio * steps)
     optimizer = _optimizer(model, run)
     scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     # 5. prepare: device placement and mixed precision.

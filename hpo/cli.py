@@ -79,7 +79,18 @@ def validate(study_file: StudyFile) -> None:
 @_errors
 def run(study_file: StudyFile) -> None:
     """Run the study, or resume it up to its n_trials total."""
-    summary = api.run(study_file)
+    _run(study_file, join_only=False)
+
+
+@app.command()
+@_errors
+def worker(study_file: StudyFile) -> None:
+    """Join a study that `hpo run` created (another shell or machine on the same storage) and run trials."""
+    _run(study_file, join_only=True)
+
+
+def _run(study_file: Path, join_only: bool) -> None:
+    summary = api.run(study_file, join_only=join_only)
     status = api.status(study_file)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     verb = "interrupted after" if summary.interrupted else "ran"

@@ -121,8 +121,21 @@ class TrainerRunner:
         return train(run, reporter, self.cache_dir, data=self._prepare(run)).to_dict()
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the orchestrator dies (even by kill -9), so no worker trains on, orphaned."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc: workers exit on a closed queue
+        pass
+
+
 def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: Any) -> None:
     """Entry point of a worker process."""
+    _die_with_parent()
     # Ctrl-C reaches the whole process group: the orchestrator decides, and tells workers via `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(spec.env)  # before torch is imported: thread pools and visible GPUs are read then

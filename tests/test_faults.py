@@ -1,0 +1,159 @@
+"""Faults with real processes: Ctrl-C, kill -9 of a worker, kill -9 of `hpo run`. No result is lost, the
+study stays consistent, and a second `hpo run` completes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+HPO = str(Path(sys.executable).with_name("hpo"))
+
+pytestmark = pytest.mark.slow
+
+
+def study_file(tmp_path: Path, n_trials: int = 4) -> tuple[Path, str]:
+    storage = f"sqlite:///{tmp_path}/faults.db"
+    spec: dict[str, Any] = {
+        "study": {"name": "faults", "n_trials": n_trials, "storage": storage},
+        "task": "causal_lm",
+        "objective": {"metric": "perplexity"},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "fidelity": {"max_steps": 400, "eval_every": 50, "eval_batches": 1},
+        "model": {
+            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
+            "tokenizer": {"train_vocab_size": 300},
+        },
+        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 16, "max_eval_samples": 4},
+        "search_space": {"training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
+        "resources": {"workers": 2, "threads_per_worker": 1},
+    }
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path, storage
+
+
+def start(path: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "HPO_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.Popen(
+        [HPO, "run", str(path)], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, like a shell job: Ctrl-C goes to the group
+    )
+
+
+def run_to_end(path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HPO_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([HPO, "run", str(path)], cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+
+
+def wait_running(storage: str, n: int = 1, timeout: float = 90.0) -> optuna.Study:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            study = optuna.load_study(study_name="faults", storage=storage)
+            trials = study.get_trials(states=(TrialState.RUNNING,))
+            if len(trials) >= n and all(t.intermediate_values for t in trials):
+                return study
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no running trial with an eval appeared")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def worker_pids(pid: int) -> list[int]:
+    pids = []
+    for c in children(pid):
+        cmd = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        if "multiprocessing" in cmd and "resource_tracker" not in cmd:
+            pids.append(c)
+    return pids
+
+
+def assert_complete_and_consistent(storage: str, n_trials: int) -> optuna.Study:
+    study = optuna.load_study(study_name="faults", storage=storage)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    counted = [t for t in trials if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued"))]
+    assert len(counted) == n_trials
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+            assert len(retries) == 1 and retries[0].params == t.params  # re-run once, same params
+    return study
+
+
+def test_ctrl_c_marks_running_trials_and_rerun_completes(tmp_path: Path) -> None:
+    path, storage = study_file(tmp_path)
+    proc = start(path, tmp_path)
+    wait_running(storage, n=2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    study = optuna.load_study(study_name="faults", storage=storage)
+    interrupted = study.get_trials(states=(TrialState.FAIL,))
+    assert interrupted and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    done = run_to_end(path, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_complete_and_consistent(storage, 4)
+
+
+def test_kill_9_of_a_worker_fails_its_trial_and_study_completes(tmp_path: Path) -> None:
+    path, storage = study_file(tmp_path)
+    proc = start(path, tmp_path)
+    wait_running(storage, n=1)
+    victims = worker_pids(proc.pid)
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = assert_complete_and_consistent(storage, 4)
+    died = study.get_trials(states=(TrialState.FAIL,))
+    assert len(died) == 1 and died[0].user_attrs["reason"].startswith("worker process died (exit code -9)")
+
+
+def test_kill_9_of_hpo_run_loses_nothing_and_rerun_completes(tmp_path: Path) -> None:
+    path, storage = study_file(tmp_path, n_trials=5)
+    proc = start(path, tmp_path)
+    wait_running(storage, n=2)
+    workers = worker_pids(proc.pid)
+    before = optuna.load_study(study_name="faults", storage=storage).get_trials()
+    complete_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]  # workers died too
+    left = optuna.load_study(study_name="faults", storage=storage).get_trials(states=(TrialState.RUNNING,))
+    assert left, "the killed run left trials RUNNING"
+    done = run_to_end(path, tmp_path)
+    assert done.returncode == 0, done.stderr
+    study = assert_complete_and_consistent(storage, 5)
+    after = {t.number: t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
+    assert all(after[n] == v for n, v in complete_before.items())  # no COMPLETE trial lost or changed
+    orphans = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert {t.number for t in orphans} == {t.number for t in left}
+    assert all(t.user_attrs["reason"] == "orphaned: its hpo process died" for t in orphans)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return "Z"

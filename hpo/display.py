@@ -31,6 +31,7 @@ class RunDisplay:
         self.metric = ""
         self.best: tuple[int, float] | None = None
         self.running: dict[int, dict[str, Any]] = {}
+        self.status = "starting workers (importing libraries, preparing data)"
         self._live: Live | None = None
         self._progress = Progress(
             TextColumn("[bold]trials"),
@@ -58,6 +59,10 @@ class RunDisplay:
             self._live = None
 
     # -- events
+    def workers_ready(self, ready: int, total: int) -> None:
+        self.status = "" if ready >= total else f"workers ready: {ready}/{total}"
+        self._refresh()
+
     def set_best(self, number: int, value: float) -> None:
         self.best = (number, value)
         self._progress.update(self._task, best=f"best {self.metric} {fmt_value(value)} (trial {number})")
@@ -116,4 +121,6 @@ class RunDisplay:
                 table.add_row(
                     str(n), r["device"], f"{r['step']}/{r['max']}", fmt_value(r["eval"]), fmt_params(r["params"])
                 )
+        if not self.running and self.status:
+            return Group(self._progress, f"[dim]{self.status}…[/]")
         return Group(self._progress, table)

@@ -271,6 +271,7 @@ class Orchestrator:
         worker = self.workers[wid]
         if kind == "ready":
             worker.ready = True
+            self.display.workers_ready(sum(w.ready for w in self.workers), len(self.workers))
             return
         if kind == "fatal":
             raise HpoError(msg[3])

@@ -90,8 +90,9 @@ def plan_workers(res: ResourcesSection, max_workers: int | None = None) -> list[
         ]
     # CPU: small models train faster as N one-thread workers than as one N-thread worker (measured: two
     # 1-thread workers do 2x the steps of one 2-thread worker on a tiny GPT-2).
-    threads = 1 if res.threads_per_worker == "auto" else res.threads_per_worker
-    n = max(1, cores // threads) if res.workers == "auto" else res.workers
+    threads = 1 if res.threads_per_worker == "auto" else min(res.threads_per_worker, cores)
+    # More CPU workers than cores only adds contention (each one trains): cap at the cores.
+    n = max(1, cores // threads) if res.workers == "auto" else min(res.workers, cores)
     if max_workers is not None:
         n = max(1, min(n, max_workers))
     if n * threads > cores:

@@ -44,8 +44,10 @@ def study_dict(**over: Any) -> dict[str, Any]:
     return d
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
     return "memory" if request.param == "memory" else f"sqlite:///{tmp_path}/study.db"
 
 

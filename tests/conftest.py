@@ -1,0 +1,82 @@
+"""Shared fixtures: a throw-away PostgreSQL server on 127.0.0.1 when the machine has one installed."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+def _pg_bin() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Base URL of a PostgreSQL server started for this test session (skips when none can be started).
+
+    `.ci/run` installs the Debian package; the server runs as the `postgres` user (initdb refuses root),
+    listens on 127.0.0.1 only, trusts local connections, and is removed afterwards.
+    """
+    url = os.environ.get("HPO_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    bindir = _pg_bin()
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install -e .[postgres])")
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    as_pg: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("cannot switch to the postgres user")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    datadir = tempfile.mkdtemp(prefix="hpo-pg-")
+    os.chmod(datadir, 0o777)
+    if as_pg:
+        shutil.chown(datadir, "postgres", "postgres")
+    port = _free_port()
+    run = lambda *cmd: subprocess.run([*as_pg, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    try:
+        run(f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        run(
+            f"{bindir}/pg_ctl", "-D", datadir, "-w", "-l", f"{datadir}/log",
+            "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {datadir} -c fsync=off", "start",
+        )  # fmt: skip
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(datadir, ignore_errors=True)
+        pytest.skip(f"could not start PostgreSQL: {e.stderr.strip()[:200]}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's server."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conninfo = postgres_server.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{postgres_server}/{name}"

@@ -247,6 +247,132 @@ def devices() -> None:
         out.print(f"cuda:{g['index']}  {g['name']}  {g['memory_mib']} MiB")
 
 
+@app.command()
+@_errors
+def export(
+    study_file: StudyFile,
+    trial: Annotated[int | None, typer.Option("--trial", "-t", help="Export this trial (default: the best).")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", help="Export the K best complete trials, into DIR/trial-<N>/.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: runs/<study>-export).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Full run of N optimizer steps.")] = None,
+    trial_length: Annotated[
+        bool, typer.Option("--trial-length", help="The trial's own length, eval cadence and eval batches.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in DIR.")] = False,
+) -> None:
+    """Write the best trial's resolved training config, TrainingArguments JSON, provenance and launch script."""
+    from hpo.export import export as do_export
+
+    for e in do_export(study_file, out_dir, trial, top, steps, trial_length, force):
+        out.print(
+            f"[bold]trial {e.trial}[/] ({fmt_value(e.value) if not isinstance(e.value, list) else e.value}) "
+            f"-> {escape(str(e.dir))}/  length: {escape(e.length)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for f in e.files:
+            out.print(f"  {escape(str(f))}", highlight=False, soft_wrap=True)
+        out.print(f"next: hpo train {escape(str(e.files[0]))}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config written by `hpo export`.", show_default=False)],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: model/ next to CONFIG).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite earlier results in OUTDIR.")] = False,
+    keep_checkpoints: Annotated[
+        bool, typer.Option("--keep-checkpoints", help="Keep OUTDIR/checkpoints after a finished run.")
+    ] = False,
+) -> None:
+    """Train a full run of an exported config: progress, periodic eval, resumable checkpoints, saved model."""
+    from hpo.train import METRICS, train_file
+
+    res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err)
+    r = res.result
+    if not res.files and not res.interrupted:
+        return  # not the main process of a multi-process run
+    if res.interrupted:
+        out.print(
+            f"interrupted at step {r.steps}; checkpoint in {escape(str(res.out_dir / 'checkpoints'))}\n"
+            f"resume with: hpo train {escape(str(config))}" + (f" -o {escape(str(out_dir))}" if out_dir else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+    shown = ", ".join(f"{k} = {fmt_value(v)}" for k, v in r.metrics.items())
+    out.print(f"[bold]trained {r.steps} steps[/] in {r.train_time + r.eval_time:.0f}s: {shown}", highlight=False)
+    prov = res.provenance or {}
+    if prov.get("trial") is not None:
+        out.print(
+            f"  trial {prov['trial']} of study {prov.get('study')!r}: {prov.get('objective')} = "
+            f"{fmt_value(prov.get('value'))} after {prov.get('trial_steps')} steps",
+            highlight=False,
+        )
+    where = escape(str(res.out_dir))
+    out.print(f"saved model, tokenizer, {METRICS} and the config to {where}/", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_errors
+def dashboard(
+    study_file: StudyFile,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface, no login!).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
+    notes: Annotated[bool, typer.Option(help="Write the study note and a note per finished trial.")] = True,
+) -> None:
+    """Open optuna-dashboard on the study's own database (works while `hpo run` writes). Ctrl-C stops it."""
+    from dashboards.launch import start
+
+    d = start(study_file, host=host, port=port, notes=notes)
+    out.print(f"optuna-dashboard: study {d.study.study_name!r} in {escape(d.storage)}", highlight=False, soft_wrap=True)
+    if notes:
+        out.print(f"  notes written: {d.notes.trials} trials" + (", study note" if d.notes.study else ""))
+    out.print(f"  {d.study_url}", highlight=False, soft_wrap=True)
+    if d.public:
+        err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this port sees the study")
+    out.print("Ctrl-C to stop", highlight=False)
+    d.serve()
+
+
+@app.command()
+@_errors
+def report(
+    study_files: Annotated[
+        list[Path], typer.Argument(help="One study file, or several to compare.", show_default=False)
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default: runs/<study>-report.html).")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also write each figure as PNG into DIR (kaleido + Chromium).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report (offline): history, importances, curves, pruning, timeline."""
+    from dashboards.report import write
+
+    r = write(study_files, output, png)
+    for name, lines in r.facts.items():
+        out.print(f"[bold]{escape(name)}[/]", highlight=False)
+        for line in lines:
+            out.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    if r.pngs:
+        out.print(f"{len(r.pngs)} PNGs in {escape(str(r.pngs[0].parent))}/", highlight=False, soft_wrap=True)
+    out.print(
+        f"wrote {escape(str(r.path))} ({r.size / 1e6:.1f} MB, {r.n_figures} figures, works offline)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def entrypoint() -> None:  # pragma: no cover - console script
     try:
         app()

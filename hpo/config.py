@@ -59,6 +59,23 @@ class FidelitySection(_Strict):
         return self
 
 
+class FullRunSection(_Strict):
+    """How `hpo train` runs an exported trial at full length. Trials never read it, so it is not part of the
+    fingerprint: it may change (or be added) after the study ran. Unset keys fall back to `training`."""
+
+    max_steps: int | None = Field(default=None, ge=1)  # default: training.max_steps as written
+    num_train_epochs: float | None = Field(default=None, gt=0.0)  # default: training.num_train_epochs
+    eval_steps: int | None = Field(default=None, ge=1)  # default: training.eval_steps, else a tenth of the run
+    eval_batches: int | None = Field(default=None, ge=1)  # default: the whole eval split
+    save_steps: int | None = Field(default=None, ge=1)  # checkpoint every N steps; default: at every eval
+
+    @model_validator(mode="after")
+    def _check(self) -> FullRunSection:
+        if self.max_steps is not None and self.num_train_epochs is not None:
+            raise ValueError("give `max_steps` or `num_train_epochs`, not both")
+        return self
+
+
 class ResourcesSection(_Strict):
     workers: int | Literal["auto"] = "auto"  # CPU: one per core; GPU: one per device
     threads_per_worker: int | Literal["auto"] = "auto"  # CPU threads; workers x threads <= cores
@@ -88,6 +105,7 @@ class StudyConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search_space: dict[str, ParamSpec] = Field(min_length=1)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
@@ -170,22 +188,26 @@ def _digest(data: Any) -> str:
 
 def load_study_file(path: str | Path) -> StudyConfig:
     """Read and validate a study file; raise StudyFileError with every problem as ``FILE: a.b: msg``."""
+    return validate_study(read_yaml_file(path), str(path))
+
+
+def read_yaml_file(path: str | Path, kind: str = "study file") -> Any:
+    """Parse a YAML file; raise StudyFileError (``FILE: message``) when it cannot be read or parsed."""
     p = Path(path)
     shown = str(path)
     try:
-        raw = yamlio.load(p)
+        return yamlio.load(p)
     except FileNotFoundError:
         raise StudyFileError(shown, [("", "no such file")]) from None
     except UnicodeDecodeError as e:
         raise StudyFileError(shown, [("", f"not UTF-8 text ({e.reason} at byte {e.start})")]) from None
     except IsADirectoryError:
-        raise StudyFileError(shown, [("", "is a directory, not a study file")]) from None
+        raise StudyFileError(shown, [("", f"is a directory, not a {kind}")]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise StudyFileError(shown, [("", f"invalid YAML: {where}{problem}")]) from None
-    return validate_study(raw, shown)
 
 
 def validate_study(raw: Any, source: str = "<study>") -> StudyConfig:

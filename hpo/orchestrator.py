@@ -33,6 +33,7 @@ from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, mp_
 A_REASON = "reason"  # why a trial was pruned or failed
 A_REQUEUED = "requeued"  # this FAIL was re-run as a new trial: it does not count towards n_trials
 A_RETRY_OF = "retry_of"  # the trial number this one re-runs
+A_DISCARDED = "discarded"  # asked, then found not needed (another process filled n_trials or the grid point)
 A_HOST, A_PID = "host", "orchestrator_pid"
 
 HOSTNAME = socket.gethostname()
@@ -69,7 +70,7 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts towards ``n_trials``: finished or running, and not a re-queued failure."""
     if trial.state == TrialState.WAITING:
         return False
-    if trial.state == TrialState.FAIL and trial.user_attrs.get(A_REQUEUED):
+    if trial.state == TrialState.FAIL and (trial.user_attrs.get(A_REQUEUED) or trial.user_attrs.get(A_DISCARDED)):
         return False
     return True
 
@@ -246,7 +247,16 @@ class Orchestrator:
 
     # ---------------------------------------------------------------------------------------- trials
     def _launch(self, worker: WorkerHandle) -> None:
-        trial = self.study.ask(self.distributions)
+        for _ in range(20):
+            trial = self.study.ask(self.distributions)
+            why = self._not_needed(trial)
+            if why is None:
+                break
+            self._discard(trial, why)
+            if why.startswith("n_trials"):
+                return
+        else:
+            return  # could not get a fresh grid point: other processes are taking them all
         params = dict(trial.params)
         try:
             run = self.cfg.trial_run(params)
@@ -265,6 +275,32 @@ class Orchestrator:
         trial.set_user_attr(A_PID, os.getpid())
         if hasattr(self.study._storage, "record_heartbeat"):
             self.study._storage.record_heartbeat(trial._trial_id)
+
+    def _not_needed(self, trial: optuna.Trial) -> str | None:
+        """Why a just-asked trial must not run: the study's total is reached, or its grid point is taken.
+
+        Other processes (other machines) ask concurrently; the storage numbers trials atomically, so a
+        trial runs only if fewer than n_trials counted trials come before it.
+        """
+        others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
+        total = self.cfg.study.n_trials if self._grid_size is None else min(self.cfg.study.n_trials, self._grid_size)
+        if sum(1 for t in others if t.number < trial.number and counted(t)) >= total:
+            return "n_trials reached by other processes"
+        if self._grid_size is not None:
+            gid = self.study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
+            if any(t.system_attrs.get("grid_id") == gid for t in others if counted(t)):
+                return "grid point taken by another process"
+        return None
+
+    def _discard(self, trial: optuna.Trial, why: str) -> None:
+        trial.set_user_attr(A_REASON, f"not run: {why}")
+        trial.set_user_attr(A_DISCARDED, True)
+        attrs = trial.user_attrs
+        self.study.tell(trial, state=TrialState.FAIL)
+        if A_RETRY_OF in attrs:  # a re-queued trial popped here: put its parameters back in the queue
+            self.study.enqueue_trial(
+                trial.params, user_attrs={k: attrs[k] for k in (A_RETRY_OF, "retries") if k in attrs}
+            )
 
     def _handle(self, msg: tuple[Any, ...], summary: RunSummary) -> None:
         kind, wid = msg[0], msg[1]

@@ -99,3 +99,25 @@ def _wait(cond: Any, timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while not cond() and time.monotonic() < end:
         time.sleep(0.001)
+
+
+def run_orchestrator(url: str, study: dict[str, Any], workers: int) -> None:
+    """Entry point of a separate process running its own orchestrator on a shared storage."""
+    import io
+
+    from rich.console import Console
+
+    from hpo.config import validate_study
+    from hpo.display import RunDisplay
+    from hpo.orchestrator import Orchestrator
+    from hpo.storage import create_or_resume, open_storage
+    from hpo.worker import WorkerSpec
+
+    cfg = validate_study(study)
+    study_obj, _ = create_or_resume(cfg, open_storage(url, create=True))
+    display = RunDisplay(console=Console(file=io.StringIO()), live=False)
+    orch = Orchestrator(cfg, study_obj, [WorkerSpec(i, 1, {}, "cpu") for i in range(workers)], CurveRunner(), display)
+    try:
+        orch.run()
+    finally:
+        orch.close()

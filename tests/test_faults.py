@@ -47,7 +47,12 @@ def study_file(tmp_path: Path, n_trials: int = 4) -> tuple[Path, str]:
 def start(path: Path, tmp_path: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "HPO_CACHE_DIR": str(tmp_path / "cache")}
     return subprocess.Popen(
-        [HPO, "run", str(path)], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [HPO, "run", str(path)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, like a shell job: Ctrl-C goes to the group
     )
 

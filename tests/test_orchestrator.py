@@ -244,3 +244,30 @@ def test_resume_with_changed_search_space_is_refused(harness: Harness) -> None:
         create_or_resume(validate_study(changed), harness.storage)
     # n_trials and the sampler may change between runs.
     create_or_resume(validate_study(study_dict(study={"n_trials": 9}, sampler={"name": "tpe"})), harness.storage)
+
+
+@pytest.mark.parametrize("sampler", ["random", "grid"])
+def test_processes_sharing_a_study_keep_n_trials_total_and_grid_points_unique(storage_url: str, sampler: str) -> None:
+    if storage_url == "memory":
+        pytest.skip("an in-memory study cannot be shared between processes")
+    grid = {"type": "float", "low": 1.0e-5, "high": 1.0, "grid": [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0]}
+    space = {"training.learning_rate": grid, "model.dropout": {"type": "categorical", "choices": [0.0, 0.1]}}
+    d = study_dict(study={"n_trials": 10}, sampler={"name": sampler, "seed": 0}, search_space=space)
+    create_or_resume(validate_study(d), open_storage(storage_url, create=True))  # as the first `hpo run` does
+    import multiprocessing as mp
+
+    from doubles import run_orchestrator
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=run_orchestrator, args=(storage_url, d, 2)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    study = optuna.load_study(study_name="t", storage=open_storage(storage_url, create=False))
+    ran = [t for t in study.trials if counted(t)]
+    assert len(ran) == 10 and all(t.state == TrialState.COMPLETE for t in ran)
+    if sampler == "grid":
+        points = [(t.params["learning_rate"], t.params["dropout"]) for t in ran]
+        assert len(set(points)) == 10  # no grid point run twice

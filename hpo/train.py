@@ -1,0 +1,284 @@
+"""`hpo train`: one full training run of an exported configuration, with the trainer the trials use.
+
+No pruning; a progress bar; periodic eval; checkpoints under ``OUTDIR/checkpoints`` it resumes from after
+an interruption (rerun the same command); at the end, ``save_pretrained`` of the model and tokenizer into
+``OUTDIR``, ``metrics.json`` (final and periodic eval metrics, timings, provenance) and the config it ran
+(``train_config.yaml``). Under ``accelerate launch``, every process trains and the main one writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hpo import yamlio
+from hpo.errors import HpoError
+from hpo.export import TrainFile, load_train_file
+from trainers.base import CheckpointMismatch, Reporter, TrainResult
+
+OUT_CONFIG = "train_config.yaml"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+
+
+def default_out_dir(config_path: str | Path) -> Path:
+    """``best/train.yaml`` trains into ``best/model``."""
+    return Path(config_path).parent / "model"
+
+
+def _is_main() -> bool:
+    # Set by `accelerate launch` / torchrun; absent in a plain single-process run.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+class ProgressReporter:
+    """A rich progress bar over the run's steps, eval lines above it, and Ctrl-C as a graceful stop."""
+
+    def __init__(self, console: Console | None = None, show: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.show = show
+        self.interrupted = False
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._last = ""
+
+    def on_start(self, step: int, total: int) -> None:
+        if not self.show:
+            return
+        if step:
+            self.console.print(f"resuming from the checkpoint at step {step}/{total}", highlight=False)
+        self._progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task("train", total=total, completed=step, info="")
+        self._progress.start()
+
+    def on_step(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._progress is not None:
+            self._last = f"loss {_fmt(metrics['train_loss'])}  lr {metrics['learning_rate']:.3g}"
+            self._progress.update(self._task, info=self._last)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.show:
+            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
+            self.console.print(f"step {step}: {shown}", highlight=False)
+
+    def stop_reason(self) -> str | None:
+        return "interrupted" if self.interrupted else None
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+@contextlib.contextmanager
+def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
+    """First Ctrl-C: stop at the next step and checkpoint. Second: abort at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if reporter.interrupted:
+            raise KeyboardInterrupt
+        reporter.interrupted = True
+        if reporter.show:
+            reporter.console.print(
+                "[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]"
+            )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _quiet() -> None:
+    """Library chatter that says nothing about this run (the trials' workers silence it too)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+@dataclass
+class TrainOutcome:
+    out_dir: Path
+    result: TrainResult
+    config: TrainFile
+    interrupted: bool
+    files: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] | None = None
+
+
+def _check_out_dir(out: Path, tf: TrainFile, force: bool) -> list[Path]:
+    """What --force would remove; raise when ``out`` holds something this run must not overwrite."""
+    from trainers.checkpoints import latest, read_state, run_digest
+
+    if out.exists() and not out.is_dir():
+        raise HpoError(f"{out} exists and is not a directory; give -o a directory")
+    to_remove: list[Path] = []
+    metrics = out / METRICS
+    if metrics.exists():
+        if not force:
+            raise HpoError(
+                f"{out} already holds the results of a training run ({METRICS}); "
+                "use --force to overwrite them, or -o another directory"
+            )
+        try:
+            written = json.loads(metrics.read_text()).get("files", [])
+        except (OSError, ValueError):
+            written = []
+        to_remove += [out / f for f in written if "/" not in f and f not in ("", ".", "..")]
+        to_remove += [metrics, out / OUT_CONFIG]
+    for name in ("config.json", "model.safetensors", OUT_CONFIG):
+        if (out / name).exists() and not force and not metrics.exists():
+            raise HpoError(
+                f"{out} already holds a model or config ({name}); use --force to overwrite, or -o another directory"
+            )
+        to_remove.append(out / name)
+    ckpt = latest(out / CHECKPOINTS)
+    if ckpt is not None:
+        if force:
+            to_remove.append(out / CHECKPOINTS)
+        elif read_state(ckpt).get("digest") != run_digest(tf.run_config()):
+            raise HpoError(
+                f"{out / CHECKPOINTS} holds checkpoints of a different configuration; "
+                "use --force to start over, or -o another directory"
+            )
+    return to_remove
+
+
+def train_file(
+    config_path: str | Path,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    keep_checkpoints: bool = False,
+    console: Console | None = None,
+) -> TrainOutcome:
+    """Run the training a config file describes; resume from ``OUTDIR/checkpoints`` when they are there."""
+    from hpo.api import cache_dir
+    from trainers.data import prepare
+    from trainers.loop import train
+
+    tf = load_train_file(config_path)  # a bad file stops here: nothing written
+    out = Path(out_dir) if out_dir is not None else default_out_dir(config_path)
+    to_remove = _check_out_dir(out, tf, force)
+    run = tf.run_config()
+    main = _is_main()
+    _quiet()
+    data = prepare(run, cache_dir())
+    if force and main:
+        for p in to_remove:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+
+    own = ProgressReporter(console, show=main) if reporter is None else None
+    models: list[Any] = []
+    try:
+        with _graceful_sigint(own) if own is not None else contextlib.nullcontext():
+            result = train(
+                run,
+                reporter or own,  # type: ignore[arg-type]
+                cache_dir(),
+                data=data,
+                model_out=models,
+                checkpoint_dir=out / CHECKPOINTS,
+                save_every=tf.checkpoints.save_steps,
+                keep_checkpoints=tf.checkpoints.save_total_limit,
+            )
+    except CheckpointMismatch as e:
+        raise HpoError(f"cannot resume: {e}; use --force to start over") from None
+    finally:
+        if own is not None:
+            own.close()
+
+    outcome = TrainOutcome(out, result, tf, interrupted=result.stopped is not None, provenance=tf.provenance)
+    if outcome.interrupted:
+        return outcome
+    if main:
+        outcome.files = _save(out, tf, result, models[0], data, keep_checkpoints)
+    _wait_for_everyone()
+    return outcome
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        PartialState().wait_for_everyone()
+
+
+def _save(out: Path, tf: TrainFile, result: TrainResult, model: Any, data: Any, keep_checkpoints: bool) -> list[str]:
+    """save_pretrained of the model and tokenizer, the config it ran, and metrics.json; the files written."""
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in out.iterdir()}
+    model.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(str(data.tokenizer_dir), trust_remote_code=tf.model.trust_remote_code)
+    tok.save_pretrained(out)
+    header = "# The configuration `hpo train` ran to produce this folder; `hpo train` accepts it as it is.\n"
+    (out / OUT_CONFIG).write_text(header + yamlio.dumps(tf.model_dump(mode="json")), encoding="utf-8")
+    written = sorted({p.name for p in out.iterdir()} - before - {CHECKPOINTS} | {OUT_CONFIG, METRICS})
+    prov = tf.provenance or {}
+    metrics = {
+        "metrics": result.metrics,
+        "steps": result.steps,
+        "eval_batches": tf.eval_batches,
+        "evals": [{"step": s, **m} for s, m in result.evals],
+        "train_time": round(result.train_time, 3),
+        "eval_time": round(result.eval_time, 3),
+        "setup_time": round(result.setup_time, 3),
+        "tokens": result.tokens,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "device": result.device,
+        "precision": result.precision,
+        "resumed_from": result.resumed_from,
+        "config": OUT_CONFIG,
+        "trial": {k: prov.get(k) for k in ("study", "trial", "objective", "value", "trial_steps")} if prov else None,
+        "provenance": tf.provenance,
+        "files": written,
+    }
+    (out / METRICS).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    if not keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return written

@@ -127,7 +127,7 @@ def test_kill_9_of_a_worker_fails_its_trial_and_study_completes(tmp_path: Path) 
     victims = worker_pids(proc.pid)
     assert len(victims) == 2
     os.kill(victims[0], signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     study = assert_complete_and_consistent(storage, 4)
     died = study.get_trials(states=(TrialState.FAIL,))

@@ -49,7 +49,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     ctx = mp_context()
     results = ctx.Queue()
     # Workers start first: their library imports (seconds) overlap with opening the storage.
-    runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run())
+    runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom)
     workers = [WorkerHandle(s, runner, results, ctx) for s in specs]
     orch: Orchestrator | None = None
     try:

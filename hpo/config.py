@@ -81,6 +81,11 @@ class ResourcesSection(_Strict):
     threads_per_worker: int | Literal["auto"] = "auto"  # CPU threads; workers x threads <= cores
     devices: Literal["auto", "cpu"] | list[int] = "auto"
     max_retries: int = Field(default=1, ge=0)  # re-runs of a trial whose worker process died
+    # Out of memory in a trial: `retry` the same parameters with half the micro-batch and twice the
+    # gradient accumulation (same effective batch), up to `oom_retries` times, then fail with reason
+    # "oom"; or `prune` / `fail` at once.
+    oom_policy: Literal["retry", "prune", "fail"] = "retry"
+    oom_retries: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ResourcesSection:
@@ -146,6 +151,11 @@ class StudyConfig(_Strict):
             "training": training,
             "eval_batches": self.fidelity.eval_batches,
         }
+
+    @property
+    def oom(self) -> dict[str, Any]:
+        """What a worker does on out-of-memory (passed to the runner, not part of the run config)."""
+        return {"policy": self.resources.oom_policy, "retries": self.resources.oom_retries}
 
     def trial_run(self, params: dict[str, Any]) -> RunConfig:
         """The resolved run configuration of a trial with these sampled parameters."""

@@ -327,6 +327,10 @@ class Orchestrator:
         elif kind == "nonfinite":
             # A diverged run is informative for the sampler (this region is bad): PRUNED, not FAIL.
             self._finish(r, TrialState.PRUNED, summary, reason=msg[3])
+        elif kind == "oom":
+            state = TrialState.PRUNED if msg[4] == "prune" else TrialState.FAIL
+            r.trial.set_user_attr("oom_detail", msg[3])
+            self._finish(r, state, summary, reason="oom")
         elif kind == "error":
             r.trial.set_user_attr("traceback", msg[4][-4000:])
             self._finish(r, TrialState.FAIL, summary, reason=f"error: {msg[3]}")
@@ -368,6 +372,9 @@ class Orchestrator:
             "tokens_per_s": round(result["tokens_per_s"], 1),
             "precision": result["precision"],
         }
+        if result.get("oom_retries"):
+            attrs["oom_retries"] = result["oom_retries"]
+            attrs["micro_batch"] = result["micro_batch"]  # [per-device batch, accumulation] it ran with
         stopped = result.get("stopped")
         if stopped == "interrupted" or r.stop_sent == STOP_INTERRUPT:
             self._finish(r, TrialState.FAIL, summary, reason="interrupted", attrs=attrs, requeue=True)

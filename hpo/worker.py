@@ -79,9 +79,12 @@ class TrainerRunner:
     pretrained weights) loaded into memory before the first trial arrives.
     """
 
-    def __init__(self, cache_dir: str, warm_run: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cache_dir: str, warm_run: dict[str, Any] | None = None, oom: dict[str, Any] | None = None
+    ) -> None:
         self.cache_dir = cache_dir
         self.warm_run = warm_run
+        self.oom = oom or {"policy": "retry", "retries": 3}
         self._data: dict[str, Any] = {}
 
     def setup(self, spec: WorkerSpec) -> None:
@@ -114,11 +117,69 @@ class TrainerRunner:
         return self._data[key]
 
     def __call__(self, run_dict: dict[str, Any], reporter: Any) -> dict[str, Any]:
+        import torch
+
         from trainers.config import RunConfig
         from trainers.loop import train
 
         run = RunConfig.model_validate(run_dict)
-        return train(run, reporter, self.cache_dir, data=self._prepare(run)).to_dict()
+        data = self._prepare(run)
+        retries = 0
+        while True:
+            try:
+                _inject_oom(run)
+                result = train(run, reporter, self.cache_dir, data=data).to_dict()
+                result["oom_retries"] = retries
+                if retries:
+                    t = run.training
+                    result["micro_batch"] = [t.per_device_train_batch_size, t.gradient_accumulation_steps]
+                return result
+            except torch.OutOfMemoryError as e:
+                _free_memory()
+                t = run.training
+                can_split = t.per_device_train_batch_size > 1 and retries < int(self.oom["retries"])
+                if self.oom["policy"] != "retry" or not can_split:
+                    raise TrialOutOfMemory(self.oom["policy"], retries, t.per_device_train_batch_size) from e
+                # Same effective batch, half the activations.
+                retries += 1
+                half = t.per_device_train_batch_size // 2
+                run = run.model_copy(
+                    update={
+                        "training": t.model_copy(
+                            update={
+                                "per_device_train_batch_size": half,
+                                "gradient_accumulation_steps": t.gradient_accumulation_steps * 2,
+                            }
+                        )
+                    }
+                )
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of accelerator memory and the OOM policy gives up on it."""
+
+    def __init__(self, policy: str, retries: int, micro_batch: int) -> None:
+        self.policy = policy
+        super().__init__(f"out of memory at micro-batch {micro_batch} after {retries} retries")
+
+
+def _inject_oom(run: Any) -> None:
+    """Test hook: HPO_TEST_OOM_ABOVE_BATCH=N makes micro-batches above N raise an out-of-memory error."""
+    limit = os.environ.get("HPO_TEST_OOM_ABOVE_BATCH")
+    if limit and run.training.per_device_train_batch_size > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(f"injected: micro-batch {run.training.per_device_train_batch_size} > {limit}")
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _die_with_parent() -> None:
@@ -158,6 +219,8 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
             results.put(("done", spec.worker_id, trial, runner(run_dict, reporter)))
         except NonFiniteLoss as e:
             results.put(("nonfinite", spec.worker_id, trial, str(e)))
+        except TrialOutOfMemory as e:
+            results.put(("oom", spec.worker_id, trial, str(e), e.policy))
         except BaseException as e:
             tb = traceback.format_exc(limit=-8)
             results.put(("error", spec.worker_id, trial, f"{type(e).__name__}: {e}".splitlines()[0], tb))

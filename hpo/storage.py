@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import logging
 import sqlite3
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
@@ -47,6 +53,54 @@ def storage_exists(url: str) -> bool:
     return path is None or path.exists()
 
 
+_log = logging.getLogger("hpo.storage")
+
+# How long a storage call keeps retrying while the database is unreachable (e.g. PostgreSQL restarting).
+RETRY_FOR = 120.0
+
+_NO_RETRY = {"remove_session", "upgrade", "get_current_version", "get_head_version", "get_all_versions"}
+
+
+def _transient(e: BaseException) -> bool:
+    """A lost or refused connection, as opposed to a logical error (a finished trial, a missing study)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _with_retry(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                return fn(self, *args, **kwargs)
+            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+                if not _transient(e) or waited >= RETRY_FOR:
+                    raise
+                _log.warning("storage unreachable (%s); retrying in %.1fs", type(e).__name__, delay)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 10.0)
+
+    return call
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose calls wait out a briefly unreachable database (retries with backoff) instead of
+    failing the run. Transactions roll back on failure, so a retried call starts clean."""
+
+
+for _name, _fn in inspect.getmembers(optuna.storages.RDBStorage, inspect.isfunction):
+    if (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in _NO_RETRY:
+        setattr(RetryingRDBStorage, _name, _with_retry(_name, _fn))
+
+
 def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats; SQLite files get WAL mode and a long busy timeout."""
     if url == "memory":
@@ -72,7 +126,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
-            storage = optuna.storages.RDBStorage(
+            storage = RetryingRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,

@@ -8,8 +8,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -25,8 +27,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class PgServer:
+    url: str  # base URL, without a database name
+    restart: Callable[[float], None]  # stop, stay down this many seconds, start again
+
+
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
+def postgres_server() -> Iterator[PgServer]:
     """Base URL of a PostgreSQL server started for this test session (skips when none can be started).
 
     `.ci/run` installs the Debian package; the server runs as the `postgres` user (initdb refuses root),
@@ -34,7 +42,11 @@ def postgres_server() -> Iterator[str]:
     """
     url = os.environ.get("HPO_TEST_POSTGRES_URL")
     if url:
-        yield url
+
+        def cannot_restart(_down: float) -> None:
+            pytest.skip("HPO_TEST_POSTGRES_URL names a server these tests cannot restart")
+
+        yield PgServer(url, cannot_restart)
         return
     bindir = _pg_bin()
     try:
@@ -63,20 +75,27 @@ def postgres_server() -> Iterator[str]:
     except subprocess.CalledProcessError as e:
         shutil.rmtree(datadir, ignore_errors=True)
         pytest.skip(f"could not start PostgreSQL: {e.stderr.strip()[:200]}")
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {datadir} -c fsync=off"
+
+    def restart(down: float) -> None:
+        run(f"{bindir}/pg_ctl", "-D", datadir, "-m", "fast", "-w", "stop")
+        time.sleep(down)
+        run(f"{bindir}/pg_ctl", "-D", datadir, "-w", "-l", f"{datadir}/log", "-o", opts, "start")
+
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+        yield PgServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}", restart)
     finally:
         subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(datadir, ignore_errors=True)
 
 
 @pytest.fixture
-def postgres_url(postgres_server: str) -> str:
+def postgres_url(postgres_server: PgServer) -> str:
     """A fresh, empty database on the session's server."""
     import psycopg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    conninfo = postgres_server.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    conninfo = postgres_server.url.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{postgres_server}/{name}"
+    return f"{postgres_server.url}/{name}"

@@ -41,12 +41,14 @@ class CurveRunner:
         die_above: float | None = None,
         marker_dir: str | None = None,
         block: bool = False,
+        step_sleep: float = 0.0,
     ) -> None:
         self.fail_above = fail_above
         self.nan_above = nan_above
         self.die_above = die_above
         self.marker_dir = marker_dir
         self.block = block
+        self.step_sleep = step_sleep
 
     def setup(self, spec: Any) -> None:
         pass
@@ -71,6 +73,8 @@ class CurveRunner:
             if stopped is not None:
                 break
             done = step
+            if self.step_sleep:
+                time.sleep(self.step_sleep)
             if self.nan_above is not None and lr > self.nan_above and step == every:
                 raise NonFiniteLoss(step, float("nan"))
             if step % every == 0 or step == steps:

@@ -271,3 +271,20 @@ def test_processes_sharing_a_study_keep_n_trials_total_and_grid_points_unique(st
     if sampler == "grid":
         points = [(t.params["learning_rate"], t.params["dropout"]) for t in ran]
         assert len(set(points)) == 10  # no grid point run twice
+
+
+def test_postgres_restart_during_a_study_is_waited_out(
+    postgres_server: Any, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    h = Harness(postgres_url)
+    cfg = validate_study(study_dict(study={"n_trials": 8}))
+    restarter = threading.Timer(1.0, postgres_server.restart, args=(3.0,))
+    restarter.start()
+    try:
+        study = h.run(cfg, CurveRunner(step_sleep=0.05))
+    finally:
+        restarter.join()
+    assert states(study) == {"COMPLETE": 8}
+    assert "storage unreachable" in caplog.text  # the outage really happened mid-study, and was retried

@@ -63,6 +63,9 @@ class TrainFile(RunConfig):
     """A file `hpo train` runs: one resolved run configuration, its checkpointing, and where it came from."""
 
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    # CPU threads (torch.set_num_threads); null: torch's default. Float sums depend on it: --trial-length
+    # exports set the trial worker's count so the trial's metric is reproduced to the last digit.
+    threads: int | None = Field(default=None, ge=1)
     provenance: dict[str, Any] | None = None  # informational: copied into the run's metrics.json
 
     def run_config(self) -> RunConfig:
@@ -291,6 +294,19 @@ def git_state(where: Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
+def trial_threads(cfg: StudyConfig, trial: FrozenTrial) -> int | None:
+    """The CPU threads the trial's worker had (as `hpo run` plans them on this machine); None on a GPU."""
+    if trial.user_attrs.get("device", "cpu") != "cpu":
+        return None
+    from hpo.resources import plan_workers
+
+    try:
+        specs = plan_workers(cfg.resources.model_copy(update={"devices": "cpu"}), max_workers=cfg.study.n_trials)
+    except ValueError:
+        return None
+    return specs[0].threads if specs else None
+
+
 def provenance(
     cfg: StudyConfig, study: optuna.Study, study_path: Path, trial: FrozenTrial, rank: int, length: str
 ) -> dict[str, Any]:
@@ -309,6 +325,7 @@ def provenance(
         "trial_steps": ua.get("steps"),
         "trial_device": ua.get("device"),
         "trial_precision": ua.get("precision"),
+        "trial_threads": trial_threads(cfg, trial),
         "params": dict(trial.params),
         "fingerprint": cfg.fingerprint(),
         "length": length,
@@ -408,6 +425,7 @@ def export(
         body: dict[str, Any] = {
             **run.model_dump(mode="json"),
             "checkpoints": CheckpointSettings(save_steps=save_steps).model_dump(),
+            "threads": prov["trial_threads"] if trial_length else None,
             "provenance": prov,
         }
         TrainFile.model_validate(body)  # what `hpo train` will read back

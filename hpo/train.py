@@ -213,6 +213,11 @@ def train_file(
 
     own = ProgressReporter(console, show=main) if reporter is None else None
     models: list[Any] = []
+    import torch
+
+    threads = torch.get_num_threads()
+    if tf.threads is not None:
+        torch.set_num_threads(tf.threads)
     try:
         with _graceful_sigint(own) if own is not None else contextlib.nullcontext():
             result = train(
@@ -228,6 +233,7 @@ def train_file(
     except CheckpointMismatch as e:
         raise HpoError(f"cannot resume: {e}; use --force to start over") from None
     finally:
+        torch.set_num_threads(threads)
         if own is not None:
             own.close()
 

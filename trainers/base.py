@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 
 class Reporter(Protocol):
+    """What a trainer talks to. Optional hooks, called only when a reporter defines them (``hpo train``'s
+    progress bar does): ``on_start(step, total_steps)`` once before the first step (``step`` > 0 after a
+    resume) and ``on_step(step)`` after every optimizer step."""
+
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         """Training curves: train loss, learning rate, tokens/s (every ``logging_steps``)."""
 
@@ -33,6 +37,10 @@ class NullReporter:
 
     def stop_reason(self) -> str | None:
         return None
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that cannot resume this run (another configuration, another number of processes)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,6 +66,7 @@ class TrainResult:
     precision: str
     stopped: str | None = None  # why the run ended early, if it did
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    resumed_from: int | None = None  # the checkpoint step the run resumed from, if it did
 
     @property
     def tokens_per_s(self) -> float:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from trainers.base import NonFiniteLoss, Reporter, TrainResult
+from trainers.checkpoints import Checkpoints
 from trainers.config import RunConfig
 from trainers.data import PreparedData, prepare
 from trainers.models import build_model
@@ -162,8 +163,19 @@ def train(
     cache_dir: str | Path,
     data: PreparedData | None = None,
     model_out: list[torch.nn.Module] | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    save_every: int | None = None,
+    keep_checkpoints: int = 1,
+    resume: bool = True,
 ) -> TrainResult:
-    """Train one run to its step budget (or until the reporter says stop); return what it did."""
+    """Train one run to its step budget (or until the reporter says stop); return what it did.
+
+    Trials pass none of the keyword-only arguments. Full runs (``hpo train``) pass ``checkpoint_dir``:
+    a checkpoint is then written every ``save_every`` steps (default: at every eval) and when the reporter
+    stops the run, the newest ``keep_checkpoints`` are kept, and with ``resume`` the run continues from the
+    newest one there, exactly as if it had not been interrupted (same batches, same dropout masks).
+    """
     from transformers import get_scheduler, set_seed
 
     t0 = time.perf_counter()
@@ -181,7 +193,12 @@ def train(
     steps = total_steps(run, len(data.train_ids), accelerator.num_processes)
     warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(t.warmup_ratio * steps)
     optimizer = _optimizer(model, run)
-    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    # accelerate steps a prepared scheduler once per process at each optimizer step (its convention for
+    # sharded dataloaders), so the schedule is laid out over steps x processes; one process: unchanged.
+    world = accelerator.num_processes
+    scheduler = get_scheduler(
+        t.lr_scheduler_type, optimizer, num_warmup_steps=warmup * world, num_training_steps=steps * world
+    )
     # 5. prepare: device placement and mixed precision.
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
@@ -199,6 +216,35 @@ def train(
     evals: list[tuple[int, dict[str, float]]] = []
     stopped: str | None = None
     step = 0
+    ckpt: Checkpoints | None = None
+    resumed_from: int | None = None
+    if checkpoint_dir is not None:
+        ckpt = Checkpoints(checkpoint_dir, accelerator, run, keep=keep_checkpoints)
+        saved = ckpt.load_latest() if resume else None
+        if saved is not None:
+            step = resumed_from = int(saved["step"])
+            tokens, train_time, eval_time = int(saved["tokens"]), float(saved["train_time"]), float(saved["eval_time"])
+            metrics = dict(saved["metrics"])
+            evals = [(int(s), dict(m)) for s, m in saved["evals"]]
+            log_loss, log_n, log_tokens, log_t = saved["log"]
+            for _ in range(step * t.gradient_accumulation_steps):  # the batch order goes on where it stopped
+                next(batches)
+    on_start = getattr(reporter, "on_start", None)
+    on_step = getattr(reporter, "on_step", None)
+    if on_start is not None:
+        on_start(step, steps)
+
+    def loop_state() -> dict[str, Any]:
+        return {
+            "steps": steps,
+            "tokens": tokens,
+            "train_time": train_time,
+            "eval_time": eval_time,
+            "metrics": metrics,
+            "evals": evals,
+            "log": [log_loss, log_n, log_tokens, log_t],
+        }
+
     while step < steps:
         stopped = reporter.stop_reason()
         if stopped is not None:
@@ -239,7 +285,13 @@ def train(
             eval_time += time.perf_counter() - te
             evals.append((step, metrics))
             reporter.on_eval(step, metrics)
+        if on_step is not None:
+            on_step(step)
+        if ckpt is not None and step < steps and step % (save_every or eval_every) == 0:
+            ckpt.save(step, loop_state())
 
+    if ckpt is not None and stopped is not None and step > 0 and ckpt.last_saved != step:
+        ckpt.save(step, loop_state())  # stopped (Ctrl-C): resume from exactly here
     if model_out is not None:
         model_out.append(accelerator.unwrap_model(model))
     # 7. metrics of the last evaluation (a run stopped before its first eval has none).
@@ -254,4 +306,5 @@ def train(
         precision=accelerator.mixed_precision,
         stopped=stopped,
         evals=evals,
+        resumed_from=resumed_from,
     )

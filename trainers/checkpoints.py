@@ -1,0 +1,104 @@
+"""Checkpoints a run resumes from exactly: model, optimizer, scheduler and RNG states, plus the loop's position.
+
+Written with ``accelerator.save_state`` (every process saves its RNG state; the main process the weights,
+optimizer and scheduler) into a hidden folder that becomes ``checkpoint-<step>`` only when complete, so an
+interruption while saving never leaves a checkpoint that looks finished. The loop's own counters and the
+number of batches consumed live in ``trainer_state.json``; the batch order is re-derived from the seed, so
+a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from trainers.base import CheckpointMismatch
+from trainers.config import RunConfig
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "checkpoint-"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+def run_digest(run: RunConfig) -> str:
+    """A hash of everything that decides what the run computes: a checkpoint only resumes the same run."""
+    blob = json.dumps(run.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def latest(root: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``root``, if any."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = []
+    for p in root.iterdir():
+        m = _NAME.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / STATE_FILE).read_text())  # type: ignore[no-any-return]
+
+
+class Checkpoints:
+    """Save and load the checkpoints of one run under ``root``, keeping the newest ``keep``."""
+
+    def __init__(self, root: str | Path, accelerator: Any, run: RunConfig, keep: int = 1) -> None:
+        self.root = Path(root)
+        self.accelerator = accelerator
+        self.digest = run_digest(run)
+        self.keep = max(1, keep)
+        self.last_saved: int | None = None
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """Restore the newest checkpoint into the prepared objects; its loop state, or None if there is none."""
+        path = latest(self.root)
+        if path is None:
+            return None
+        state = read_state(path)
+        if state.get("digest") != self.digest:
+            raise CheckpointMismatch(f"{path} was written by a run with a different configuration")
+        world = self.accelerator.num_processes
+        if state.get("num_processes") != world:
+            raise CheckpointMismatch(
+                f"{path} was written by {state.get('num_processes')} process(es); resume it with the same number "
+                f"(now {world}), or start over"
+            )
+        self.accelerator.load_state(str(path))
+        self.last_saved = int(state["step"])
+        return state
+
+    def save(self, step: int, loop_state: dict[str, Any]) -> Path:
+        """Write ``checkpoint-<step>``: complete or absent, never half-written."""
+        acc = self.accelerator
+        tmp = self.root / f".tmp-{PREFIX}{step}"
+        final = self.root / f"{PREFIX}{step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {**loop_state, "step": step, "digest": self.digest, "num_processes": acc.num_processes}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune()
+        acc.wait_for_everyone()
+        self.last_saved = step
+        return final
+
+    def _prune(self) -> None:
+        done = sorted((int(m.group(1)), p) for p in self.root.iterdir() if (m := _NAME.match(p.name)))
+        for _, p in done[: -self.keep]:
+            shutil.rmtree(p, ignore_errors=True)

@@ -80,6 +80,8 @@ class ResourcesSection(_Strict):
     workers: int | Literal["auto"] = "auto"  # CPU: one per core; GPU: one per device
     threads_per_worker: int | Literal["auto"] = "auto"  # CPU threads; workers x threads <= cores
     devices: Literal["auto", "cpu"] | list[int] = "auto"
+    gpus_per_trial: int = Field(default=1, ge=1)  # > 1: data-parallel trials (accelerate launch)
+    trials_per_gpu: int = Field(default=1, ge=1)  # small models: several workers share one GPU
     max_retries: int = Field(default=1, ge=0)  # re-runs of a trial whose worker process died
     # Out of memory in a trial: `retry` the same parameters with half the micro-batch and twice the
     # gradient accumulation (same effective batch), up to `oom_retries` times, then fail with reason
@@ -93,6 +95,11 @@ class ResourcesSection(_Strict):
             raise ValueError(f"`workers >= 1` must hold, but got (workers={self.workers}).")
         if isinstance(self.threads_per_worker, int) and self.threads_per_worker < 1:
             raise ValueError(f"`threads_per_worker >= 1` must hold, but got ({self.threads_per_worker}).")
+        if self.gpus_per_trial > 1 and self.trials_per_gpu > 1:
+            raise ValueError(
+                "`gpus_per_trial` and `trials_per_gpu` cannot both be > 1, but got "
+                f"(gpus_per_trial={self.gpus_per_trial}, trials_per_gpu={self.trials_per_gpu})."
+            )
         return self
 
 

@@ -372,6 +372,9 @@ class Orchestrator:
             "tokens_per_s": round(result["tokens_per_s"], 1),
             "precision": result["precision"],
         }
+        if result.get("processes", 1) > 1:
+            attrs["processes"] = result["processes"]
+            attrs["rank_steps"] = result.get("rank_steps", [])
         if result.get("oom_retries"):
             attrs["oom_retries"] = result["oom_retries"]
             attrs["micro_batch"] = result["micro_batch"]  # [per-device batch, accumulation] it ran with

@@ -75,27 +75,33 @@ def plan_workers(res: ResourcesSection, max_workers: int | None = None) -> list[
         if missing:
             raise ValueError(f"resources.devices: no CUDA device {missing} on this machine (found {sorted(known)})")
     if gpus:
-        n = len(gpus) if res.workers == "auto" else min(res.workers, len(gpus))
+        per = res.gpus_per_trial
+        if per > len(gpus):
+            raise ValueError(f"resources.gpus_per_trial: {per} GPUs per trial, but the machine has {len(gpus)}")
+        groups = [gpus[i : i + per] for i in range(0, len(gpus) - per + 1, per)]
+        slots = [g for g in groups for _ in range(res.trials_per_gpu)]  # several small trials per GPU
+        n = len(slots) if res.workers == "auto" else min(res.workers, len(slots))
         if max_workers is not None:
             n = max(1, min(n, max_workers))
         threads = res.threads_per_worker if res.threads_per_worker != "auto" else max(1, cores // n)
-        return [
-            WorkerSpec(
-                i,
-                threads,
-                {**_BASE_ENV, "CUDA_VISIBLE_DEVICES": str(g.index), "OMP_NUM_THREADS": str(threads)},
-                f"cuda:{g.index}",
-            )
-            for i, g in enumerate(gpus[:n])
-        ]
+        specs = []
+        for i, group in enumerate(slots[:n]):
+            ids = ",".join(str(g.index) for g in group)
+            env = {**_BASE_ENV, "CUDA_VISIBLE_DEVICES": ids, "OMP_NUM_THREADS": str(threads)}
+            specs.append(WorkerSpec(i, threads, env, f"cuda:{ids}", processes=per))
+        return specs
     # CPU: small models train faster as N one-thread workers than as one N-thread worker (measured: two
     # 1-thread workers do 2x the steps of one 2-thread worker on a tiny GPT-2).
+    # On CPU, gpus_per_trial > 1 means that many 1-thread processes per trial (the multi-process path
+    # without GPUs: for testing it, rarely faster).
+    per = res.gpus_per_trial
     threads = 1 if res.threads_per_worker == "auto" else min(res.threads_per_worker, cores)
+    threads = 1 if per > 1 else threads
     # More CPU workers than cores only adds contention (each one trains): cap at the cores.
-    n = max(1, cores // threads) if res.workers == "auto" else min(res.workers, cores)
+    n = max(1, cores // (threads * per)) if res.workers == "auto" else min(res.workers, max(1, cores // per))
     if max_workers is not None:
         n = max(1, min(n, max_workers))
     if n * threads > cores:
         threads = max(1, cores // n)
     env = {**_BASE_ENV, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    return [WorkerSpec(i, threads, dict(env), "cpu") for i in range(n)]
+    return [WorkerSpec(i, threads, dict(env), "cpu", processes=per) for i in range(n)]

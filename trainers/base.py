@@ -76,3 +76,17 @@ class TrainResult:
         d = asdict(self)
         d["tokens_per_s"] = self.tokens_per_s
         return d
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (per run, per process) that says nothing about the user's study."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)

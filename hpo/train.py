@@ -202,6 +202,8 @@ def train_file(
                 shutil.rmtree(p)
             elif p.exists() or p.is_symlink():
                 p.unlink()
+    if force:
+        _wait_for_everyone()  # no process may find the old checkpoints while the main one removes them
 
     own = ProgressReporter(console, show=main) if reporter is None else None
     models: list[Any] = []

@@ -238,6 +238,10 @@ class StopAfter(NullReporter):
 def test_resume_after_interruption_gives_the_uninterrupted_result(study: Path, tmp_path: Path) -> None:
     assert export(str(study), "-o", str(tmp_path / "e")).exit_code == 0  # full length: 24 steps, eval every 2
     config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["checkpoints"]["save_steps"] = 5  # saved at 5, then at 7 on the stop; only the newest is kept
+    data["threads"] = 1  # one thread: fast on a busy machine
+    write(config, data)
     whole = train_file(config, tmp_path / "whole", reporter=NullReporter())
     assert not whole.interrupted and whole.result.steps == 24
 

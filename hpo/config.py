@@ -17,6 +17,7 @@ from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, Pru
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, set_path
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
+from trainers.data import CACHE_VERSION
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
 
@@ -185,7 +186,7 @@ class StudyConfig(_Strict):
             "objective": self.objective.model_dump(),
             "fidelity": self.fidelity.model_dump(),
             "model": self.model.model_dump(),
-            "data": self.data.model_dump(),
+            "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION},  # same data, same results
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }

@@ -157,3 +157,25 @@ def test_train_stops_when_the_reporter_says_so(cache: Path) -> None:
 )
 def test_f1_macro(pred: list[int], true: list[int], expected: float) -> None:
     assert f1_macro(np.array(pred), np.array(true), 3) == pytest.approx(expected)
+
+
+def test_eval_split_keeps_a_shuffled_order() -> None:
+    # Corpora listed by label must not put one class first in the eval split (eval_batches caps it).
+    from trainers.data import _split
+
+    train_idx, eval_idx = _split(1000, 0.1, seed=0)
+    assert sorted(set(train_idx) | set(eval_idx)) == list(range(1000)) and not set(train_idx) & set(eval_idx)
+    assert list(eval_idx) != sorted(eval_idx)
+
+
+def test_misspelt_eval_split_is_an_error(tmp_path: Path) -> None:
+    from trainers.config import DataConfig
+    from trainers.data import load_records
+
+    (tmp_path / "train.txt").write_text("a b c\nd e f\n")
+    (tmp_path / "validation.txt").write_text("g h i\n")
+    files = {"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "validation.txt")}
+    _, evals = load_records(DataConfig(files=files), need_labels=False)
+    assert evals["text"] == ["g h i"]  # "validation" is used when present
+    with pytest.raises(ValueError, match="split 'valid' not found"):
+        load_records(DataConfig(files=files, eval_split="valid"), need_labels=False)

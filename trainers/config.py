@@ -29,7 +29,7 @@ DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
     "electra": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
     "deberta-v2": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
     "mpnet": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
-    "distilbert": ("dropout", "attention_dropout"),
+    "distilbert": ("dropout", "attention_dropout", "seq_classif_dropout"),
     "llama": ("attention_dropout",),
     "mistral": ("attention_dropout",),
     "qwen2": ("attention_dropout",),
@@ -78,6 +78,14 @@ class ModelConfig(_Strict):
                 raise ValueError(
                     "a model built `from_config` needs `tokenizer.name_or_path` or `tokenizer.train_vocab_size`"
                 )
+        if self.name_or_path is not None and self.name_or_path.startswith("builtin:"):
+            known = ("all-minilm-l6-v2",)  # trainers.corpora.BUILTIN_MODELS
+            if self.name_or_path.removeprefix("builtin:") not in known:
+                raise ValueError(
+                    f"`name_or_path`: unknown built-in model {self.name_or_path!r} (known: "
+                    + ", ".join(f"builtin:{k}" for k in known)
+                    + ")"
+                )
         if self.dropout is not None and self.model_type is not None and self.model_type not in DROPOUT_KEYS:
             raise ValueError(
                 f"`dropout` is not mapped for model_type {self.model_type!r}; set its keys under `config` "
@@ -102,7 +110,7 @@ class DataConfig(_Strict):
     files: dict[str, str | list[str]] | None = None  # {train: a.csv, validation: b.csv}
     format: Literal["text", "csv", "json"] | None = None  # for `files`; default: from the extension
     train_split: str = "train"
-    eval_split: str | None = "validation"  # None or missing: split `eval_fraction` off the training split
+    eval_split: str | None = None  # default: "validation" if the data has it, else `eval_fraction` of train
     eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     text_column: str = "text"
     text_pair_column: str | None = None

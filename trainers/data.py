@@ -23,7 +23,7 @@ import numpy as np
 from trainers import corpora
 from trainers.config import DataConfig, ModelConfig, RunConfig
 
-CACHE_VERSION = 1  # bump when the on-disk layout or the tokenisation changes
+CACHE_VERSION = 2  # bump when the on-disk layout or the tokenisation changes (2: shuffled eval order)
 
 
 @dataclass
@@ -111,7 +111,9 @@ def _load(path: Path) -> PreparedData:
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
     n_eval = max(1, round(n * fraction))
-    return np.sort(order[n_eval:]), np.sort(order[:n_eval])
+    # The eval part keeps its shuffled order: corpora listed by label (bbc_news) would otherwise put one
+    # class first, and a capped eval (`eval_batches`) would score only the first classes.
+    return np.sort(order[n_eval:]), order[:n_eval]
 
 
 def load_records(data: DataConfig, need_labels: bool) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
@@ -152,8 +154,12 @@ def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[st
     if data.train_split not in ds:
         raise ValueError(f"data: split {data.train_split!r} not found (splits: {', '.join(ds)})")
     train_ds = ds[data.train_split]
-    if data.eval_split is not None and data.eval_split in ds:
-        eval_ds = ds[data.eval_split]
+    if data.eval_split is not None and data.eval_split not in ds:
+        # A misspelt split must not silently become "split the training set".
+        raise ValueError(f"data.eval_split: split {data.eval_split!r} not found (splits: {', '.join(ds)})")
+    eval_name = data.eval_split or ("validation" if "validation" in ds else None)
+    if eval_name is not None:
+        eval_ds = ds[eval_name]
     else:
         parts = train_ds.train_test_split(test_size=data.eval_fraction, seed=data.seed)
         train_ds, eval_ds = parts["train"], parts["test"]
@@ -211,6 +217,10 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
             corpora.resolve_model_path(name), revision=model.revision, trust_remote_code=model.trust_remote_code
         )
         if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise ValueError(
+                    f"model.tokenizer: {name!r} has neither a pad nor an EOS token; give a tokenizer that has one"
+                )
             # Causal LMs often ship without a pad token; reuse EOS as HF examples do.
             tok.pad_token = tok.eos_token
     tok.save_pretrained(str(out_dir))

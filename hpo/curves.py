@@ -27,6 +27,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 SCHEMA_VERSION = 1  # bump with a migration when the table changes
 
@@ -148,12 +149,23 @@ def _engine(url: str) -> Engine:
 
 def ensure_schema(engine: Engine) -> None:
     """Create the curves table on first use; refuse a database written by a newer hpo."""
-    metadata.create_all(engine, checkfirst=True)
-    with engine.begin() as conn:
+    for attempt in range(3):
+        # Two processes starting together on a new database may both try to create: the loser sees
+        # "already exists" (or a duplicate version row) and simply checks again.
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            with engine.begin() as conn:
+                row = conn.execute(select(schema_table.c.value).where(schema_table.c.key == "curves_version")).first()
+                if row is None:
+                    conn.execute(insert(schema_table), [{"key": "curves_version", "value": str(SCHEMA_VERSION)}])
+            break
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+    with engine.connect() as conn:
         row = conn.execute(select(schema_table.c.value).where(schema_table.c.key == "curves_version")).first()
-        if row is None:
-            conn.execute(insert(schema_table), [{"key": "curves_version", "value": str(SCHEMA_VERSION)}])
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(
                 f"the curves table has schema version {row[0]}, newer than this hpo's {SCHEMA_VERSION}; "
                 "upgrade hpo (`pip install -U hpo`)"

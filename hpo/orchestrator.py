@@ -140,10 +140,12 @@ class Orchestrator:
         """Trials still to start: n_trials minus counted trials (all processes on this study)."""
         trials = self.study.get_trials(deepcopy=False)
         n = sum(1 for t in trials if counted(t))
-        total = self.cfg.study.n_trials
-        if self._grid_size is not None:
-            total = min(total, self._grid_size)
-        return max(0, total - n)
+        return max(0, self._total() - n)
+
+    def _total(self) -> int:
+        """The study's trial total: n_trials, or the grid's size when that is smaller."""
+        n = self.cfg.study.n_trials
+        return n if self._grid_size is None else min(n, self._grid_size)
 
     # --------------------------------------------------------------------------------------- lifecycle
     def recover_orphans(self) -> int:
@@ -283,7 +285,7 @@ class Orchestrator:
         trial runs only if fewer than n_trials counted trials come before it.
         """
         others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
-        total = self.cfg.study.n_trials if self._grid_size is None else min(self.cfg.study.n_trials, self._grid_size)
+        total = self._total()
         if sum(1 for t in others if t.number < trial.number and counted(t)) >= total:
             return "n_trials reached by other processes"
         if self._grid_size is not None:

@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of each rank (run by ``accelerate launch -m hpo.rank CONTROL_DIR``)."""
     control = Path((argv or sys.argv[1:])[0])
     reporter = RankReporter(control)
-    from hpo.worker import _quiet
+    from trainers.base import quiet_libraries
 
-    _quiet()
+    quiet_libraries()
     from trainers.base import NonFiniteLoss
     from trainers.config import RunConfig
     from trainers.loop import train

@@ -122,12 +122,6 @@ def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _quiet() -> None:
-    from trainers.base import quiet_libraries
-
-    quiet_libraries()
-
-
 @dataclass
 class TrainOutcome:
     out_dir: Path
@@ -194,7 +188,9 @@ def train_file(
     to_remove = _check_out_dir(out, tf, force)
     run = tf.run_config()
     main = _is_main()
-    _quiet()
+    from trainers.base import quiet_libraries
+
+    quiet_libraries()
     data = prepare(run, cache_dir())
     if force and main:
         for p in to_remove:

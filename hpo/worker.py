@@ -59,12 +59,6 @@ class QueueReporter:
         return None
 
 
-def _quiet() -> None:
-    from trainers.base import quiet_libraries
-
-    quiet_libraries()
-
-
 class TrainerRunner:
     """Runs trials with the real trainer (``trainers.loop.train``); what a worker calls per trial.
 
@@ -86,7 +80,9 @@ class TrainerRunner:
         import torch
 
         torch.set_num_threads(spec.threads)
-        _quiet()
+        from trainers.base import quiet_libraries
+
+        quiet_libraries()
         import trainers.loop  # noqa: F401 - import accelerate & co now, not in the first trial
 
         if self.warm_run is not None:

@@ -12,6 +12,7 @@ from typing import Any, get_args
 import optuna
 import pytest
 from pydantic import TypeAdapter, ValidationError
+from test_config import minimal_study
 
 from hpo.config import StudyConfig, validate_study
 from hpo.errors import StudyFileError
@@ -24,26 +25,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SAMPLERS: TypeAdapter[Any] = TypeAdapter(SamplerConfig)
 PRUNERS: TypeAdapter[Any] = TypeAdapter(PrunerConfig)
 
-QUICKSTART: dict[str, Any] = {
-    "study": {"name": "quickstart", "n_trials": 16},
-    "task": "causal_lm",
-    "objective": {"metric": "perplexity"},
-    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 6},
-    "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50},
-    "fidelity": {"max_steps": 300, "eval_every": 50, "eval_batches": 4},
-    "model": {
-        "from_config": {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 64},
-        "tokenizer": {"train_vocab_size": 2048},
-    },
-    "data": {"builtin": "pydoc_topics", "max_length": 64},
-    "training": {"per_device_eval_batch_size": 32, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine"},
-    "search_space": {
-        "training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
-        "training.per_device_train_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
-        "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        "training.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-    },
-}
+QUICKSTART: dict[str, Any] = minimal_study()  # the content of studies/quickstart.yaml
 
 GRID = {"learning_rate": [1e-5, 1e-4, 1e-3], "per_device_train_batch_size": [8, 16, 32], "dropout": [0.0, 0.1]}
 

@@ -12,8 +12,7 @@ several machines). PostgreSQL is a throw-away server started here and stopped at
 ``--storage URL`` names a database (then only that storage is measured).
 
 Usage: python benchmarks/scaling.py [--quick] [--storage URL] [--sampler grid|tpe|random] [--seconds S]
-                                   [--prototype] [--json PATH]
-``--prototype`` runs the changes proposed in ``proposed_fix.py`` instead of hpo's orchestrator.
+                                   [--json PATH]
 Prints a table and writes JSON (default benchmarks/results/scaling.json).
 """
 
@@ -50,7 +49,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.5, help="sleep per trial (default 0.5)")
     ap.add_argument("--sampler", default="grid", choices=["grid", "tpe", "random"])
     ap.add_argument("--profile", action="store_true", help="cProfile each orchestrator (slower; next to the JSON)")
-    ap.add_argument("--prototype", action="store_true", help="use the changes proposed in proposed_fix.py")
     ap.add_argument("--json", default=str(HERE / "results" / "scaling.json"))
     args = ap.parse_args()
     import optuna
@@ -74,7 +72,7 @@ def main() -> None:
                 url = make_url()
                 n = per_worker * procs * w
                 prof = str(Path(args.json).parent / f"scaling-{backend}-{procs}x{w}") if args.profile else None
-                row = run_config(backend, url, procs, w, n, args.seconds, sampler, args.prototype, server, prof)
+                row = run_config(backend, url, procs, w, n, args.seconds, sampler, server, prof)
                 rows.append(row)
                 print(f"  {fmt_row(row, rows)}", flush=True)
                 if args.storage:
@@ -93,7 +91,7 @@ def main() -> None:
             "evals_per_trial": 4,
             "trials_per_worker": per_worker,
             "sampler": sampler,
-            "orchestrator": "proposed_fix.PrototypeOrchestrator" if args.prototype else "hpo.orchestrator.Orchestrator",
+            "orchestrator": "hpo.orchestrator.Orchestrator",
             "pruner": "median (n_startup_trials=4; the double's intermediate values never trigger it)",
         },
         "rows": rows,
@@ -140,7 +138,6 @@ def run_config(
     n_trials: int,
     seconds: float,
     sampler: dict[str, Any],
-    prototype: bool = False,
     server: Any = None,
     profile: str | None = None,
 ) -> dict[str, Any]:
@@ -162,7 +159,7 @@ def run_config(
     ctx = mp.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
     ps = [
-        ctx.Process(target=orchestrator_process, args=(i, study, workers, seconds, go, out, prototype, profile))
+        ctx.Process(target=orchestrator_process, args=(i, study, workers, seconds, go, out, profile))
         for i in range(procs)
     ]
     for p in ps:

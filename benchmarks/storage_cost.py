@@ -154,7 +154,10 @@ class StandInWorker:
     def request_stop(self, trial: int, code: int) -> None:
         self.stop_code = code
 
-    def close(self) -> None:
+    def request_close(self) -> None:
+        pass
+
+    def close(self, timeout: float = 0.0) -> None:
         pass
 
 

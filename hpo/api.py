@@ -17,7 +17,7 @@ from hpo.errors import HpoError
 from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import ATTR_N_TRIALS, create_or_resume, load_existing, open_storage, redact
-from hpo.worker import TrainerRunner, WorkerHandle, mp_context
+from hpo.worker import TrainerRunner, WorkerHandle, close_all, mp_context
 
 # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -66,8 +66,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
         return summary
     finally:
         display.stop()
-        for w in workers if orch is None else orch.workers:
-            w.close()
+        close_all(workers if orch is None else orch.workers)
 
 
 def _header(cfg: StudyConfig, specs: list[Any], created: bool, done: int) -> list[str]:

@@ -28,7 +28,7 @@ from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import HpoError
 from hpo.space import to_distributions
-from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, mp_context
+from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, close_all, mp_context
 
 A_HOST, A_PID = "host", "orchestrator_pid"  # which process runs a trial: finds orphans of dead processes
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
@@ -158,8 +158,7 @@ class Orchestrator:
         return WorkerHandle(spec, self.runner, self.results, self._ctx)
 
     def close(self) -> None:
-        for w in self.workers:
-            w.close()
+        close_all(self.workers)
         self.curves.flush()
 
     def _idle(self) -> list[WorkerHandle]:

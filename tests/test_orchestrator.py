@@ -288,3 +288,16 @@ def test_postgres_restart_during_a_study_is_waited_out(
         restarter.join()
     assert states(study) == {"COMPLETE": 8}
     assert "storage unreachable" in caplog.text  # the outage really happened mid-study, and was retried
+
+
+def test_close_all_stops_every_worker_in_parallel() -> None:
+    from hpo.worker import WorkerHandle, close_all, mp_context
+
+    ctx = mp_context()
+    results = ctx.Queue()
+    workers = [WorkerHandle(WorkerSpec(i, 1, {}, "cpu"), CurveRunner(), results, ctx) for i in range(3)]
+    assert all(w.alive() for w in workers)
+    close_all(workers)
+    assert not any(w.alive() for w in workers)
+    assert all(w.process.exitcode == 0 for w in workers)  # they exited on request, not killed
+    close_all(workers)  # closing again is harmless

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import queue
 import random
@@ -49,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from scaling import machine  # noqa: E402
 from sleep_runner import study_dict  # noqa: E402
 
 STEPS = (10, 20, 30, 40)  # eval steps per trial (max_steps 40, eval_every 10)
@@ -518,19 +518,6 @@ def storages(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> list[tupl
         else:
             sys.exit(f"unknown backend {b!r} (sqlite, postgres)")
     return out
-
-
-def machine() -> dict[str, Any]:
-    import sqlalchemy
-
-    return {
-        "cpu_cores": os.cpu_count(),
-        "platform": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "optuna": optuna.__version__,
-        "sqlalchemy": sqlalchemy.__version__,
-        "load_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -350,8 +350,7 @@ class Orchestrator:
                 trial.set_user_attr(k, v)
 
     def _discard(self, trial: optuna.Trial, why: str) -> None:
-        trial.set_user_attr(A_REASON, f"not run: {why}")
-        trial.set_user_attr(A_DISCARDED, True)
+        self._set_attrs(trial, {A_REASON: f"not run: {why}", A_DISCARDED: True})
         attrs = trial.user_attrs
         self.study.tell(trial, state=TrialState.FAIL)
         if A_RETRY_OF in attrs:  # a re-queued trial popped here: put its parameters back in the queue

@@ -174,7 +174,7 @@ def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> 
     Returns (study, created).
     """
     name = cfg.study.name
-    sampler = cfg.sampler.build(cfg.grid() if cfg.sampler.name == "grid" else None)
+    sampler = cfg.sampler.for_study(cfg.grid() if cfg.sampler.name == "grid" else None)
     pruner = cfg.pruner.build()
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)

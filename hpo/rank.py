@@ -178,7 +178,7 @@ def launch(run: dict[str, Any], cache_dir: str, processes: int, reporter: Any, c
             raise RuntimeError(f"multi-process trial exited with code {proc.returncode}: {tail[-1] if tail else ''}")
         if final[0] == "nonfinite":
             msg = final[1]
-            raise NonFiniteLoss(int(msg.rsplit(" ", 1)[-1]), float("nan"))
+            raise NonFiniteLoss(-1, float("nan"), message=msg)  # rank 0's words (non-finite, or diverged)
         if final[0] == "error":
             raise RuntimeError(final[1])
         result: dict[str, Any] = final[1]

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hpo import yamlio
 from hpo.errors import HpoError
 from hpo.export import TrainFile, load_train_file
-from trainers.base import CheckpointMismatch, Reporter, TrainResult
+from trainers.base import CheckpointMismatch, NonFiniteLoss, Reporter, TrainResult
 
 OUT_CONFIG = "train_config.yaml"
 METRICS = "metrics.json"
@@ -222,6 +222,8 @@ def train_file(
             )
     except CheckpointMismatch as e:
         raise HpoError(f"cannot resume: {e}; use --force to start over") from None
+    except NonFiniteLoss as e:  # NaN or diverged: the run cannot go on
+        raise HpoError(f"training stopped: {e}; try a lower training.learning_rate") from None
     finally:
         torch.set_num_threads(threads)
         if own is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.base import NonFiniteLoss, Reporter, TrainResult
+from trainers.base import Diverged, NonFiniteLoss, Reporter, TrainResult, diverged
 from trainers.checkpoints import Checkpoints
 from trainers.config import RunConfig
 from trainers.data import PreparedData, prepare
@@ -157,6 +157,12 @@ def f1_macro(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def _mean_over_ranks(accelerator: Any, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
+
+
 def train(
     run: RunConfig,
     reporter: Reporter,
@@ -216,6 +222,7 @@ def train(
     evals: list[tuple[int, dict[str, float]]] = []
     stopped: str | None = None
     step = 0
+    first_loss: float | None = None
     ckpt: Checkpoints | None = None
     resumed_from: int | None = None
     if checkpoint_dir is not None:
@@ -260,6 +267,8 @@ def train(
             log_tokens += _tokens(batch)
         if not math.isfinite(step_loss):
             raise NonFiniteLoss(step + 1, step_loss)
+        if first_loss is None:  # before any update: where this run starts (or resumes)
+            first_loss = _mean_over_ranks(accelerator, step_loss)
         if t.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
@@ -270,15 +279,19 @@ def train(
         train_time += dt
         log_loss, log_n, log_t = log_loss + step_loss, log_n + 1, log_t + dt
         if step % t.logging_steps == 0 or step == steps:
+            # Every rank takes the same divergence decision (a rank that stopped alone would hang the others).
+            mean_loss, window = _mean_over_ranks(accelerator, log_loss / log_n), log_n
             reporter.on_log(
                 step,
                 {
-                    "train_loss": log_loss / log_n,
+                    "train_loss": mean_loss,
                     "learning_rate": scheduler.get_last_lr()[0],
                     "tokens_per_s": log_tokens / log_t if log_t > 0 else 0.0,
                 },
             )
             log_loss, log_n, log_tokens, log_t = 0.0, 0, 0, 0.0
+            if first_loss is not None and diverged(mean_loss, first_loss):
+                raise Diverged(step, mean_loss, first_loss, window)
         if step % eval_every == 0 or step == steps:
             te = time.perf_counter()
             metrics = evaluate(model, data, run, device)

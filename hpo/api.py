@@ -12,12 +12,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
 from hpo.curves import CurvePoint, CurveStore
-from hpo.display import RunDisplay
+from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError
+from hpo.hostload import HostRun, HostRuns
 from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
-from hpo.storage import ATTR_N_TRIALS, create_or_resume, load_existing, open_storage, redact
-from hpo.worker import TrainerRunner, WorkerHandle, close_all, mp_context
+from hpo.storage import ATTR_N_TRIALS, check_fingerprint, create_or_resume, load_existing, open_storage, redact
+from hpo.worker import TrainerRunner, WorkerHandle, WorkerSpec, close_all, mp_context
 
 # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -42,44 +43,73 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     if join_only:
         load_existing(cfg)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
-    try:
-        specs = plan_workers(cfg.resources, max_workers=cfg.study.n_trials)
-    except ValueError as e:
-        raise HpoError(f"{path}: {e}") from None
+    host = HostRuns()
+
+    def plan(busy: int) -> list[WorkerSpec]:
+        try:
+            return plan_workers(cfg.resources, max_workers=cfg.study.n_trials, busy_cores=busy)
+        except ValueError as e:
+            raise HpoError(f"{path}: {e}") from None
+
+    plan(sum(r.cores for r in host.others()))  # a bad `resources` section stops here, before anything is written
+    # A study whose file changed is refused before any worker starts (their imports take seconds); the
+    # check only reads. Creating or resuming it then overlaps with the workers' start-up.
+    storage = open_storage(cfg.storage_url, create=True)
+    _refuse_changed(cfg, storage)
+    # Workers go on the cores other hpo runs on this host leave (a second `hpo worker` here, say).
+    specs, others = host.claim(cfg.study.name, plan)
     ctx = mp_context()
     results = ctx.Queue()
-    # Workers start first: their library imports (seconds) overlap with opening the storage.
     runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom)
-    workers = [WorkerHandle(s, runner, results, ctx) for s in specs]
+    workers: list[WorkerHandle] = []
     orch: Orchestrator | None = None
     try:
-        storage = open_storage(cfg.storage_url, create=True)
+        workers.extend(WorkerHandle(s, runner, results, ctx) for s in specs)
         study, created = create_or_resume(cfg, storage)
         curves = CurveStore(cfg.storage_url, cfg.study.name)
         orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
-        done = cfg.study.n_trials - orch.budget_left()
-        display.start(
-            cfg.study.name, cfg.objective.metric, done, cfg.study.n_trials, _header(cfg, specs, created, done)
-        )
+        # One source for every count shown: the header, the progress bar and the final line.
+        done, left = orch.counted(), orch.budget_left()
+        counts = fmt_counts(done, cfg.study.n_trials, orch.grid_points)
+        header = _header(cfg, specs, created, counts, others)
+        display.start(cfg.study.name, cfg.objective.metric, done, done + left, header)
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created
+        summary.counted, summary.n_trials, summary.grid_points = orch.counted(), cfg.study.n_trials, orch.grid_points
         return summary
     finally:
         display.stop()
         close_all(workers if orch is None else orch.workers)
+        host.release()
 
 
-def _header(cfg: StudyConfig, specs: list[Any], created: bool, done: int) -> list[str]:
+def _refuse_changed(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> None:
+    try:
+        study = optuna.load_study(study_name=cfg.study.name, storage=storage)
+    except KeyError:
+        return  # a new study: nothing to compare
+    check_fingerprint(cfg, study)
+
+
+def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, others: list[HostRun]) -> list[str]:
     devices = sorted({s.device_label for s in specs})
     threads = specs[0].threads
-    what = "new study" if created else f"resuming: {done}/{cfg.study.n_trials} trials already counted"
+    cores = cpu_cores()
+    shared = ""
+    if others:
+        busy = sum(r.cores for r in others)
+        runs = ", ".join(f"pid {r.pid} ({r.study})" for r in others)
+        shared = f"; {busy} in use by {plural(len(others), 'other hpo run')} here: {runs}"
+        if busy >= cores:
+            shared += " [yellow]— no core left: this run shares them[/]"
+    what = f"new study: {counts}" if created else f"resuming: {counts}"
     return [
         f"[bold]{cfg.study.name}[/] — {what}",
         f"  storage  {redact(cfg.storage_url)}",
         f"  task     {cfg.task}, objective {cfg.objective.metric} ({cfg.direction})",
         f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.max_steps} steps/trial,"
         f" eval every {cfg.fidelity.eval_every}",
-        f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cpu_cores()} CPU cores)",
+        f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
     ]
 
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hpo import api
-from hpo.display import fmt_value
+from hpo.display import fmt_counts, fmt_value, plural
 from hpo.errors import HpoError
 
 app = typer.Typer(
@@ -94,10 +94,8 @@ def _run(study_file: Path, join_only: bool) -> None:
     status = api.status(study_file)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     verb = "interrupted after" if summary.interrupted else "ran"
-    out.print(
-        f"\n{verb} {summary.ran} trials in {summary.wall_time:.0f}s ({states}); "
-        f"{status.counted}/{status.n_trials} counted in the study"
-    )
+    counts = fmt_counts(summary.counted, summary.n_trials, summary.grid_points)
+    out.print(f"\n{verb} {plural(summary.ran, 'trial')} in {summary.wall_time:.0f}s ({states}); {counts} in the study")
     if status.best is None:
         out.print("no complete trial yet")
     else:

@@ -18,6 +18,22 @@ def fmt_value(v: float | None) -> str:
     return f"{v:.4g}"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def fmt_counts(counted: int, n_trials: int, grid_points: int | None = None) -> str:
+    """How far a study is, the same words in the run's header and its final line: "5/8 trials counted",
+    with what makes the target differ from n_trials (a smaller grid, n_trials lowered since)."""
+    if grid_points is not None and grid_points <= n_trials:
+        used_up = "; the grid is used up" if counted >= grid_points else ""
+        more = f" (n_trials {n_trials} asks for more)" if grid_points < n_trials else ""
+        return f"{counted}/{plural(grid_points, 'grid point')} counted{used_up}{more}"
+    if counted > n_trials:
+        return f"{plural(counted, 'trial')} counted, more than n_trials {n_trials} (it was lowered)"
+    return f"{counted}/{plural(n_trials, 'trial')} counted"
+
+
 def fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in params.items())
 

@@ -61,6 +61,10 @@ class RunSummary:
     interrupted: bool = False
     compute_time: float = 0.0  # worker seconds in train + eval steps
     worker_seconds: float = 0.0  # workers x their lifetime
+    # The study's counts after the run (all processes), for the final line: see ``display.fmt_counts``.
+    counted: int = 0
+    n_trials: int = 0
+    grid_points: int | None = None
 
 
 class _CompletedSnapshot:
@@ -146,7 +150,7 @@ class Orchestrator:
         self._last_heartbeat = 0.0
         self._last_orphan_check = 0.0
         self._last_best_read = -math.inf
-        self._grid_size = self._grid_points()
+        self._grid_size = self.grid_points = self._grid_points()  # None unless the grid sampler
         rdb = rdb_backend(study._storage)
         # SQL counting and batched attribute writes: hpo's own storage (tests may pass other storages).
         self._rdb = rdb if hasattr(rdb, "count_counted") else None
@@ -172,13 +176,15 @@ class Orchestrator:
         assert grid is not None  # validation guarantees it
         return math.prod(len(v) for v in grid.values())
 
-    def budget_left(self) -> int:
-        """Trials still to start: n_trials minus counted trials (all processes on this study)."""
+    def counted(self) -> int:
+        """Trials that count towards n_trials (all processes on this study)."""
         if self._rdb is not None:
-            n = self._rdb.count_counted(self.study._study_id)  # type: ignore[attr-defined]
-        else:
-            n = sum(1 for t in self.study.get_trials(deepcopy=False) if counted(t))
-        return max(0, self._total() - n)
+            return int(self._rdb.count_counted(self.study._study_id))  # type: ignore[attr-defined]
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if counted(t))
+
+    def budget_left(self) -> int:
+        """Trials still to start: n_trials (or the grid's size) minus counted trials."""
+        return max(0, self._total() - self.counted())
 
     def _total(self) -> int:
         """The study's trial total: n_trials, or the grid's size when that is smaller."""

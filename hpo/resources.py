@@ -64,9 +64,12 @@ _BASE_ENV = {
 }
 
 
-def plan_workers(res: ResourcesSection, max_workers: int | None = None) -> list[WorkerSpec]:
-    """One worker per selected GPU, or CPU workers such that workers x threads <= cores."""
-    cores = cpu_cores()
+def plan_workers(res: ResourcesSection, max_workers: int | None = None, busy_cores: int = 0) -> list[WorkerSpec]:
+    """One worker per selected GPU, or CPU workers such that workers x threads <= cores.
+
+    ``busy_cores``: cores other hpo runs on this host already use (``hpo.hostload``); planned around.
+    """
+    cores = max(1, cpu_cores() - busy_cores)
     gpus = [] if res.devices == "cpu" else detect_gpus()
     if isinstance(res.devices, list):
         known = {g.index for g in gpus}

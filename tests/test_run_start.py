@@ -186,7 +186,7 @@ def test_a_run_sees_other_live_runs_on_the_host_and_forgets_killed_ones(other_ru
     host = HostRuns()
     assert host.others() == [HostRun(other.pid, 2, "other")]
     seen: list[int] = []
-    specs, others = host.claim("mine", lambda busy: seen.append(busy) or [WorkerSpec(0, 1, {}, "cpu")])
+    _, others = host.claim("mine", lambda busy: seen.append(busy) or [WorkerSpec(0, 1, {}, "cpu")])
     assert seen == [2] and others == [HostRun(other.pid, 2, "other")]
     os.kill(other.pid, signal.SIGKILL)  # killed: it never removes its entry
     other.wait()

@@ -228,7 +228,18 @@ def load_existing(cfg: StudyConfig) -> optuna.Study:
     """The study of a file for read-only commands (status, best): it must already exist."""
     url = cfg.storage_url
     if not storage_exists(url):
-        raise StorageError(f"no study yet: {redact(url)} does not exist; run `hpo run` on the file first")
+        path = _sqlite_path(url)
+        # A relative SQLite path (the default runs/<name>.db) is relative to the working directory, not to
+        # the study file: say where it was looked for, and how to reach a study run from elsewhere.
+        where = f" in {Path.cwd()}" if path is not None and not path.is_absolute() else ""
+        raise StorageError(
+            f"no study yet: {redact(url)} does not exist{where}; run `hpo run` on the file first"
+            + (
+                ", or run this command from the directory the study ran in (or give study.storage an absolute path)"
+                if where
+                else ""
+            )
+        )
     storage = open_storage(url, create=False)
     try:
         study = optuna.load_study(study_name=cfg.study.name, storage=storage)

@@ -218,3 +218,29 @@ def test_a_bad_resources_section_writes_nothing(tmp_path: Path, monkeypatch: pyt
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]  # no database, no registry
+
+
+# ------------------------------------------------------------------------------------ relative storage
+
+
+def test_a_relative_storage_missing_here_names_the_directory_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    proj.mkdir()
+    elsewhere.mkdir()
+    d = tiny(tmp_path)
+    del d["study"]["storage"]  # the default: runs/<name>.db, relative to the working directory
+    path = write(proj, d)
+    monkeypatch.chdir(proj)
+    cfg = load_study_file(path)
+    create_or_resume(cfg, open_storage(cfg.storage_url, create=True))  # `hpo run` in proj/
+    assert runner.invoke(app, ["status", str(path)]).exit_code == 0
+    monkeypatch.chdir(elsewhere)
+    for args in (["status", str(path)], ["report", str(path), str(path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        text = said(result.output)
+        assert f"sqlite:///runs/e2e.db does not exist in {elsewhere}" in text
+        assert "run this command from the directory the study ran in" in text
+    assert list(elsewhere.iterdir()) == []

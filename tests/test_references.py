@@ -178,8 +178,9 @@ CASES: list[tuple[str, Mutator, str, list[str]]] = [
      "search_space[model.config.hidden_dropout]", ["unknown key for model_type 'bert'", "hidden_dropout_prob"]),
     ("max_length > positions", set_("data.max_length", 128), "data.max_length",
      ["128 is longer than the model's 64 positions", "model.from_config.max_position_embeddings"]),
-    ("max_length > positions of a pretrained folder", both(pretrained("models/tiny-gpt2"), set_("data.max_length", 100)),
-     "data.max_length", ["100 is longer than the model's 64 positions", "n_positions in", "config.json"]),
+    ("max_length > positions of a pretrained folder",
+     both(pretrained("models/tiny-gpt2"), set_("data.max_length", 100)), "data.max_length",
+     ["100 is longer than the model's 64 positions", "n_positions in", "config.json"]),
     ("batch larger than the data", set_("training.per_device_train_batch_size", 64),
      "training.per_device_train_batch_size", ["a batch of 64 is larger than the training set: 36 examples",
                                               "40 rows in data/train.csv"]),
@@ -343,3 +344,18 @@ def test_batch_larger_than_the_tokenised_data_fails_every_trial_and_the_run_exit
     study = optuna.load_study(study_name="refs", storage="sqlite:///runs/refs.db")
     reasons = {t.user_attrs["reason"] for t in study.trials}
     assert len(reasons) == 1 and next(iter(reasons)).startswith("error: training.per_device_train_batch_size: ")
+
+
+def test_a_hub_name_offline_and_not_cached_is_named(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online a hub name is left to from_pretrained; with HF_HUB_OFFLINE set, one not in the cache cannot work."""
+    data = base_study()
+    pretrained("someorg/no-such-model")(data, project)
+    path = write_study(project, data)
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"error: {path}: model.name_or_path: 'someorg/no-such-model' is not a local folder, and HF_HUB_OFFLINE "
+        "is set but it is not in the hub cache"
+    )

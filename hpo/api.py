@@ -9,15 +9,26 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
+from hpo.accounting import rdb_backend
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
 from hpo.curves import CurvePoint, CurveStore
 from hpo.display import RunDisplay, fmt_counts, plural
-from hpo.errors import HpoError
+from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
 from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
+from hpo.references import check_references
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
-from hpo.storage import ATTR_N_TRIALS, check_fingerprint, create_or_resume, load_existing, open_storage, redact
+from hpo.storage import (
+    ATTR_N_TRIALS,
+    check_fingerprint,
+    create_or_resume,
+    load_existing,
+    open_storage,
+    redact,
+    storage_exists,
+)
 from hpo.worker import TrainerRunner, WorkerHandle, WorkerSpec, close_all, mp_context
 
 # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
@@ -30,8 +41,13 @@ def cache_dir() -> str:
 
 
 def validate(path: str | Path) -> StudyConfig:
-    """Validate a study file; raises StudyFileError."""
-    return load_study_file(path)
+    """Validate a study file and what it refers to (data files, model folders, sizes); raises StudyFileError.
+
+    Reads only headers and configs, and writes nothing: ``hpo run`` calls it before anything exists.
+    """
+    cfg = load_study_file(path)
+    check_references(cfg, str(path))
+    return cfg
 
 
 def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = False) -> RunSummary:
@@ -39,7 +55,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
 
     ``join_only``: work on a study another `hpo run` created (e.g. on another machine); never create it.
     """
-    cfg = load_study_file(path)  # a bad file stops here: nothing started, nothing written
+    cfg = validate(path)  # a bad file (or a bad reference in it) stops here: nothing started, nothing written
     if join_only:
         load_existing(cfg)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
@@ -54,6 +70,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     plan(sum(r.cores for r in host.others()))  # a bad `resources` section stops here, before anything is written
     # A study whose file changed is refused before any worker starts (their imports take seconds); the
     # check only reads. Creating or resuming it then overlaps with the workers' start-up.
+    fresh = not storage_exists(cfg.storage_url)  # a SQLite file this run creates (and may remove again)
     storage = open_storage(cfg.storage_url, create=True)
     _refuse_changed(cfg, storage)
     # Workers go on the cores other hpo runs on this host leave (a second `hpo worker` here, say).
@@ -63,6 +80,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom)
     workers: list[WorkerHandle] = []
     orch: Orchestrator | None = None
+    created = False
     try:
         workers.extend(WorkerHandle(s, runner, results, ctx) for s in specs)
         study, created = create_or_resume(cfg, storage)
@@ -77,6 +95,14 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
         summary.created = created
         summary.counted, summary.n_trials, summary.grid_points = orch.counted(), cfg.study.n_trials, orch.grid_points
         return summary
+    except WorkerSetupError as e:
+        # A mistake only a worker could see (a dirty data row, a model that does not load): name the file
+        # and the setting like validation does, and keep the worker's traceback for --debug.
+        if created:
+            _drop_if_empty(study, cfg.storage_url if fresh else None)
+        err: HpoError = StudyFileError(str(path), [(e.key, e.message)]) if e.key else HpoError(f"{path}: {e}")
+        err.worker_traceback = e.worker_traceback
+        raise err from None
     finally:
         display.stop()
         close_all(workers if orch is None else orch.workers)
@@ -89,6 +115,27 @@ def _refuse_changed(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> N
     except KeyError:
         return  # a new study: nothing to compare
     check_fingerprint(cfg, study)
+
+
+def _drop_if_empty(study: optuna.Study, new_file_url: str | None) -> None:
+    """Delete a study this run created when it failed before any trial, so the name stays free; and the
+    SQLite file this run created, when nothing else is in it."""
+    storage = study._storage
+    try:
+        if study.get_trials(deepcopy=False):
+            return
+        optuna.delete_study(study_name=study.study_name, storage=storage)
+        if new_file_url is None or optuna.study.get_all_study_names(storage):
+            return
+        backend = rdb_backend(storage)
+        if isinstance(backend, optuna.storages.RDBStorage):
+            backend.engine.dispose()
+        db = make_url(new_file_url).database
+        if db:
+            for suffix in ("", "-wal", "-shm"):
+                Path(db + suffix).unlink(missing_ok=True)
+    except Exception:  # best effort: a study with no trials is re-fingerprinted by the next run anyway
+        pass
 
 
 def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, others: list[HostRun]) -> list[str]:

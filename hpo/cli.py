@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from hpo import api
 from hpo.display import fmt_counts, fmt_value, plural
-from hpo.errors import HpoError
+from hpo.errors import HpoError, StudyFileError
 
 app = typer.Typer(
     help="Hyperparameter search for fine-tuning transformer models: Optuna studies from a YAML file.",
@@ -43,6 +44,8 @@ def _errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except HpoError as e:
             if _state["debug"]:
+                if e.worker_traceback:  # where it happened: the worker process, not the orchestrator
+                    sys.stderr.write(f"worker traceback:\n{e.worker_traceback}\n")
                 raise
             for line in str(e).splitlines():
                 err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -111,6 +114,25 @@ def _run(study_file: Path, join_only: bool) -> None:
     if summary.interrupted:
         out.print(f"resume with: hpo run {study_file}")
         raise typer.Exit(130)
+    _all_failed(study_file, summary)
+
+
+def _all_of(n: int) -> str:
+    return "the only trial" if n == 1 else f"all {n} trials"
+
+
+def _all_failed(study_file: Path, summary: Any) -> None:
+    """A run in which every trial failed is an error: exit 1 naming the most common reason."""
+    failed = summary.states.get("FAIL", 0)
+    if not summary.ran or failed != summary.ran:
+        return
+    if not summary.failures:
+        raise HpoError(f"{study_file}: {_all_of(failed)} of this run failed; see `hpo status {study_file}`")
+    (key, message), n = Counter(summary.failures).most_common(1)[0]
+    share = f"{_all_of(failed)} of this run failed" + ("" if n == failed else f", {n} of them so")
+    if key:
+        raise StudyFileError(str(study_file), [(key, f"{message} ({share})")])
+    raise HpoError(f"{study_file}: {share}: {message}")
 
 
 _SHORT = {"learning_rate": "lr", "per_device_train_batch_size": "batch", "weight_decay": "wd", "warmup_ratio": "warmup"}

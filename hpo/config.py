@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from hpo import yamlio
 from hpo.errors import StudyFileError
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
+from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, set_path
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
@@ -120,6 +122,13 @@ class StudyConfig(_Strict):
     search_space: dict[str, ParamSpec] = Field(min_length=1)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
+    # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
+    # working directory). Not part of the file, so not fingerprinted: a moved study keeps its results.
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
@@ -157,11 +166,34 @@ class StudyConfig(_Strict):
         training["eval_steps"] = self.fidelity.eval_every
         return {
             "task": self.task,
-            "model": self.model.model_dump(),
-            "data": self.data.model_dump(),
+            "model": self._resolved_model(),
+            "data": self._resolved_data(),
             "training": training,
             "eval_batches": self.fidelity.eval_batches,
         }
+
+    def _resolved_data(self) -> dict[str, Any]:
+        """The data section with local paths made absolute, so every worker and the cache key see one file."""
+        data = self.data.model_dump()
+        base = self._base_dir
+        if data["files"] is not None:
+            data["files"] = {
+                k: resolve_file(v, base) if isinstance(v, str) else [resolve_file(f, base) for f in v]
+                for k, v in data["files"].items()
+            }
+        if data["dataset"] is not None:
+            local = resolve_local(data["dataset"], base)
+            data["dataset"] = str(local) if local is not None else data["dataset"]
+        return data
+
+    def _resolved_model(self) -> dict[str, Any]:
+        model = self.model.model_dump()
+        for node in (model, model["tokenizer"]):
+            name = node["name_or_path"]
+            local = resolve_local(name, self._base_dir) if name is not None else None
+            if local is not None:
+                node["name_or_path"] = str(local)  # a local folder never reaches the hub as a repo id
+        return model
 
     @property
     def oom(self) -> dict[str, Any]:
@@ -208,8 +240,11 @@ def _digest(data: Any) -> str:
 
 
 def load_study_file(path: str | Path) -> StudyConfig:
-    """Read and validate a study file; raise StudyFileError with every problem as ``FILE: a.b: msg``."""
-    return validate_study(read_yaml_file(path), str(path))
+    """Read and validate a study file; raise StudyFileError with every problem as ``FILE: a.b: msg``.
+
+    Relative paths in the file (data files, local model folders) are relative to the file's folder.
+    """
+    return validate_study(read_yaml_file(path), str(path), base_dir=Path(os.path.abspath(path)).parent)
 
 
 def read_yaml_file(path: str | Path, kind: str = "study file") -> Any:
@@ -231,14 +266,15 @@ def read_yaml_file(path: str | Path, kind: str = "study file") -> Any:
         raise StudyFileError(shown, [("", f"invalid YAML: {where}{problem}")]) from None
 
 
-def validate_study(raw: Any, source: str = "<study>") -> StudyConfig:
-    """Validate plain data (a parsed study file) into a StudyConfig."""
+def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = None) -> StudyConfig:
+    """Validate plain data (a parsed study file) into a StudyConfig; ``base_dir``: where relative paths start."""
     if not isinstance(raw, dict):
         raise StudyFileError(source, [("", "a study file must be a YAML mapping of sections")])
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
+    cfg._base_dir = base_dir
     problems = _check_space(cfg) + _check_builds(cfg)
     if problems:
         raise StudyFileError(source, problems)

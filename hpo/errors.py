@@ -6,6 +6,9 @@ from __future__ import annotations
 class HpoError(Exception):
     """Base class of every error the CLI prints as a single line and exits 1 on."""
 
+    # The traceback of the worker process the error came from: the CLI prints it under --debug.
+    worker_traceback: str | None = None
+
 
 class StudyFileError(HpoError):
     """A study file that cannot be read or does not validate.
@@ -28,3 +31,16 @@ class StudyMismatchError(HpoError):
 
 class StorageError(HpoError):
     """The storage cannot be opened or has no such study."""
+
+
+class WorkerSetupError(HpoError):
+    """A worker failed before its first trial (data preparation, model loading).
+
+    ``key`` is the study-file setting at fault when the trainer named one (``trainers.base.ConfigError``).
+    """
+
+    def __init__(self, message: str, key: str | None = None, worker_traceback: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        self.worker_traceback = worker_traceback
+        super().__init__(f"{key}: {message}" if key else message)

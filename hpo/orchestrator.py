@@ -26,7 +26,7 @@ from hpo.accounting import A_DISCARDED, A_REASON, A_REQUEUED, A_RETRY_OF, counte
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
-from hpo.errors import HpoError
+from hpo.errors import WorkerSetupError
 from hpo.space import to_distributions
 from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, close_all, mp_context
 
@@ -59,6 +59,7 @@ class RunSummary:
     states: dict[str, int] = field(default_factory=dict)
     wall_time: float = 0.0
     interrupted: bool = False
+    failures: list[tuple[str | None, str]] = field(default_factory=list)  # (study-file key, message) of errors
     compute_time: float = 0.0  # worker seconds in train + eval steps
     worker_seconds: float = 0.0  # workers x their lifetime
     # The study's counts after the run (all processes), for the final line: see ``display.fmt_counts``.
@@ -372,7 +373,7 @@ class Orchestrator:
             self.display.workers_ready(sum(w.ready for w in self.workers), len(self.workers))
             return
         if kind == "fatal":
-            raise HpoError(msg[3])
+            raise WorkerSetupError(msg[3], *msg[4:6])
         number = msg[2]
         r = self.running.get(number)
         if r is None:
@@ -395,7 +396,9 @@ class Orchestrator:
             self._finish(r, state, summary, reason="oom")
         elif kind == "error":
             r.trial.set_user_attr("traceback", msg[4][-4000:])
-            self._finish(r, TrialState.FAIL, summary, reason=f"error: {msg[3]}")
+            key = msg[5] if len(msg) > 5 else None  # a study-file setting the trainer named (ConfigError)
+            self._finish(r, TrialState.FAIL, summary, reason=f"error: {key + ': ' if key else ''}{msg[3]}")
+            summary.failures.append((key, msg[3]))
 
     def _on_eval(self, r: Running, step: int, metrics: dict[str, float]) -> None:
         try:

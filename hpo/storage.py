@@ -196,6 +196,8 @@ def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> 
             study.set_user_attr(ATTR_N_TRIALS, cfg.study.n_trials)
             return study, True
     check_fingerprint(cfg, study)
+    if study.user_attrs.get(ATTR_FINGERPRINT) != cfg.fingerprint():
+        _refingerprint(cfg, study)  # no trials yet (check_fingerprint allows that): the file's fix is taken
     if study.user_attrs.get(ATTR_N_TRIALS) != cfg.study.n_trials:
         study.set_user_attr(ATTR_N_TRIALS, cfg.study.n_trials)
     return study, False
@@ -212,6 +214,8 @@ def check_fingerprint(cfg: StudyConfig, study: optuna.Study) -> None:
         )
     if stored == cfg.fingerprint():
         return
+    if _no_trials(study) and study.direction.name.lower() == cfg.direction:
+        return  # nothing to compare yet (e.g. a run that failed at start-up on a typo): the name stays usable
     old = attrs.get(ATTR_SECTIONS, {})
     changed = [k for k, v in cfg.fingerprints().items() if old.get(k) != v]
     if study.direction.name.lower() != cfg.direction:
@@ -222,6 +226,19 @@ def check_fingerprint(cfg: StudyConfig, study: optuna.Study) -> None:
         "To start a new study, change `study.name` in the file (or delete the old study with "
         f"`optuna delete-study --study-name {cfg.study.name} --storage URL`)."
     )
+
+
+# --- a study with no trials takes the file's new fingerprint (issue 14.3: a typo must not burn the name) ---
+
+
+def _no_trials(study: optuna.Study) -> bool:
+    return not study.get_trials(deepcopy=False)
+
+
+def _refingerprint(cfg: StudyConfig, study: optuna.Study) -> None:
+    study.set_user_attr(ATTR_FINGERPRINT, cfg.fingerprint())
+    study.set_user_attr(ATTR_SECTIONS, cfg.fingerprints())
+    study.set_user_attr(ATTR_CONFIG, json.loads(cfg.model_dump_json()))
 
 
 def load_existing(cfg: StudyConfig) -> optuna.Study:

@@ -195,13 +195,17 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
     # Ctrl-C reaches the whole process group: the orchestrator decides, and tells workers via `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(spec.env)  # before torch is imported: thread pools and visible GPUs are read then
-    from trainers.base import NonFiniteLoss
+    from trainers.base import ConfigError, NonFiniteLoss
 
     try:
         runner.setup(spec)
     except BaseException as e:
-        msg = f"{type(e).__name__}: {e}".splitlines()[0]
-        results.put(("fatal", spec.worker_id, None, f"worker {spec.worker_id} failed to start: {msg}"))
+        tb = traceback.format_exc(limit=-12)
+        if isinstance(e, ConfigError):  # a setting of the study file: reported as FILE: key: message
+            results.put(("fatal", spec.worker_id, None, e.message.splitlines()[0], e.key, tb))
+        else:
+            msg = f"{type(e).__name__}: {e}".splitlines()[0]
+            results.put(("fatal", spec.worker_id, None, f"worker {spec.worker_id} failed to start: {msg}", None, tb))
         return
     results.put(("ready", spec.worker_id, os.getpid()))
     while True:
@@ -216,6 +220,9 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
             results.put(("nonfinite", spec.worker_id, trial, str(e)))
         except TrialOutOfMemory as e:
             results.put(("oom", spec.worker_id, trial, str(e), e.policy))
+        except ConfigError as e:
+            tb = traceback.format_exc(limit=-8)
+            results.put(("error", spec.worker_id, trial, e.message.splitlines()[0], tb, e.key))
         except BaseException as e:
             tb = traceback.format_exc(limit=-8)
             results.put(("error", spec.worker_id, trial, f"{type(e).__name__}: {e}".splitlines()[0], tb))

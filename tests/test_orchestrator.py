@@ -237,7 +237,8 @@ def test_grid_runs_each_point_once_and_stops_at_grid_size(harness: Harness) -> N
 
 def test_resume_with_changed_search_space_is_refused(harness: Harness) -> None:
     cfg = validate_study(study_dict())
-    create_or_resume(cfg, harness.storage)
+    study, _ = create_or_resume(cfg, harness.storage)
+    study.tell(study.ask(), 1.0)  # results to protect (a study with none takes the changed file: test_references)
     changed = study_dict()
     changed["search_space"]["model.dropout"]["high"] = 0.5
     with pytest.raises(StudyMismatchError, match=r"different search_space.*change `study.name`"):

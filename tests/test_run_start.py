@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from doubles import CurveRunner
+from optuna.trial import TrialState
 from test_cli import runner, tiny, write
 
 import hpo.api
@@ -111,7 +112,8 @@ def test_a_changed_study_is_refused_before_any_worker_starts(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path, tiny(tmp_path))
     cfg = load_study_file(path)
-    create_or_resume(cfg, open_storage(cfg.storage_url, create=True))  # an earlier run
+    study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))  # an earlier run...
+    study.tell(study.ask(), state=TrialState.FAIL)  # ...with a trial (a study with none takes a fixed file)
     changed = tiny(tmp_path)
     changed["search_space"]["model.dropout"]["high"] = 0.5
     changed_path = write(tmp_path, changed, "changed.yaml")

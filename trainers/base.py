@@ -39,6 +39,17 @@ class NullReporter:
         return None
 
 
+class ConfigError(ValueError):
+    """A mistake in the run configuration that shows only while running (a dirty data row, a model that does
+    not load, a batch larger than the data): ``key`` is the setting to fix (``data.text_column``), so the
+    orchestrator can report it as ``STUDYFILE: key: message`` like a mistake found by validation."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint that cannot resume this run (another configuration, another number of processes)."""
 

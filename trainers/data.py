@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from trainers import corpora
+from trainers.base import ConfigError
 from trainers.config import DataConfig, ModelConfig, RunConfig
 
 CACHE_VERSION = 2  # bump when the on-disk layout or the tokenisation changes (2: shuffled eval order)
@@ -121,7 +122,9 @@ def load_records(data: DataConfig, need_labels: bool) -> tuple[dict[str, list[An
     if data.builtin is not None:
         if data.builtin == "pydoc_topics":
             if need_labels:
-                raise ValueError("built-in corpus 'pydoc_topics' has no labels; use it with task causal_lm")
+                raise ConfigError(
+                    "data.builtin", "built-in corpus 'pydoc_topics' has no labels; use it with task causal_lm"
+                )
             cols: dict[str, list[Any]] = {"text": corpora.pydoc_topics()}
         else:
             texts, labels = corpora.bbc_news()
@@ -147,17 +150,26 @@ def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[st
 
     if data.files is not None:
         fmt = data.format or _format_from_extension(data.files["train"])
-        ds = datasets.load_dataset(fmt, data_files=data.files)
+        try:
+            ds = datasets.load_dataset(fmt, data_files=data.files)
+        except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
+            raise ConfigError("data.files", f"cannot read the files as {fmt}: {_first_line(e)}") from e
     else:
         assert data.dataset is not None
-        ds = datasets.load_dataset(data.dataset, data.dataset_config)
+        try:
+            ds = datasets.load_dataset(data.dataset, data.dataset_config)
+        except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
+            raise ConfigError("data.dataset", f"cannot load {data.dataset!r}: {_first_line(e)}") from e
     if data.train_split not in ds:
-        raise ValueError(f"data: split {data.train_split!r} not found (splits: {', '.join(ds)})")
+        raise ConfigError("data.train_split", f"split {data.train_split!r} not found (splits: {', '.join(ds)})")
     train_ds = ds[data.train_split]
     if data.eval_split is not None and data.eval_split not in ds:
         # A misspelt split must not silently become "split the training set".
-        raise ValueError(f"data.eval_split: split {data.eval_split!r} not found (splits: {', '.join(ds)})")
+        raise ConfigError("data.eval_split", f"split {data.eval_split!r} not found (splits: {', '.join(ds)})")
     eval_name = data.eval_split or ("validation" if "validation" in ds else None)
+    # Dirty rows are found here, before any split or shuffle, so the message can name the file and the row.
+    for name in dict.fromkeys(n for n in (data.train_split, eval_name) if n is not None):
+        _check_cells(ds[name], name, data)
     if eval_name is not None:
         eval_ds = ds[eval_name]
     else:
@@ -165,8 +177,6 @@ def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[st
         train_ds, eval_ds = parts["train"], parts["test"]
 
     def columns(d: Any) -> dict[str, list[Any]]:
-        if data.text_column not in d.column_names:
-            raise ValueError(f"data.text_column: column {data.text_column!r} not found (columns: {d.column_names})")
         out = {"text": list(d[data.text_column])}
         if data.text_pair_column is not None:
             out["text_pair"] = list(d[data.text_pair_column])
@@ -178,6 +188,53 @@ def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[st
         return out
 
     return columns(train_ds), columns(eval_ds)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_cells(d: Any, split: str, data: DataConfig) -> None:
+    """Refuse a missing column, a missing text (or pair) cell and a missing label, naming file and row.
+
+    An empty text would train on nothing, and a missing label would become a class "None": both are
+    mistakes in the data, not something to guess around. (Blank lines of plain-text files are not cells.)
+    """
+    plain_text = data.files is not None and (data.format or _format_from_extension(data.files["train"])) == "text"
+    checks = [("data.text_column", data.text_column)]
+    if data.text_pair_column is not None:
+        checks.append(("data.text_pair_column", data.text_pair_column))
+    if data.label_column in d.column_names:
+        checks.append(("data.label_column", data.label_column))
+    for key, col in checks:
+        if col not in d.column_names:
+            raise ConfigError(
+                key, f"column {col!r} not found in split {split!r} (columns: {', '.join(d.column_names)})"
+            )
+        values = d[col]
+        blank = key != "data.label_column" and not plain_text
+        for i, v in enumerate(values):
+            if v is None or (blank and isinstance(v, str) and not v.strip()):
+                raise ConfigError(key, f"{_row_origin(data, split, i)}: the {col!r} cell is empty")
+
+
+def _row_origin(data: DataConfig, split: str, index: int) -> str:
+    """'train.csv data row 7' for the index-th record of a split (1-based, not counting a CSV header)."""
+    if data.files is None:
+        return f"dataset {data.dataset!r}, split {split!r}, row {index + 1}"
+    entry = data.files[split]
+    paths = [entry] if isinstance(entry, str) else list(entry)
+    if len(paths) > 1:  # which file: count each one's records (only on this error path)
+        import datasets
+
+        fmt = data.format or _format_from_extension(data.files["train"])
+        for path in paths:
+            n = len(datasets.load_dataset(fmt, data_files={"x": path})["x"])
+            if index < n:
+                return f"{path} data row {index + 1}"
+            index -= n
+    return f"{paths[0]} data row {index + 1}"
 
 
 def _format_from_extension(files: str | list[str]) -> str:
@@ -213,14 +270,16 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
     else:
         name = tok_cfg.name_or_path or model.name_or_path
         assert name is not None  # ModelConfig validation guarantees a source
-        tok = AutoTokenizer.from_pretrained(
-            corpora.resolve_model_path(name), revision=model.revision, trust_remote_code=model.trust_remote_code
-        )
+        key = "model.tokenizer.name_or_path" if tok_cfg.name_or_path else "model.name_or_path"
+        try:
+            tok = AutoTokenizer.from_pretrained(
+                corpora.resolve_model_path(name), revision=model.revision, trust_remote_code=model.trust_remote_code
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(key, f"cannot load a tokenizer from {name!r}: {_first_line(e)}") from e
         if tok.pad_token is None:
             if tok.eos_token is None:
-                raise ValueError(
-                    f"model.tokenizer: {name!r} has neither a pad nor an EOS token; give a tokenizer that has one"
-                )
+                raise ConfigError(key, f"{name!r} has neither a pad nor an EOS token; give a tokenizer that has one")
             # Causal LMs often ship without a pad token; reuse EOS as HF examples do.
             tok.pad_token = tok.eos_token
     tok.save_pretrained(str(out_dir))
@@ -231,13 +290,13 @@ def _build(run: RunConfig, out: Path) -> None:
     is_cls = run.task == "sequence_classification"
     train, evals = load_records(run.data, need_labels=is_cls)
     if not train["text"] or not evals["text"]:
-        raise ValueError("data: the train or eval split is empty")
+        raise ConfigError("data", "the train or eval split is empty")
     tok = load_tokenizer(run.model, train["text"], out / "tokenizer")
     meta: dict[str, Any] = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id}
     L = run.data.max_length
     if is_cls:
-        if "label" not in train:
-            raise ValueError(f"data.label_column: column {run.data.label_column!r} not found")
+        if "label" not in train or "label" not in evals:
+            raise ConfigError("data.label_column", f"column {run.data.label_column!r} not found")
         names = sorted({str(x) for x in train["label"]} | {str(x) for x in evals["label"]})
         index = {n: i for i, n in enumerate(names)}
         meta["label_names"] = names
@@ -265,7 +324,7 @@ def _build(run: RunConfig, out: Path) -> None:
                     stream.append(eos)
             n_blocks = len(stream) // L
             if n_blocks == 0:
-                raise ValueError(f"data: the {split} split has fewer than max_length={L} tokens")
+                raise ConfigError("data.max_length", f"the {split} split has fewer than max_length={L} tokens")
             blocks = np.asarray(stream[: n_blocks * L], dtype=np.int32).reshape(n_blocks, L)
             np.save(out / f"{split}_ids.npy", blocks)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.base import Diverged, NonFiniteLoss, Reporter, TrainResult, diverged
+from trainers.base import ConfigError, Diverged, NonFiniteLoss, Reporter, TrainResult, diverged
 from trainers.checkpoints import Checkpoints
 from trainers.config import RunConfig
 from trainers.data import PreparedData, prepare
@@ -82,6 +82,20 @@ def _batches(n: int, batch_size: int, seed: int, rank: int, world: int) -> Itera
             yield order[i : i + batch_size]
         if len(order) < batch_size:  # tiny data: allow one short batch instead of looping forever
             yield order
+
+
+def _check_batch_fits(run: RunConfig, data: PreparedData, world: int) -> None:
+    """Refuse a batch larger than the training set: it would train on one short batch per step while the
+    trial is recorded with the larger size (the batch order below allows a short batch only as a last resort)."""
+    bs = run.training.per_device_train_batch_size
+    n = len(data.train_ids)
+    if n // world < bs:
+        unit = f"blocks of data.max_length={run.data.max_length} tokens" if run.task == "causal_lm" else "examples"
+        per = f" ({n // world} per process on {world} processes)" if world > 1 else ""
+        raise ConfigError(
+            "training.per_device_train_batch_size",
+            f"a batch of {bs} is larger than the training set: {n} {unit}{per}",
+        )
 
 
 def _to_batch(
@@ -193,6 +207,7 @@ def train(
         data = prepare(run, cache_dir)
     accelerator = _accelerator(run)
     device = accelerator.device
+    _check_batch_fits(run, data, accelerator.num_processes)
     # 3. model, with the run's config overrides (dropout, ...).
     model = build_model(run, data)
     # 4. optimizer and schedule.

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from trainers.base import ConfigError
 from trainers.config import DROPOUT_KEYS, RunConfig
 from trainers.corpora import resolve_model_path
 from trainers.data import PreparedData
@@ -33,8 +34,8 @@ def config_overrides(run: RunConfig, model_type: str) -> dict[str, Any]:
     if run.model.dropout is not None:
         keys = DROPOUT_KEYS.get(model_type)
         if keys is None:
-            raise ValueError(
-                f"model.dropout: not mapped for model_type {model_type!r}; set its dropout keys under model.config"
+            raise ConfigError(
+                "model.dropout", f"not mapped for model_type {model_type!r}; set its dropout keys under model.config"
             )
         out.update(dict.fromkeys(keys, run.model.dropout))
     out.update(run.model.config)
@@ -62,11 +63,15 @@ def build_config(run: RunConfig, data: PreparedData) -> Any:
             cfg.bos_token_id = cfg.eos_token_id = data.eos_id
     else:
         assert run.model.name_or_path is not None
-        cfg = AutoConfig.from_pretrained(
-            resolve_model_path(run.model.name_or_path),
-            revision=run.model.revision,
-            trust_remote_code=run.model.trust_remote_code,
-        )
+        try:
+            cfg = AutoConfig.from_pretrained(
+                resolve_model_path(run.model.name_or_path),
+                revision=run.model.revision,
+                trust_remote_code=run.model.trust_remote_code,
+            )
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError("model.name_or_path", f"cannot load {run.model.name_or_path!r}: {first}") from e
         model_type = cfg.model_type
         if getattr(cfg, "pad_token_id", None) is None:
             cfg.pad_token_id = data.pad_id

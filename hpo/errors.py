@@ -28,3 +28,8 @@ class StudyMismatchError(HpoError):
 
 class StorageError(HpoError):
     """The storage cannot be opened or has no such study."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and systemd send before a kill), raised where Ctrl-C raises
+    KeyboardInterrupt so that it takes the same graceful path; exits 143 instead of 130."""

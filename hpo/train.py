@@ -53,7 +53,9 @@ class ProgressReporter:
         self.console = console or Console(stderr=True)
         self.show = show
         self.interrupted = False
+        self.signum: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
         self._progress: Progress | None = None
+        self._flag: Any = None
         self._task: Any = None
         self._last = ""
 
@@ -91,7 +93,24 @@ class ProgressReporter:
             self.console.print(f"step {step}: {shown}", highlight=False)
 
     def stop_reason(self) -> str | None:
-        return "interrupted" if self.interrupted else None
+        return "interrupted" if self._agreed(self.interrupted) else None
+
+    def _agreed(self, mine: bool) -> bool:
+        """Under ``accelerate launch``, whether any process was interrupted: all of them stop on the same
+        step (each gets the signal at its own moment; ranks that stopped apart would wait for each other
+        forever in the next collective, and write no checkpoint). One tiny all-reduce per step."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return mine
+        import torch
+        from accelerate import PartialState
+
+        if self._flag is None:
+            self._flag = torch.zeros(1, dtype=torch.int32, device=PartialState().device)
+        self._flag.fill_(int(mine))
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+        return bool(self._flag.item())
 
     def close(self) -> None:
         if self._progress is not None:
@@ -101,7 +120,7 @@ class ProgressReporter:
 
 @contextlib.contextmanager
 def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
-    """First Ctrl-C: stop at the next step and checkpoint. Second: abort at once."""
+    """First Ctrl-C or SIGTERM (a batch scheduler's stop): stop at the next step and checkpoint. Second: abort."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -110,16 +129,19 @@ def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
         if reporter.interrupted:
             raise KeyboardInterrupt
         reporter.interrupted = True
+        reporter.signum = signum
         if reporter.show:
+            what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
             reporter.console.print(
-                "[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]"
+                f"[yellow]{what}: stopping after this step and saving a checkpoint ({what} again to abort)[/]"
             )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -130,6 +152,7 @@ class TrainOutcome:
     interrupted: bool
     files: list[str] = field(default_factory=list)
     provenance: dict[str, Any] | None = None
+    signum: int | None = None  # the signal that interrupted it, if one did
 
 
 def _check_out_dir(out: Path, tf: TrainFile, force: bool) -> list[Path]:
@@ -228,6 +251,7 @@ def train_file(
             own.close()
 
     outcome = TrainOutcome(out, result, tf, interrupted=result.stopped is not None, provenance=tf.provenance)
+    outcome.signum = own.signum if own is not None else None
     if outcome.interrupted:
         return outcome
     if main:

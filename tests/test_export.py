@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,6 +261,40 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(study: Path, t
     assert metrics["resumed_from"] == 7 and metrics["steps"] == 24
     assert metrics["metrics"] == whole.result.metrics  # bit for bit: same batches, same dropout masks
     assert [(e.pop("step"), e) for e in metrics["evals"]] == [(s, m) for s, m in whole.result.evals]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_same_command_resumes(study: Path, tmp_path: Path) -> None:
+    """SLURM's scancel (and a job's time limit) sends SIGTERM: `hpo train` saves where it is, like Ctrl-C."""
+    assert export(str(study), "--steps", "300", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["training"]["eval_steps"] = 50
+    data["checkpoints"]["save_steps"] = 50
+    data["eval_batches"] = 1
+    data["threads"] = 1
+    write(config, data)
+    whole = train_file(config, tmp_path / "whole", reporter=NullReporter())
+
+    out = tmp_path / "cut"
+    cmd = [str(Path(sys.executable).with_name("hpo")), "train", str(config), "-o", str(out)]
+    proc = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    end = time.monotonic() + 120
+    while not (out / CHECKPOINTS / "checkpoint-50").exists():  # training, past its first checkpoint
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr  # 128 + SIGTERM
+    assert "SIGTERM: stopping after this step and saving a checkpoint" in stderr
+    cut = int(stdout.split("interrupted at step ")[1].split(";")[0])
+    assert 50 <= cut < 300 and [p.name for p in (out / CHECKPOINTS).iterdir()] == [f"checkpoint-{cut}"]
+
+    again = subprocess.run(cmd, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the checkpoint at step {cut}/300" in again.stderr
+    metrics = json.loads((out / METRICS).read_text())
+    assert metrics["resumed_from"] == cut and metrics["metrics"] == whole.result.metrics
 
 
 # ----------------------------------------------------------------------------------------- bad input

@@ -228,6 +228,69 @@ def test_round_trip_reproduces_the_trial_and_the_saved_model_its_metric(study: P
     assert again["eval_loss"] == pytest.approx(metrics["metrics"]["eval_loss"], rel=1e-9, abs=0)
 
 
+def pretrained_classifier(root: Path) -> dict[str, Any]:
+    """A study fine-tuning a tiny pretrained BERT (made here: save_pretrained of a random one) as a classifier."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = "good great fine nice bad awful poor sad the a movie film plot was is very".split()
+    (root / "bert").mkdir()
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(words) + 5,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(cfg).save_pretrained(root / "bert")  # no classification head: `hpo` adds a new one
+    rows = ["text,label"]
+    for i in range(48):
+        pos = i % 2 == 0
+        rows.append(f"the {'film' if i % 3 else 'movie'} was {'very ' * (i % 4)}{'good' if pos else 'bad'},{int(pos)}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "eval.csv").write_text("\n".join(rows[:1] + rows[1:17]) + "\n")
+    return {
+        "study": {"name": "cls", "n_trials": 1, "storage": f"sqlite:///{root}/cls.db"},
+        "task": "sequence_classification",
+        "objective": {"metric": "eval_loss"},  # continuous: any difference in the run shows
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "fidelity": {"max_steps": 8, "eval_every": 4},
+        "model": {"name_or_path": str(root / "bert")},
+        "data": {
+            "files": {"train": str(root / "train.csv"), "validation": str(root / "eval.csv")},
+            "max_length": 16,
+        },
+        "training": {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 8},
+        "search_space": {
+            "training.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+            "model.dropout": {"type": "float", "low": 0.1, "high": 0.3},
+        },
+        "resources": {"workers": 1},
+    }
+
+
+@pytest.mark.slow
+def test_round_trip_reproduces_a_fine_tuned_pretrained_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker loads the pretrained weights before its first trial; `hpo train` after seeding. The new
+    # classification head must start from the same seeded values in both.
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    path = write(tmp_path / "cls.yaml", pretrained_classifier(tmp_path))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    trial = trials(path)[0]
+    assert export(str(path), "--trial-length", "-o", str(tmp_path / "b")).exit_code == 0
+    result = runner.invoke(app, ["train", str(tmp_path / "b" / CONFIG_NAME)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "b" / "model" / METRICS).read_text())["metrics"]
+    assert metrics["eval_loss"] == pytest.approx(trial.value, rel=1e-9, abs=0)
+    assert metrics == trial.user_attrs["metrics"]
+
+
 class StopAfter(NullReporter):
     def __init__(self, k: int) -> None:
         self.k, self.step = k, 0

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from hpo.cli import app
 from hpo.config import validate_study
+from hpo.errors import HpoError
 from hpo.export import (
     ARGS_NAME,
     BUNDLE,
@@ -358,6 +359,78 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(study: Path, tmp_path:
     assert f"resuming from the checkpoint at step {cut}/300" in again.stderr
     metrics = json.loads((out / METRICS).read_text())
     assert metrics["resumed_from"] == cut and metrics["metrics"] == whole.result.metrics
+
+
+def _disk_use(folder: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_final_save_that_fails_on_a_full_disk_is_redone_without_training(study: Path, tmp_path: Path) -> None:
+    from fsfaults import fill, small_fs
+
+    assert export(str(study), "--trial-length", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["model"]["from_config"]["n_embd"] = 64  # weights big enough to fill a page-granular filesystem
+    data["checkpoints"].update(save_steps=8, save_total_limit=2)  # checkpoints at 8 and at 16, the end
+    data["threads"] = 1
+    write(config, data)
+    whole = train_file(config, tmp_path / "whole", reporter=NullReporter())
+
+    class FillsTheDisk(NullReporter):
+        """At the last step, leaves room for the final checkpoint and half of the model's weights."""
+
+        def on_step(self, step: int) -> None:
+            if step == 16:
+                ckpt = out / CHECKPOINTS / "checkpoint-8"
+                self.filler = fill(mnt, _disk_use(ckpt) + 64 * 1024 + (ckpt / "model.safetensors").stat().st_size // 2)
+
+    with small_fs(tmp_path / "fs", 16 * 1024) as mnt:
+        out = mnt / "model"
+        reporter = FillsTheDisk()
+        with pytest.raises(HpoError) as err:
+            train_file(config, out, reporter=reporter)
+        msg = str(err.value)
+        assert msg.startswith(f"could not save the trained model to {out}: ") and "No space left on device" in msg
+        assert msg.endswith("run the same command again: it only saves")
+        assert sorted(p.name for p in out.iterdir()) == [CHECKPOINTS]  # no half-saved model left behind
+        assert sorted(p.name for p in (out / CHECKPOINTS).iterdir()) == ["checkpoint-16", "checkpoint-8"]
+
+        reporter.filler.unlink()  # space freed; the same command, without --force
+        result = runner.invoke(app, ["train", str(config), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "resuming from the checkpoint at step 16/16" in result.output
+        metrics = json.loads((out / METRICS).read_text())
+    assert metrics["resumed_from"] == 16 and metrics["metrics"] == whole.result.metrics
+
+
+def test_train_never_overwrites_what_it_did_not_write_nor_writes_through_links(study: Path, tmp_path: Path) -> None:
+    assert export(str(study), "--trial-length", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("the user's own")
+    msg = one_line_error(runner.invoke(app, ["train", str(config), "-o", str(out)]))
+    assert msg == (
+        f"error: {out} already holds tokenizer.json, which hpo train did not write; use --force to overwrite it, "
+        "or -o another directory"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json"]
+    (out / "tokenizer.json").unlink()
+
+    elsewhere = tmp_path / "precious.bin"
+    elsewhere.write_text("not a model")
+    (out / "model.safetensors").symlink_to(elsewhere)
+    msg = one_line_error(runner.invoke(app, ["train", str(config), "-o", str(out)]))
+    assert msg.startswith(f"error: {out / 'model.safetensors'} is a symbolic link; hpo train does not write through")
+    assert not (out / CHECKPOINTS).exists() and elsewhere.read_text() == "not a model"
+    result = runner.invoke(app, ["train", str(config), "-o", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "model.safetensors").is_symlink() and elsewhere.read_text() == "not a model"
+
+    (out / CHECKPOINTS).symlink_to(tmp_path, target_is_directory=True)
+    msg = one_line_error(runner.invoke(app, ["train", str(config), "-o", str(out), "--force"]))
+    assert "checkpoints is a symbolic link" in msg
 
 
 # ----------------------------------------------------------------------------------------- bad input

@@ -325,12 +325,14 @@ def train(
     ] = False,
 ) -> None:
     """Train a full run of an exported config: progress, periodic eval, resumable checkpoints, saved model."""
-    from hpo.train import METRICS, train_file
+    from hpo.train import METRICS, is_main, train_file
 
     res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err)
     r = res.result
-    if not res.files and not res.interrupted:
-        return  # not the main process of a multi-process run
+    if not is_main():
+        if res.interrupted:
+            raise typer.Exit(128 + (res.signum or signal.SIGINT))
+        return  # the main process of a multi-process run reports
     if res.interrupted:
         out.print(
             f"interrupted at step {r.steps}; checkpoint in {escape(str(res.out_dir / 'checkpoints'))}\n"

@@ -61,7 +61,7 @@ def default_out_dir(config_path: str | Path) -> Path:
     return Path(config_path).parent / "model"
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
     # Set by `accelerate launch` / torchrun; absent in a plain single-process run.
     return os.environ.get("RANK", "0") == "0"
 
@@ -270,7 +270,7 @@ def train_file(
     out = Path(out_dir) if out_dir is not None else default_out_dir(config_path)
     to_remove = _check_out_dir(out, tf, force)
     run = tf.run_config()
-    main = _is_main()
+    main = is_main()
     from trainers.base import quiet_libraries
 
     quiet_libraries()

@@ -433,6 +433,58 @@ def test_train_never_overwrites_what_it_did_not_write_nor_writes_through_links(s
     assert "checkpoints is a symbolic link" in msg
 
 
+@pytest.mark.slow
+def test_sigterm_under_a_multi_process_launch_stops_every_rank_on_one_step(study: Path, tmp_path: Path) -> None:
+    """`hpo train` under a 2-process launch (gloo on CPU, as `launch.sh` with NUM_PROCESSES=2): SIGTERM to
+    the job, as scancel sends it, reaches each rank at its own moment; all must stop and checkpoint together."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    assert export(str(study), "--steps", "400", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["training"]["eval_steps"] = 50
+    data["checkpoints"]["save_steps"] = 50
+    data["eval_batches"], data["threads"] = 1, 1
+    write(config, data)
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), "-m", "hpo.cli", "train", str(config), "-o", str(out)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    end = time.monotonic() + 180
+    while not (out / CHECKPOINTS / "checkpoint-50").exists():
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert "interrupted at step" in stdout, stderr
+    cut = int(stdout.split("interrupted at step ")[1].split(";")[0])
+    assert stdout.count("interrupted at step") == 1  # the main process reports
+    assert [p.name for p in (out / CHECKPOINTS).iterdir()] == [f"checkpoint-{cut}"]
+    assert 50 <= cut < 400
+
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    again = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the checkpoint at step {cut}/400" in again.stderr
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    cmd[-1] = str(tmp_path / "whole")
+    whole = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    resumed = json.loads((out / METRICS).read_text())
+    assert resumed["metrics"] == json.loads((tmp_path / "whole" / METRICS).read_text())["metrics"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 

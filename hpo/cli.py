@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,7 +21,7 @@ from rich.table import Table
 
 from hpo import api
 from hpo.display import fmt_counts, fmt_value, plural
-from hpo.errors import HpoError, StudyFileError
+from hpo.errors import HpoError, StudyFileError, Terminated
 
 app = typer.Typer(
     help="Hyperparameter search for fine-tuning transformer models: Optuna studies from a YAML file.",
@@ -50,9 +53,9 @@ def _errors(fn: F) -> F:
             for line in str(e).splitlines():
                 err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             err.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
+            raise typer.Exit(_exit_code(e)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -92,8 +95,35 @@ def worker(study_file: StudyFile) -> None:
     _run(study_file, join_only=True)
 
 
+def _exit_code(e: BaseException | None) -> int:
+    """130 after Ctrl-C, 143 after SIGTERM: the shell's 128 + signal number."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[list[Terminated]]:
+    """SIGTERM (SLURM's scancel and time limit, Kubernetes, systemd) takes Ctrl-C's path: running trials
+    stop at their next step and are recorded interrupted and re-queued. Python's default is to die at once,
+    leaving trials RUNNING until another run's orphan check. Yields the signals received."""
+    got: list[Terminated] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        got.append(Terminated())
+        raise got[-1]
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(study_file: Path, join_only: bool) -> None:
-    summary = api.run(study_file, join_only=join_only)
+    with _sigterm_as_ctrl_c() as terms:
+        summary = api.run(study_file, join_only=join_only)
     status = api.status(study_file)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     verb = "interrupted after" if summary.interrupted else "ran"
@@ -113,7 +143,7 @@ def _run(study_file: Path, join_only: bool) -> None:
         out.print(f"  {cmd:<58} # {what}", highlight=False, soft_wrap=True)
     if summary.interrupted:
         out.print(f"resume with: hpo run {study_file}")
-        raise typer.Exit(130)
+        raise typer.Exit(_exit_code(terms[0] if terms else None))
     _all_failed(study_file, summary)
 
 
@@ -315,12 +345,14 @@ def train(
     ] = False,
 ) -> None:
     """Train a full run of an exported config: progress, periodic eval, resumable checkpoints, saved model."""
-    from hpo.train import METRICS, train_file
+    from hpo.train import METRICS, is_main, train_file
 
     res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err)
     r = res.result
-    if not res.files and not res.interrupted:
-        return  # not the main process of a multi-process run
+    if not is_main():
+        if res.interrupted:
+            raise typer.Exit(128 + (res.signum or signal.SIGINT))
+        return  # the main process of a multi-process run reports
     if res.interrupted:
         out.print(
             f"interrupted at step {r.steps}; checkpoint in {escape(str(res.out_dir / 'checkpoints'))}\n"
@@ -328,7 +360,7 @@ def train(
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (res.signum or signal.SIGINT))
     shown = ", ".join(f"{k} = {fmt_value(v)}" for k, v in r.metrics.items())
     out.print(f"[bold]trained {r.steps} steps[/] in {r.train_time + r.eval_time:.0f}s: {shown}", highlight=False)
     prov = res.provenance or {}

@@ -44,3 +44,8 @@ class WorkerSetupError(HpoError):
         self.key = key
         self.worker_traceback = worker_traceback
         super().__init__(f"{key}: {message}" if key else message)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and systemd send before a kill), raised where Ctrl-C raises
+    KeyboardInterrupt so that it takes the same graceful path; exits 143 instead of 130."""

@@ -9,10 +9,12 @@ same parameters, so a study always resumes to its ``n_trials`` total.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,14 +28,19 @@ from hpo.accounting import A_DISCARDED, A_REASON, A_REQUEUED, A_RETRY_OF, counte
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
-from hpo.errors import WorkerSetupError
+from hpo.errors import Terminated, WorkerSetupError
 from hpo.space import to_distributions
+from hpo.storage import HEARTBEAT_INTERVAL, RETRY_FOR
 from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, close_all, mp_context
 
 A_HOST, A_PID = "host", "orchestrator_pid"  # which process runs a trial: finds orphans of dead processes
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
 
 HOSTNAME = socket.gethostname()
+# A main loop silent this long is stuck, not waiting on storage (busy timeout 60 s, then up to RETRY_FOR of
+# retries): its heartbeats stop, so other processes re-queue its trials.
+STALL = RETRY_FOR + 120.0
+_log = logging.getLogger("hpo.orchestrator")
 
 # hpo drives heartbeats itself (ask/tell); Optuna's hint that they are meant for Study.optimize is noise.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -111,6 +118,56 @@ class _SnapshotPruner(optuna.pruners.BasePruner):
         return self._inner.prune(self.snapshot, trial)  # type: ignore[arg-type]
 
 
+class _Heartbeat:
+    """Records the heartbeats of this process's running trials from a thread.
+
+    The main loop can wait on the storage for minutes (SQLite's busy timeout, ``RETRY_FOR`` of retries on a
+    lost connection); beating from that loop would let other processes' orphan checks (no heartbeat for
+    ``GRACE_PERIOD`` s) fail live trials meanwhile. Optuna's ``Study.optimize`` beats from a thread for the
+    same reason. A main loop that has not come round for ``stall`` seconds is stuck for good: the thread then
+    stops beating, so other processes can re-queue its trials.
+    """
+
+    def __init__(self, storage: Any, trial_ids: Callable[[], list[int]], interval: float, stall: float) -> None:
+        self._storage = storage
+        self._trial_ids = trial_ids
+        self._interval = interval
+        self._stall = stall
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loop_at = self.last_ok = time.monotonic()
+
+    def tick(self) -> None:
+        """The main loop is alive."""
+        self.loop_at = time.monotonic()
+
+    def beat(self, ids: list[int]) -> None:
+        for trial_id in ids:
+            self._storage.record_heartbeat(trial_id)
+        self.last_ok = time.monotonic()
+
+    def start(self) -> None:
+        if hasattr(self._storage, "record_heartbeat") and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval + 1.0)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if time.monotonic() - self.loop_at > self._stall:
+                continue
+            try:
+                self.beat(self._trial_ids())
+            except Exception as e:  # the main loop meets the same storage and reports it
+                _log.debug("heartbeat failed: %s", e)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -148,7 +205,8 @@ class Orchestrator:
         self.running: dict[int, Running] = {}
         self.curves = curves if curves is not None else CurveStore(None, study.study_name)
         self.max_retries = cfg.resources.max_retries
-        self._last_heartbeat = 0.0
+        interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)() or HEARTBEAT_INTERVAL
+        self._beat = _Heartbeat(study._storage, self._running_ids, interval / 2, STALL)
         self._last_orphan_check = 0.0
         self._last_best_read = -math.inf
         self._grid_size = self.grid_points = self._grid_points()  # None unless the grid sampler
@@ -162,7 +220,11 @@ class Orchestrator:
     def _start(self, spec: WorkerSpec) -> WorkerHandle:
         return WorkerHandle(spec, self.runner, self.results, self._ctx)
 
+    def _running_ids(self) -> list[int]:
+        return [r.trial._trial_id for r in tuple(self.running.values())]
+
     def close(self) -> None:
+        self._beat.stop()
         close_all(self.workers)
         self.curves.flush()
 
@@ -235,16 +297,19 @@ class Orchestrator:
         t0 = time.monotonic()
         summary = RunSummary(self.study, created=False)
         deadline = t0 + timeout if timeout else None
+        self._beat.start()
         try:
             self._loop(summary, deadline, should_stop)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             summary.interrupted = True
-            self.display.message("[yellow]interrupted: stopping running trials (Ctrl-C again to force)[/]")
+            what, again = ("SIGTERM", "a second signal") if isinstance(e, Terminated) else ("Ctrl-C", "Ctrl-C again")
+            self.display.message(f"[yellow]interrupted ({what}): stopping running trials ({again} to force)[/]")
             try:
-                self._drain(STOP_INTERRUPT, wait=60.0)
+                self._drain(STOP_INTERRUPT, summary, wait=60.0)
             except KeyboardInterrupt:
-                self._drain(STOP_INTERRUPT, wait=0.0)
+                self._drain(STOP_INTERRUPT, summary, wait=0.0)
         finally:
+            self._beat.stop()
             summary.wall_time = time.monotonic() - t0
         summary.worker_seconds = summary.wall_time * len(self.workers)
         self._update_best(force=True)  # the final word includes other processes' results
@@ -283,11 +348,7 @@ class Orchestrator:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        storage = self.study._storage
-        if self.running and now - self._last_heartbeat > 5.0 and hasattr(storage, "record_heartbeat"):
-            for r in self.running.values():
-                storage.record_heartbeat(r.trial._trial_id)
-            self._last_heartbeat = now
+        self._beat.tick()  # heartbeats come from the `_Heartbeat` thread while this loop keeps coming round
         if now - self._last_orphan_check > 15.0:
             self._last_orphan_check = now
             if self._foreign_running():
@@ -322,7 +383,7 @@ class Orchestrator:
             trial, {"device": spec.device_label, "worker": spec.worker_id, A_HOST: HOSTNAME, A_PID: os.getpid()}
         )
         if hasattr(self.study._storage, "record_heartbeat"):
-            self.study._storage.record_heartbeat(trial._trial_id)
+            self._beat.beat([trial._trial_id])
 
     def _not_needed(self, trial: optuna.Trial) -> str | None:
         """Why a just-asked trial must not run: the study's total is reached, or its grid point is taken.
@@ -392,13 +453,19 @@ class Orchestrator:
             self._finish(r, TrialState.PRUNED, summary, reason=msg[3])
         elif kind == "oom":
             state = TrialState.PRUNED if msg[4] == "prune" else TrialState.FAIL
-            r.trial.set_user_attr("oom_detail", msg[3])
-            self._finish(r, state, summary, reason="oom")
+            self._finish(r, state, summary, reason="oom", attrs={"oom_detail": msg[3]})
         elif kind == "error":
-            r.trial.set_user_attr("traceback", msg[4][-4000:])
+            attrs = {"traceback": msg[4][-4000:]}
             key = msg[5] if len(msg) > 5 else None  # a study-file setting the trainer named (ConfigError)
-            self._finish(r, TrialState.FAIL, summary, reason=f"error: {key + ': ' if key else ''}{msg[3]}")
-            summary.failures.append((key, msg[3]))
+            if r.stop_sent == STOP_INTERRUPT:
+                # Interrupted, and the trial broke while stopping: e.g. a multi-process trial whose ranks
+                # got the scheduler's SIGTERM too. Its parameters deserve another run like any interrupted one.
+                attrs["error"] = msg[3]
+                self._finish(r, TrialState.FAIL, summary, reason="interrupted", attrs=attrs, requeue=True)
+            else:
+                reason = f"error: {key + ': ' if key else ''}{msg[3]}"
+                self._finish(r, TrialState.FAIL, summary, reason=reason, attrs=attrs)
+                summary.failures.append((key, msg[3]))
 
     def _on_eval(self, r: Running, step: int, metrics: dict[str, float]) -> None:
         try:
@@ -416,7 +483,13 @@ class Orchestrator:
             r.reason = f"non-finite {self.metric} at step {step}"
             self._stop(r, STOP_PRUNE)
             return
-        r.trial.report(value, step)
+        try:
+            r.trial.report(value, step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another process closed the trial (it found no heartbeat): its result will be dropped, so
+            # there is no point training on; `_finish` says so when the worker returns.
+            self._stop(r, STOP_PRUNE)
+            return
         self.display.trial_eval(r.trial.number, step, value)
         if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
             r.reason = f"pruned by {self.cfg.pruner.name} pruner at step {step} ({self.metric}={value:.4g})"
@@ -472,13 +545,19 @@ class Orchestrator:
             attrs[A_REASON] = reason
         if requeue:
             attrs[A_REQUEUED] = True
-        self._set_attrs(trial, attrs)
-        if state == TrialState.COMPLETE:
-            self.study.tell(trial, value)
-            if isinstance(self.study.pruner, _SnapshotPruner):
-                self.study.pruner.snapshot.invalidate()
-        else:
-            self.study.tell(trial, state=state)
+        try:
+            self._set_attrs(trial, attrs)
+            if state == TrialState.COMPLETE:
+                self.study.tell(trial, value)
+                if isinstance(self.study.pruner, _SnapshotPruner):
+                    self.study.pruner.snapshot.invalidate()
+            else:
+                self.study.tell(trial, state=state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if not self._closed_elsewhere(r, value):
+                raise
+            summary.states["DROPPED"] = summary.states.get("DROPPED", 0) + 1
+            return
         if requeue:
             self._requeue(trial.number, r.params, trial.user_attrs if hasattr(trial, "user_attrs") else {})
         self.curves.flush()
@@ -492,6 +571,26 @@ class Orchestrator:
             if best is None or (value < best[1] if self.cfg.direction == "minimize" else value > best[1]):
                 self.display.set_best(trial.number, value)
         self._update_best()
+
+    def _closed_elsewhere(self, r: Running, value: float | None) -> bool:
+        """Whether another process already finished this trial; if so, say that its result is dropped.
+
+        That happens when this process was paused (SIGSTOP, a suspended VM) or cut off from the storage for
+        longer than the heartbeat grace: another process's orphan check failed and re-queued the trial, so
+        its parameters run again and nothing is lost by dropping this late result.
+        """
+        frozen = self.study._storage.get_trial(r.trial._trial_id)
+        if not frozen.state.is_finished():
+            return False
+        silent = time.monotonic() - self._beat.last_ok
+        why = frozen.user_attrs.get(A_REASON) or frozen.state.name
+        got = f" ({self.metric}={value:.6g})" if value is not None else ""
+        self.display.message(
+            f"[yellow]result of trial {r.trial.number}{got} dropped: another process had already closed it "
+            f"({why}; no heartbeat from here for {silent:.0f}s)[/]"
+        )
+        self.display.running.pop(r.trial.number, None)
+        return True
 
     def _update_best(self, force: bool = False) -> None:
         """The study's best, read from storage at most every few seconds: it may come from another process.
@@ -530,13 +629,13 @@ class Orchestrator:
                     requeue=again,
                 )
 
-    def _drain(self, code: int, wait: float) -> None:
-        """Ask running trials to stop, wait for their results, and record every one of them."""
-        summary = RunSummary(self.study, created=False)
+    def _drain(self, code: int, summary: RunSummary, wait: float) -> None:
+        """Ask running trials to stop, wait for their results, and record every one of them (in ``summary``)."""
         for r in self.running.values():
             self._stop(r, code)
         end = time.monotonic() + wait
         while self.running and time.monotonic() < end:
+            self._beat.tick()
             try:
                 msg = self.results.get(timeout=0.5)
             except queue.Empty:

@@ -23,13 +23,37 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hpo import yamlio
-from hpo.errors import HpoError
+from hpo.errors import HpoError, StudyFileError
 from hpo.export import TrainFile, load_train_file
-from trainers.base import CheckpointMismatch, NonFiniteLoss, Reporter, TrainResult
+from trainers.base import CheckpointMismatch, CheckpointWriteError, ConfigError, NonFiniteLoss, Reporter, TrainResult
 
 OUT_CONFIG = "train_config.yaml"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
+MANIFEST = ".hpo-train.json"  # the files this run put in OUTDIR, written before it puts them there
+STAGING = ".hpo-saving"  # the final save is written here, then moved into OUTDIR
+# What a final save writes into OUTDIR (save_pretrained of a model and tokenizer, and hpo's own files);
+# checked before training. Names beyond these (weight shards) are checked again before anything is moved.
+SAVED_NAMES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    OUT_CONFIG,
+    METRICS,
+)
 
 
 def default_out_dir(config_path: str | Path) -> Path:
@@ -37,7 +61,7 @@ def default_out_dir(config_path: str | Path) -> Path:
     return Path(config_path).parent / "model"
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
     # Set by `accelerate launch` / torchrun; absent in a plain single-process run.
     return os.environ.get("RANK", "0") == "0"
 
@@ -53,7 +77,9 @@ class ProgressReporter:
         self.console = console or Console(stderr=True)
         self.show = show
         self.interrupted = False
+        self.signum: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
         self._progress: Progress | None = None
+        self._flag: Any = None
         self._task: Any = None
         self._last = ""
 
@@ -91,7 +117,24 @@ class ProgressReporter:
             self.console.print(f"step {step}: {shown}", highlight=False)
 
     def stop_reason(self) -> str | None:
-        return "interrupted" if self.interrupted else None
+        return "interrupted" if self._agreed(self.interrupted) else None
+
+    def _agreed(self, mine: bool) -> bool:
+        """Under ``accelerate launch``, whether any process was interrupted: all of them stop on the same
+        step (each gets the signal at its own moment; ranks that stopped apart would wait for each other
+        forever in the next collective, and write no checkpoint). One tiny all-reduce per step."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return mine
+        import torch
+        from accelerate import PartialState
+
+        if self._flag is None:
+            self._flag = torch.zeros(1, dtype=torch.int32, device=PartialState().device)
+        self._flag.fill_(int(mine))
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+        return bool(self._flag.item())
 
     def close(self) -> None:
         if self._progress is not None:
@@ -101,7 +144,7 @@ class ProgressReporter:
 
 @contextlib.contextmanager
 def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
-    """First Ctrl-C: stop at the next step and checkpoint. Second: abort at once."""
+    """First Ctrl-C or SIGTERM (a batch scheduler's stop): stop at the next step and checkpoint. Second: abort."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -110,16 +153,19 @@ def _graceful_sigint(reporter: ProgressReporter) -> Iterator[None]:
         if reporter.interrupted:
             raise KeyboardInterrupt
         reporter.interrupted = True
+        reporter.signum = signum
         if reporter.show:
+            what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
             reporter.console.print(
-                "[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]"
+                f"[yellow]{what}: stopping after this step and saving a checkpoint ({what} again to abort)[/]"
             )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -130,6 +176,39 @@ class TrainOutcome:
     interrupted: bool
     files: list[str] = field(default_factory=list)
     provenance: dict[str, Any] | None = None
+    signum: int | None = None  # the signal that interrupted it, if one did
+
+
+def _ours(out: Path, tf: TrainFile) -> set[str]:
+    """Files in ``out`` that an earlier, unfinished save of this same run put there (see ``MANIFEST``)."""
+    from trainers.checkpoints import run_digest
+
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(manifest, dict) or manifest.get("digest") != run_digest(tf.run_config()):
+        return set()
+    return {f for f in manifest.get("files", []) if isinstance(f, str)}
+
+
+def _conflicts(out: Path, names: Any, ours: set[str]) -> tuple[list[str], list[str]]:
+    """Of ``names`` in ``out``: symbolic links, and files this run did not write."""
+    links = [n for n in names if (out / n).is_symlink()]
+    foreign = [n for n in names if n not in links and n not in ours and (out / n).exists()]
+    return links, foreign
+
+
+def _refusal(out: Path, links: list[str], foreign: list[str]) -> HpoError:
+    if links:
+        return HpoError(
+            f"{out / links[0]} is a symbolic link; hpo train does not write through links: "
+            "use --force to replace the link itself, or -o another directory"
+        )
+    return HpoError(
+        f"{out} already holds {foreign[0]}, which hpo train did not write; use --force to overwrite it, "
+        "or -o another directory"
+    )
 
 
 def _check_out_dir(out: Path, tf: TrainFile, force: bool) -> list[Path]:
@@ -140,7 +219,7 @@ def _check_out_dir(out: Path, tf: TrainFile, force: bool) -> list[Path]:
         raise HpoError(f"{out} exists and is not a directory; give -o a directory")
     to_remove: list[Path] = []
     metrics = out / METRICS
-    if metrics.exists():
+    if metrics.exists() and not metrics.is_symlink():
         if not force:
             raise HpoError(
                 f"{out} already holds the results of a training run ({METRICS}); "
@@ -151,13 +230,15 @@ def _check_out_dir(out: Path, tf: TrainFile, force: bool) -> list[Path]:
         except (OSError, ValueError):
             written = []
         to_remove += [out / f for f in written if "/" not in f and f not in ("", ".", "..")]
-        to_remove += [metrics, out / OUT_CONFIG]
-    for name in ("config.json", "model.safetensors", OUT_CONFIG):
-        if (out / name).exists() and not force and not metrics.exists():
-            raise HpoError(
-                f"{out} already holds a model or config ({name}); use --force to overwrite, or -o another directory"
-            )
-        to_remove.append(out / name)
+    links, foreign = _conflicts(out, SAVED_NAMES, _ours(out, tf))
+    if (links or foreign) and not force:
+        raise _refusal(out, links, foreign)
+    to_remove += [out / n for n in (*links, *foreign)]
+    if (out / CHECKPOINTS).is_symlink():
+        raise HpoError(
+            f"{out / CHECKPOINTS} is a symbolic link; hpo train does not write through links: "
+            "remove it, or -o another directory"
+        )
     ckpt = latest(out / CHECKPOINTS)
     if ckpt is not None:
         if force:
@@ -179,19 +260,29 @@ def train_file(
     console: Console | None = None,
 ) -> TrainOutcome:
     """Run the training a config file describes; resume from ``OUTDIR/checkpoints`` when they are there."""
+    from transformers import AutoTokenizer
+
     from hpo.api import cache_dir
-    from trainers.data import prepare
+    from trainers.data import CacheDamaged, prepare
     from trainers.loop import train
 
     tf = load_train_file(config_path)  # a bad file stops here: nothing written
     out = Path(out_dir) if out_dir is not None else default_out_dir(config_path)
     to_remove = _check_out_dir(out, tf, force)
     run = tf.run_config()
-    main = _is_main()
+    main = is_main()
     from trainers.base import quiet_libraries
 
     quiet_libraries()
-    data = prepare(run, cache_dir())
+    try:
+        data = prepare(run, cache_dir())
+        # Now, not after hours of training: the tokenizer the saved model ships with must load.
+        tokenizer = AutoTokenizer.from_pretrained(str(data.tokenizer_dir), trust_remote_code=tf.model.trust_remote_code)
+    except ConfigError as e:  # a dirty row, a model folder that does not load: name the setting
+        raise StudyFileError(str(config_path), [(e.key, e.message)]) from None
+    except (CacheDamaged, OSError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise HpoError(f"cannot load the data for {config_path}: {first}") from None
     if force and main:
         for p in to_remove:
             if p.is_dir() and not p.is_symlink():
@@ -222,18 +313,23 @@ def train_file(
             )
     except CheckpointMismatch as e:
         raise HpoError(f"cannot resume: {e}; use --force to start over") from None
+    except ConfigError as e:  # a mistake only training shows (a dirty row): name the setting, like `hpo run`
+        raise StudyFileError(str(config_path), [(e.key, e.message)]) from None
     except NonFiniteLoss as e:  # NaN or diverged: the run cannot go on
         raise HpoError(f"training stopped: {e}; try a lower training.learning_rate") from None
+    except CheckpointWriteError as e:
+        raise HpoError(f"{e}; free space (or fix the cause) and run the same command again: it resumes") from None
     finally:
         torch.set_num_threads(threads)
         if own is not None:
             own.close()
 
     outcome = TrainOutcome(out, result, tf, interrupted=result.stopped is not None, provenance=tf.provenance)
+    outcome.signum = own.signum if own is not None else None
     if outcome.interrupted:
         return outcome
     if main:
-        outcome.files = _save(out, tf, result, models[0], data, keep_checkpoints)
+        outcome.files = _save(out, tf, result, models[0], tokenizer, keep_checkpoints, force)
     _wait_for_everyone()
     return outcome
 
@@ -245,38 +341,77 @@ def _wait_for_everyone() -> None:
         PartialState().wait_for_everyone()
 
 
-def _save(out: Path, tf: TrainFile, result: TrainResult, model: Any, data: Any, keep_checkpoints: bool) -> list[str]:
-    """save_pretrained of the model and tokenizer, the config it ran, and metrics.json; the files written."""
-    from transformers import AutoTokenizer
+def _save(
+    out: Path, tf: TrainFile, result: TrainResult, model: Any, tokenizer: Any, keep_checkpoints: bool, force: bool
+) -> list[str]:
+    """save_pretrained of the model and tokenizer, the config it ran, and metrics.json; the files written.
 
-    out.mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in out.iterdir()}
-    model.save_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(str(data.tokenizer_dir), trust_remote_code=tf.model.trust_remote_code)
-    tok.save_pretrained(out)
-    header = "# The configuration `hpo train` ran to produce this folder; `hpo train` accepts it as it is.\n"
-    (out / OUT_CONFIG).write_text(header + yamlio.dumps(tf.model_dump(mode="json")), encoding="utf-8")
-    written = sorted({p.name for p in out.iterdir()} - before - {CHECKPOINTS} | {OUT_CONFIG, METRICS})
-    prov = tf.provenance or {}
-    metrics = {
-        "metrics": result.metrics,
-        "steps": result.steps,
-        "eval_batches": tf.eval_batches,
-        "evals": [{"step": s, **m} for s, m in result.evals],
-        "train_time": round(result.train_time, 3),
-        "eval_time": round(result.eval_time, 3),
-        "setup_time": round(result.setup_time, 3),
-        "tokens": result.tokens,
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "device": result.device,
-        "precision": result.precision,
-        "resumed_from": result.resumed_from,
-        "config": OUT_CONFIG,
-        "trial": {k: prov.get(k) for k in ("study", "trial", "objective", "value", "trial_steps")} if prov else None,
-        "provenance": tf.provenance,
-        "files": written,
-    }
-    (out / METRICS).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    Everything is written to ``OUTDIR/.hpo-saving`` first and moved in afterwards (``os.replace``: a link in
+    OUTDIR is replaced, never written through); ``metrics.json``, the mark of a finished run, comes last.
+    The final checkpoint stays until then: a save that fails (disk full) is redone by the same command,
+    without training again.
+    """
+    from trainers.checkpoints import run_digest
+
+    staging = out / STAGING
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove(staging)
+        staging.mkdir()
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        header = "# The configuration `hpo train` ran to produce this folder; `hpo train` accepts it as it is.\n"
+        (staging / OUT_CONFIG).write_text(header + yamlio.dumps(tf.model_dump(mode="json")), encoding="utf-8")
+        written = sorted({p.name for p in staging.iterdir()} | {METRICS})
+        links, foreign = _conflicts(out, written, _ours(out, tf))
+        if (links or foreign) and not force:
+            raise _refusal(out, links, foreign)
+        prov = tf.provenance or {}
+        metrics = {
+            "metrics": result.metrics,
+            "steps": result.steps,
+            "eval_batches": tf.eval_batches,
+            "evals": [{"step": s, **m} for s, m in result.evals],
+            "train_time": round(result.train_time, 3),
+            "eval_time": round(result.eval_time, 3),
+            "setup_time": round(result.setup_time, 3),
+            "tokens": result.tokens,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "device": result.device,
+            "precision": result.precision,
+            "resumed_from": result.resumed_from,
+            "config": OUT_CONFIG,
+            "trial": {k: prov.get(k) for k in ("study", "trial", "objective", "value", "trial_steps")}
+            if prov
+            else None,
+            "provenance": tf.provenance,
+            "files": written,
+        }
+        (staging / METRICS).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        # Recorded before the first file moves: a rerun after a crash in between knows these are its own.
+        (staging / MANIFEST).write_text(json.dumps({"digest": run_digest(tf.run_config()), "files": written}))
+        os.replace(staging / MANIFEST, out / MANIFEST)
+        for name in [*(n for n in written if n != METRICS), METRICS]:
+            os.replace(staging / name, out / name)
+    except HpoError:
+        _remove(staging)
+        raise
+    except Exception as e:
+        _remove(staging)  # give the space back: the rerun needs it
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise HpoError(
+            f"could not save the trained model to {out}: {first}; the finished run is kept in "
+            f"{out / CHECKPOINTS}: free space (or fix the cause) and run the same command again: it only saves"
+        ) from None
+    _remove(staging)
+    (out / MANIFEST).unlink(missing_ok=True)  # metrics.json lists the files from now on
     if not keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return written
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

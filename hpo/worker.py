@@ -192,8 +192,11 @@ def _die_with_parent() -> None:
 def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: Any) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
-    # Ctrl-C reaches the whole process group: the orchestrator decides, and tells workers via `stop`.
+    # Ctrl-C reaches the whole process group, and SLURM's scancel sends SIGTERM to every process of the job:
+    # the orchestrator decides, and tells workers via `stop`. A worker still dies with its orchestrator
+    # (SIGKILL through `_die_with_parent`), and `close` ends it with SIGKILL if it does not exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.update(spec.env)  # before torch is imported: thread pools and visible GPUs are read then
     from trainers.base import ConfigError, NonFiniteLoss
 

@@ -32,6 +32,9 @@ class CurveRunner:
     - ``nan_above``: raise NonFiniteLoss when lr is above it (a diverging trial).
     - ``die_above`` + ``marker_dir``: the worker process kills itself the first time such params run.
     - ``block``: after the first eval, wait (up to 30 s) until told to stop — for interrupt tests.
+    - ``close_elsewhere`` = (storage URL, study name, trial number): before that trial's first eval, this
+      worker process does what another process's orphan check does to a trial without heartbeat (FAIL,
+      re-queued), as if its orchestrator had been paused past the heartbeat grace.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class CurveRunner:
         marker_dir: str | None = None,
         block: bool = False,
         step_sleep: float = 0.0,
+        close_elsewhere: tuple[str, str, int] | None = None,
     ) -> None:
         self.fail_above = fail_above
         self.nan_above = nan_above
@@ -49,6 +53,7 @@ class CurveRunner:
         self.marker_dir = marker_dir
         self.block = block
         self.step_sleep = step_sleep
+        self.close_elsewhere = close_elsewhere
 
     def setup(self, spec: Any) -> None:
         pass
@@ -78,6 +83,8 @@ class CurveRunner:
             if self.nan_above is not None and lr > self.nan_above and step == every:
                 raise NonFiniteLoss(step, float("nan"))
             if step % every == 0 or step == steps:
+                if step == every and self.close_elsewhere and self.close_elsewhere[2] == reporter.trial:
+                    _fail_and_requeue(*self.close_elsewhere)
                 v = curve(lr, step)
                 metrics = {"eval_loss": v, "perplexity": math.exp(v)}
                 reporter.on_eval(step, metrics)
@@ -97,6 +104,20 @@ class CurveRunner:
             "stopped": stopped if stopped is not None else reporter.stop_reason(),
             "evals": [],
         }
+
+
+def _fail_and_requeue(url: str, study_name: str, number: int) -> None:
+    """What an orphan check in another process does to a RUNNING trial whose heartbeat stopped."""
+    import optuna
+
+    from hpo.storage import open_storage
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url, create=False))
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    study._storage.set_trial_user_attr(trial._trial_id, "reason", "orphaned: no heartbeat")
+    study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": number, "retries": 1})
 
 
 def _wait(cond: Any, timeout: float = 10.0) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 
 from hpo.cli import app
 from hpo.config import validate_study
+from hpo.errors import HpoError
 from hpo.export import (
     ARGS_NAME,
     BUNDLE,
@@ -224,6 +229,69 @@ def test_round_trip_reproduces_the_trial_and_the_saved_model_its_metric(study: P
     assert again["eval_loss"] == pytest.approx(metrics["metrics"]["eval_loss"], rel=1e-9, abs=0)
 
 
+def pretrained_classifier(root: Path) -> dict[str, Any]:
+    """A study fine-tuning a tiny pretrained BERT (made here: save_pretrained of a random one) as a classifier."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = "good great fine nice bad awful poor sad the a movie film plot was is very".split()
+    (root / "bert").mkdir()
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(words) + 5,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(cfg).save_pretrained(root / "bert")  # no classification head: `hpo` adds a new one
+    rows = ["text,label"]
+    for i in range(48):
+        pos = i % 2 == 0
+        rows.append(f"the {'film' if i % 3 else 'movie'} was {'very ' * (i % 4)}{'good' if pos else 'bad'},{int(pos)}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "eval.csv").write_text("\n".join(rows[:1] + rows[1:17]) + "\n")
+    return {
+        "study": {"name": "cls", "n_trials": 1, "storage": f"sqlite:///{root}/cls.db"},
+        "task": "sequence_classification",
+        "objective": {"metric": "eval_loss"},  # continuous: any difference in the run shows
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "fidelity": {"max_steps": 8, "eval_every": 4},
+        "model": {"name_or_path": str(root / "bert")},
+        "data": {
+            "files": {"train": str(root / "train.csv"), "validation": str(root / "eval.csv")},
+            "max_length": 16,
+        },
+        "training": {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 8},
+        "search_space": {
+            "training.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+            "model.dropout": {"type": "float", "low": 0.1, "high": 0.3},
+        },
+        "resources": {"workers": 1},
+    }
+
+
+@pytest.mark.slow
+def test_round_trip_reproduces_a_fine_tuned_pretrained_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker loads the pretrained weights before its first trial; `hpo train` after seeding. The new
+    # classification head must start from the same seeded values in both.
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    path = write(tmp_path / "cls.yaml", pretrained_classifier(tmp_path))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    trial = trials(path)[0]
+    assert export(str(path), "--trial-length", "-o", str(tmp_path / "b")).exit_code == 0
+    result = runner.invoke(app, ["train", str(tmp_path / "b" / CONFIG_NAME)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "b" / "model" / METRICS).read_text())["metrics"]
+    assert metrics["eval_loss"] == pytest.approx(trial.value, rel=1e-9, abs=0)
+    assert metrics == trial.user_attrs["metrics"]
+
+
 class StopAfter(NullReporter):
     def __init__(self, k: int) -> None:
         self.k, self.step = k, 0
@@ -257,6 +325,164 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(study: Path, t
     assert metrics["resumed_from"] == 7 and metrics["steps"] == 24
     assert metrics["metrics"] == whole.result.metrics  # bit for bit: same batches, same dropout masks
     assert [(e.pop("step"), e) for e in metrics["evals"]] == [(s, m) for s, m in whole.result.evals]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_same_command_resumes(study: Path, tmp_path: Path) -> None:
+    """SLURM's scancel (and a job's time limit) sends SIGTERM: `hpo train` saves where it is, like Ctrl-C."""
+    assert export(str(study), "--steps", "300", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["training"]["eval_steps"] = 50
+    data["checkpoints"]["save_steps"] = 50
+    data["eval_batches"] = 1
+    data["threads"] = 1
+    write(config, data)
+    whole = train_file(config, tmp_path / "whole", reporter=NullReporter())
+
+    out = tmp_path / "cut"
+    cmd = [str(Path(sys.executable).with_name("hpo")), "train", str(config), "-o", str(out)]
+    proc = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    end = time.monotonic() + 120
+    while not (out / CHECKPOINTS / "checkpoint-50").exists():  # training, past its first checkpoint
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr  # 128 + SIGTERM
+    assert "SIGTERM: stopping after this step and saving a checkpoint" in stderr
+    cut = int(stdout.split("interrupted at step ")[1].split(";")[0])
+    assert 50 <= cut < 300 and [p.name for p in (out / CHECKPOINTS).iterdir()] == [f"checkpoint-{cut}"]
+
+    again = subprocess.run(cmd, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the checkpoint at step {cut}/300" in again.stderr
+    metrics = json.loads((out / METRICS).read_text())
+    assert metrics["resumed_from"] == cut and metrics["metrics"] == whole.result.metrics
+
+
+def _disk_use(folder: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_final_save_that_fails_on_a_full_disk_is_redone_without_training(study: Path, tmp_path: Path) -> None:
+    from fsfaults import fill, small_fs
+
+    assert export(str(study), "--trial-length", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["model"]["from_config"]["n_embd"] = 64  # weights big enough to fill a page-granular filesystem
+    data["checkpoints"].update(save_steps=8, save_total_limit=2)  # checkpoints at 8 and at 16, the end
+    data["threads"] = 1
+    write(config, data)
+    whole = train_file(config, tmp_path / "whole", reporter=NullReporter())
+
+    class FillsTheDisk(NullReporter):
+        """At the last step, leaves room for the final checkpoint and half of the model's weights."""
+
+        def on_step(self, step: int) -> None:
+            if step == 16:
+                ckpt = out / CHECKPOINTS / "checkpoint-8"
+                self.filler = fill(mnt, _disk_use(ckpt) + 64 * 1024 + (ckpt / "model.safetensors").stat().st_size // 2)
+
+    with small_fs(tmp_path / "fs", 16 * 1024) as mnt:
+        out = mnt / "model"
+        reporter = FillsTheDisk()
+        with pytest.raises(HpoError) as err:
+            train_file(config, out, reporter=reporter)
+        msg = str(err.value)
+        assert msg.startswith(f"could not save the trained model to {out}: ") and "No space left on device" in msg
+        assert msg.endswith("run the same command again: it only saves")
+        assert sorted(p.name for p in out.iterdir()) == [CHECKPOINTS]  # no half-saved model left behind
+        assert sorted(p.name for p in (out / CHECKPOINTS).iterdir()) == ["checkpoint-16", "checkpoint-8"]
+
+        reporter.filler.unlink()  # space freed; the same command, without --force
+        result = runner.invoke(app, ["train", str(config), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "resuming from the checkpoint at step 16/16" in result.output
+        metrics = json.loads((out / METRICS).read_text())
+    assert metrics["resumed_from"] == 16 and metrics["metrics"] == whole.result.metrics
+
+
+def test_train_never_overwrites_what_it_did_not_write_nor_writes_through_links(study: Path, tmp_path: Path) -> None:
+    assert export(str(study), "--trial-length", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("the user's own")
+    msg = one_line_error(runner.invoke(app, ["train", str(config), "-o", str(out)]))
+    assert msg == (
+        f"error: {out} already holds tokenizer.json, which hpo train did not write; use --force to overwrite it, "
+        "or -o another directory"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json"]
+    (out / "tokenizer.json").unlink()
+
+    elsewhere = tmp_path / "precious.bin"
+    elsewhere.write_text("not a model")
+    (out / "model.safetensors").symlink_to(elsewhere)
+    msg = one_line_error(runner.invoke(app, ["train", str(config), "-o", str(out)]))
+    assert msg.startswith(f"error: {out / 'model.safetensors'} is a symbolic link; hpo train does not write through")
+    assert not (out / CHECKPOINTS).exists() and elsewhere.read_text() == "not a model"
+    result = runner.invoke(app, ["train", str(config), "-o", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "model.safetensors").is_symlink() and elsewhere.read_text() == "not a model"
+
+    (out / CHECKPOINTS).symlink_to(tmp_path, target_is_directory=True)
+    msg = one_line_error(runner.invoke(app, ["train", str(config), "-o", str(out), "--force"]))
+    assert "checkpoints is a symbolic link" in msg
+
+
+@pytest.mark.slow
+def test_sigterm_under_a_multi_process_launch_stops_every_rank_on_one_step(study: Path, tmp_path: Path) -> None:
+    """`hpo train` under a 2-process launch (gloo on CPU, as `launch.sh` with NUM_PROCESSES=2): SIGTERM to
+    the job, as scancel sends it, reaches each rank at its own moment; all must stop and checkpoint together."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    assert export(str(study), "--steps", "400", "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["training"]["eval_steps"] = 50
+    data["checkpoints"]["save_steps"] = 50
+    data["eval_batches"], data["threads"] = 1, 1
+    write(config, data)
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), "-m", "hpo.cli", "train", str(config), "-o", str(out)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    end = time.monotonic() + 180
+    while not (out / CHECKPOINTS / "checkpoint-50").exists():
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert "interrupted at step" in stdout, stderr
+    cut = int(stdout.split("interrupted at step ")[1].split(";")[0])
+    assert stdout.count("interrupted at step") == 1  # the main process reports
+    assert [p.name for p in (out / CHECKPOINTS).iterdir()] == [f"checkpoint-{cut}"]
+    assert 50 <= cut < 400
+
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    again = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the checkpoint at step {cut}/400" in again.stderr
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    cmd[-1] = str(tmp_path / "whole")
+    whole = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    resumed = json.loads((out / METRICS).read_text())
+    assert resumed["metrics"] == json.loads((tmp_path / "whole" / METRICS).read_text())["metrics"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------------------- bad input

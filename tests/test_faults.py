@@ -1,4 +1,4 @@
-"""Faults with real processes: Ctrl-C, kill -9 of a worker, kill -9 of `hpo run`. No result is lost, the
+"""Faults with real processes: Ctrl-C, SIGTERM, kill -9 of a worker, kill -9 of `hpo run`. No result is lost, the
 study stays consistent, and a second `hpo run` completes it."""
 
 from __future__ import annotations
@@ -118,6 +118,35 @@ def test_ctrl_c_marks_running_trials_and_rerun_completes(tmp_path: Path) -> None
     done = run_to_end(path, tmp_path)
     assert done.returncode == 0, done.stderr
     assert_complete_and_consistent(storage, 4)
+
+
+def test_sigterm_does_what_ctrl_c_does(tmp_path: Path) -> None:
+    """SLURM's scancel and Kubernetes send SIGTERM to every process of the job before killing it."""
+    path, storage = study_file(tmp_path)
+    proc = start(path, tmp_path)
+    wait_running(storage, n=2)
+    workers = worker_pids(proc.pid)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)  # the run and its workers, as scancel does
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 20, "SIGTERM must stop the run at the trials' next step"
+    assert proc.returncode == 143, err  # 128 + SIGTERM, as a shell reports it
+    assert "interrupted (SIGTERM): stopping running trials" in err
+    study = optuna.load_study(study_name="faults", storage=storage)
+    interrupted = study.get_trials(states=(TrialState.FAIL,))
+    assert len(interrupted) == 2
+    assert all(t.user_attrs["reason"] == "interrupted" and t.user_attrs["requeued"] for t in interrupted)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    # The summary counts the trials closed while stopping (it used to leave them out).
+    n_done = len([t for t in study.get_trials() if t.state.is_finished()])
+    assert f"interrupted after {n_done} trials" in out and "resume with: hpo run" in out
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+    complete_before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    done = run_to_end(path, tmp_path)
+    assert done.returncode == 0, done.stderr
+    study = assert_complete_and_consistent(storage, 4)
+    after = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert all(after[n] == v for n, v in complete_before.items())
 
 
 def test_kill_9_of_a_worker_fails_its_trial_and_study_completes(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,52 @@ def test_interrupt_marks_running_trials_and_resume_reruns_them(harness: Harness)
     rerun = [t for t in study.trials if t.user_attrs.get("retry_of") == interrupted[0].number]
     assert len(rerun) == 1 and rerun[0].params == interrupted[0].params
     assert states(study) == {"FAIL": 1, "COMPLETE": 4}
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite", "postgres"], indirect=True)
+def test_a_trial_another_process_closed_meanwhile_is_dropped_with_a_note(harness: Harness, storage_url: str) -> None:
+    # This orchestrator was paused (SIGSTOP, a suspended VM) past the heartbeat grace: another process failed
+    # and re-queued its trial 0. When it comes back with trial 0's result, it must go on, not crash.
+    cfg = validate_study(study_dict(study={"n_trials": 3}))
+    study = harness.run(cfg, CurveRunner(close_elsewhere=(storage_url, "t", 0)), workers=1)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and first.user_attrs[A_REASON] == "orphaned: no heartbeat"
+    assert "steps" not in first.user_attrs  # the late result did not overwrite the other process's record
+    assert not first.intermediate_values  # its eval came after the trial was closed: not reported
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].params == first.params and retry[0].state == TrialState.COMPLETE
+    assert states(study) == {"FAIL": 1, "COMPLETE": 3}
+    out = " ".join(harness.out.getvalue().split())
+    assert "result of trial 0 dropped: another process had already closed it (orphaned: no heartbeat;" in out
+    assert harness.summary.states == {"DROPPED": 1, "COMPLETE": 3}
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_heartbeats_go_on_while_the_main_loop_waits(storage_url: str) -> None:
+    # The main loop can wait on the storage for minutes (busy timeout, retries on a lost connection). Other
+    # processes must not find its trials without heartbeat meanwhile. Here: a 1 s heartbeat, a 2 s grace,
+    # and a main loop that stalls 4 s while a trial runs.
+    from hpo.storage import RetryingRDBStorage
+
+    storage = RetryingRDBStorage(storage_url, heartbeat_interval=1, grace_period=2)
+    cfg = validate_study(study_dict(study={"n_trials": 1}))
+    study, _ = create_or_resume(cfg, storage)
+    stale: list[list[int]] = []
+
+    def stall() -> bool:
+        if not stale and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            time.sleep(4.0)  # as in a storage call that waits
+            stale.append(storage._get_stale_trial_ids(study._study_id))
+        return False
+
+    display = RunDisplay(console=Console(file=io.StringIO()), live=False)
+    orch = Orchestrator(cfg, study, [WorkerSpec(0, 1, {}, "cpu")], CurveRunner(step_sleep=0.4), display)
+    try:
+        orch.run(should_stop=stall)
+    finally:
+        orch.close()
+    assert stale == [[]]
+    assert states(study) == {"COMPLETE": 1}
 
 
 def test_grid_runs_each_point_once_and_stops_at_grid_size(harness: Harness) -> None:

@@ -179,3 +179,55 @@ def test_misspelt_eval_split_is_an_error(tmp_path: Path) -> None:
     assert evals["text"] == ["g h i"]  # "validation" is used when present
     with pytest.raises(ValueError, match="split 'valid' not found"):
         load_records(DataConfig(files=files, eval_split="valid"), need_labels=False)
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _flip(f: Path) -> None:
+    b = bytearray(f.read_bytes())
+    b[-1] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("train_ids.npy", _truncate),
+        ("eval_ids.npy", _flip),  # same size, other values: only a checksum sees it
+        ("train_ids.npy", Path.unlink),
+        ("meta.json", lambda f: f.write_text("{")),
+        ("meta.json", Path.unlink),
+        ("tokenizer/tokenizer.json", _truncate),  # used to break `hpo train` at its very end
+    ],
+)
+def test_a_damaged_data_cache_is_detected_and_rebuilt(tmp_path: Path, name: str, damage: Any) -> None:
+    from transformers import AutoTokenizer
+
+    run = RunConfig.model_validate(validate_study(tiny_study()).base_run())
+    first = prepare(run, tmp_path)
+    damage(first.path / name)
+    with pytest.warns(UserWarning, match=rf"data cache {first.path} is damaged \(.*\); rebuilding it"):
+        again = prepare(run, tmp_path)
+    assert again.path == first.path
+    assert np.array_equal(again.train_ids, first.train_ids) and np.array_equal(again.eval_ids, first.eval_ids)
+    assert len(AutoTokenizer.from_pretrained(str(again.tokenizer_dir))) == first.vocab_size
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [first.path.name]
+
+
+def test_a_damaged_data_cache_that_cannot_be_rebuilt_is_named_with_the_remedy(tmp_path: Path) -> None:
+    from fsfaults import read_only, small_fs
+
+    from trainers.data import CacheDamaged
+
+    run = RunConfig.model_validate(validate_study(tiny_study()).base_run())
+    with small_fs(tmp_path / "fs", 4096) as root:
+        path = prepare(run, root).path
+        _truncate(path / "eval_ids.npy")
+        read_only(root)
+        with pytest.raises(CacheDamaged) as err:
+            prepare(run, root)
+    msg = str(err.value)
+    assert msg.startswith(f"data cache {path} is damaged (eval_ids.npy has ") and " bytes instead of " in msg
+    assert msg.endswith(f"cannot be rebuilt (Read-only file system); remove it (rm -r {path}) and run again")

@@ -54,6 +54,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint that cannot resume this run (another configuration, another number of processes)."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only, ...); the earlier ones are intact."""
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the run cannot go on."""
 

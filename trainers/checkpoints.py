@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trainers.base import CheckpointMismatch
+from trainers.base import CheckpointMismatch, CheckpointWriteError
 from trainers.config import RunConfig
 
 STATE_FILE = "trainer_state.json"
@@ -81,19 +81,25 @@ class Checkpoints:
         acc = self.accelerator
         tmp = self.root / f".tmp-{PREFIX}{step}"
         final = self.root / f"{PREFIX}{step}"
-        if acc.is_main_process:
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                state = {**loop_state, "step": step, "digest": self.digest, "num_processes": acc.num_processes}
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                self._prune()
+        except Exception as e:
+            # Disk full, say: give the space of the half-written one back; the previous checkpoints stay.
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {**loop_state, "step": step, "digest": self.digest, "num_processes": acc.num_processes}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune()
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise CheckpointWriteError(f"could not write the checkpoint {final}: {first}") from e
         acc.wait_for_everyone()
         self.last_saved = step
         return final

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,35 +63,130 @@ def cache_key(run: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class CacheDamaged(ValueError):
+    """A data cache folder whose files are not what was written (truncated, changed, missing, unreadable)."""
+
+
 def prepare(run: RunConfig, cache_root: str | Path) -> PreparedData:
-    """Return the study's tokenised data, tokenising on the first call (under a lock) and loading after."""
+    """Return the study's tokenised data, tokenising on the first call (under a lock) and loading after.
+
+    A cache folder that was damaged after it was built (a truncated array, a broken ``meta.json`` or
+    tokenizer file: the checksums recorded at build time say so) is rebuilt, with a warning.
+    """
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(run)
     final = root / f"{run.task}-{key}"
-    if not (final / "meta.json").exists():
-        with open(root / f".{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds; the others wait, then load
-            if not (final / "meta.json").exists():
-                tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-                try:
-                    _build(run, tmp)
-                    os.replace(tmp, final)  # atomic: a half-written cache is never seen
-                except BaseException:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
+    damaged: CacheDamaged | None = None
+    if (final / "meta.json").exists():
+        try:
+            return _load(final)
+        except CacheDamaged as e:
+            damaged = e  # rebuilt below, under the lock
+    try:
+        lock = open(root / f".{key}.lock", "w")
+    except OSError as e:
+        if damaged is None:
+            raise
+        raise _unrebuildable(final, damaged, e) from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds; the others wait, then load
+        if final.exists():
+            try:
+                return _load(final)  # built (or rebuilt) by another process meanwhile
+            except CacheDamaged as e:
+                warnings.warn(f"data cache {final} is damaged ({e}); rebuilding it", stacklevel=2)
+                _discard(final, root, e)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        try:
+            _build(run, tmp)
+            _seal(run, tmp)
+            os.replace(tmp, final)  # atomic: a half-written cache is never seen
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return _load(final)
 
 
-def _load(path: Path) -> PreparedData:
+def _discard(path: Path, root: Path, why: CacheDamaged) -> None:
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=".damaged-", dir=root))
+        os.replace(path, trash / path.name)  # out of the way at once: no reader opens half of it
+        shutil.rmtree(trash, ignore_errors=True)
+    except OSError as e:
+        raise _unrebuildable(path, why, e) from None
+
+
+def _unrebuildable(path: Path, why: CacheDamaged, e: OSError) -> CacheDamaged:
+    return CacheDamaged(
+        f"data cache {path} is damaged ({why}) and cannot be rebuilt ({e.strerror or e}); "
+        f"remove it (rm -r {path}) and run again"
+    )
+
+
+def _file_digests(path: Path) -> dict[str, list[Any]]:
+    """[size, sha256] of every file of a cache folder but meta.json (arrays and tokenizer files)."""
+    out: dict[str, list[Any]] = {}
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.name != "meta.json":
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            out[f.relative_to(path).as_posix()] = [f.stat().st_size, h.hexdigest()]
+    return out
+
+
+def _seal(run: RunConfig, path: Path) -> None:
+    """Check the tokenizer loads back from the folder as built, then record every file's checksum."""
+    from transformers import AutoTokenizer
+
     meta = json.loads((path / "meta.json").read_text())
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path / "tokenizer"), trust_remote_code=run.model.trust_remote_code)
+    except Exception as e:
+        raise ValueError(f"model.tokenizer: the tokenizer does not load back after saving: {e}") from None
+    got = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id}
+    if any(meta.get(k) != v for k, v in got.items()):
+        want = {k: meta.get(k) for k in got}
+        raise ValueError(f"model.tokenizer: the tokenizer saved and loaded back differs: {got} instead of {want}")
+    meta["files"] = _file_digests(path)
+    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _load(path: Path) -> PreparedData:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict) or "vocab_size" not in meta:
+            raise ValueError("no vocab_size")
+    except (OSError, ValueError) as e:
+        raise CacheDamaged(f"meta.json unreadable: {e}") from None
+    recorded = meta.get("files")  # absent in caches built before checksums: only load errors are caught
+    if recorded is not None:
+        try:
+            found = _file_digests(path)
+        except OSError as e:  # e.g. removed by a process that found it damaged and rebuilds it
+            raise CacheDamaged(f"unreadable: {e}") from None
+        for name, (size, digest) in recorded.items():
+            if name not in found:
+                raise CacheDamaged(f"{name} is missing")
+            if found[name][0] != size:
+                raise CacheDamaged(f"{name} has {found[name][0]} bytes instead of {size}")
+            if found[name][1] != digest:
+                raise CacheDamaged(f"{name} changed since it was written (checksum)")
 
     def arr(name: str) -> np.ndarray | None:
         f = path / f"{name}.npy"
-        return np.load(f) if f.exists() else None
+        if not f.exists():
+            return None
+        try:
+            return np.load(f)
+        except (OSError, ValueError, EOFError) as e:
+            raise CacheDamaged(f"{f.name} unreadable: {e}") from None
 
     train_ids, eval_ids = arr("train_ids"), arr("eval_ids")
-    assert train_ids is not None and eval_ids is not None
+    if train_ids is None or eval_ids is None:
+        raise CacheDamaged("train_ids.npy or eval_ids.npy is missing")
     return PreparedData(
         path=path,
         train_ids=train_ids,

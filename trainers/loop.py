@@ -192,9 +192,10 @@ def train(
     """Train one run to its step budget (or until the reporter says stop); return what it did.
 
     Trials pass none of the keyword-only arguments. Full runs (``hpo train``) pass ``checkpoint_dir``:
-    a checkpoint is then written every ``save_every`` steps (default: at every eval) and when the reporter
-    stops the run, the newest ``keep_checkpoints`` are kept, and with ``resume`` the run continues from the
-    newest one there, exactly as if it had not been interrupted (same batches, same dropout masks).
+    a checkpoint is then written every ``save_every`` steps (default: at every eval), at the last step and
+    when the reporter stops the run, the newest ``keep_checkpoints`` are kept, and with ``resume`` the run
+    continues from the newest one there, exactly as if it had not been interrupted (same batches, same
+    dropout masks); from a checkpoint of the last step, it only returns the result.
     """
     from transformers import get_scheduler, set_seed
 
@@ -315,7 +316,8 @@ def train(
             reporter.on_eval(step, metrics)
         if on_step is not None:
             on_step(step)
-        if ckpt is not None and step < steps and step % (save_every or eval_every) == 0:
+        if ckpt is not None and (step == steps or step % (save_every or eval_every) == 0):
+            # The finished run too: if saving the model fails (disk full), the next run only saves.
             ckpt.save(step, loop_state())
 
     if ckpt is not None and stopped is not None and step > 0 and ckpt.last_saved != step:

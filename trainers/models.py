@@ -85,17 +85,28 @@ def pretrained_weights(run: RunConfig, cfg: Any) -> dict[str, torch.Tensor]:
     assert name is not None
     key = (name, run.model.revision, run.task, getattr(cfg, "num_labels", None))
     if key not in _WEIGHTS:
-        model, info = _auto_class(run.task).from_pretrained(
-            resolve_model_path(name),
-            config=cfg,
-            revision=run.model.revision,
-            trust_remote_code=run.model.trust_remote_code,
-            output_loading_info=True,
-        )
+        # from_pretrained draws random initial values for what the checkpoint lacks (a new classification
+        # head): with the global RNG, the model built next would depend on whether this process had loaded
+        # the weights before its seed was set (a worker warms up before its first trial; `hpo train` loads
+        # after seeding). Its random draws are thrown away anyway: the new keys are left out below.
+        with torch.random.fork_rng(devices=[]):
+            model, info = _load_pretrained(run, cfg)
         missing = set(info.get("missing_keys", ()))  # e.g. a new classification head: seeded init per run
         _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in missing}
         del model
     return _WEIGHTS[key]
+
+
+def _load_pretrained(run: RunConfig, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    name = run.model.name_or_path
+    assert name is not None
+    return _auto_class(run.task).from_pretrained(  # type: ignore[no-any-return]
+        resolve_model_path(name),
+        config=cfg,
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+        output_loading_info=True,
+    )
 
 
 def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:

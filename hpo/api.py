@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
-from hpo.curves import CurvePoint, CurveStore
+from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay
 from hpo.errors import HpoError
 from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
@@ -40,7 +40,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     """
     cfg = load_study_file(path)  # a bad file stops here: nothing started, nothing written
     if join_only:
-        load_existing(cfg)  # raises, naming `hpo run`, when there is nothing to join
+        load_existing(cfg, strict=True)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
     try:
         specs = plan_workers(cfg.resources, max_workers=cfg.study.n_trials)
@@ -165,11 +165,7 @@ def curves(path: str | Path, trial: int | None = None) -> list[CurvePoint]:
     study = load_existing(cfg)
     if trial is not None and not any(t.number == trial for t in study.get_trials(deepcopy=False)):
         raise HpoError(f"study {cfg.study.name!r} has no trial {trial}; see `hpo status {path}`")
-    store = CurveStore(cfg.storage_url, cfg.study.name)
-    try:
-        return store.read(trial)
-    finally:
-        store.close()
+    return read_curves(cfg.storage_url, cfg.study.name, trial)
 
 
 def devices() -> dict[str, Any]:

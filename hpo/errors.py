@@ -28,3 +28,7 @@ class StudyMismatchError(HpoError):
 
 class StorageError(HpoError):
     """The storage cannot be opened or has no such study."""
+
+
+class HpoWarning(UserWarning):
+    """A warning the CLI prints as one line (``warning: ...``) before going on."""

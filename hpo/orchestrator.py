@@ -277,6 +277,8 @@ class Orchestrator:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         storage = self.study._storage
+        if self._rdb is not None:  # a deleted or replaced SQLite file: stop before results go into it
+            self._rdb.check_file()  # type: ignore[attr-defined]
         if self.running and now - self._last_heartbeat > 5.0 and hasattr(storage, "record_heartbeat"):
             for r in self.running.values():
                 storage.record_heartbeat(r.trial._trial_id)

@@ -204,8 +204,30 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
             raise StorageError(f"{path}: the study database was replaced during the run; stopping")
 
 
+def _named_faults(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A storage fault raised by ``fn`` as ``StorageError`` naming the file and the cause (no retry)."""
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            fault = storage_fault(e)
+            if fault is not None:
+                raise StorageError(f"{where(self.url)}: {fault}") from e
+            raise
+
+    return call
+
+
+# Private calls Optuna's cached storage makes (``study.ask`` creates trials through ``_create_new_trial``):
+# not retried, as before (a retried insert could create a trial twice), but their faults are named too.
+_PRIVATE_CALLS = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"}
+
 for _name, _fn in inspect.getmembers(RetryingRDBStorage, inspect.isfunction):
-    if (
+    if _name in _PRIVATE_CALLS:
+        setattr(RetryingRDBStorage, _name, _named_faults(_fn))
+    elif (
         (not _name.startswith("_") or _name == "_get_stale_trial_ids")
         and _name not in _NO_RETRY
         and _name != "check_file"
@@ -215,12 +237,13 @@ for _name, _fn in inspect.getmembers(RetryingRDBStorage, inspect.isfunction):
 
 # Tables every Optuna RDB storage has: their absence means the file is not a study database.
 _OPTUNA_TABLES = {"studies", "trials", "version_info"}
+_ANY_OPTUNA_TABLE = set(models.BaseModel.metadata.tables) | {"alembic_version"}
 
 
 def _writable(path: Path) -> bool:
     """Whether SQLite may write the file and its folder (where its -wal and -shm files live). False on a
     read-only file system, a read-only file, or a folder the user cannot write."""
-    return os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 def _uri_path(database: str) -> str:
@@ -229,10 +252,17 @@ def _uri_path(database: str) -> str:
     return unquote(urlsplit(database).path)
 
 
-def _sqlite_uri(path: Path, mode: str, immutable: bool) -> str:
+def _sqlite_uri(path: Path, writable: bool) -> str:
+    """A URI that opens an existing SQLite file without creating anything. Where SQLite cannot write (a
+    read-only file system or file), a WAL file is read through its existing -wal/-shm files, or, when
+    there are none (the last writer closed cleanly, so the file holds everything), opened immutable:
+    SQLite could not create them."""
     from urllib.parse import quote
 
-    return f"file:{quote(str(path.absolute()), safe='/')}?mode={mode}" + ("&immutable=1" if immutable else "")
+    uri = f"file:{quote(str(path.absolute()), safe='/')}?mode={'rw' if writable else 'ro'}"
+    if not writable and not (Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()):
+        uri += "&immutable=1"
+    return uri
 
 
 def _sqlite_tables(path: Path) -> set[str]:
@@ -243,10 +273,8 @@ def _sqlite_tables(path: Path) -> set[str]:
     this process's open SQLite connections, after which SQLite may delete a WAL file still in use.
     """
     # A writable file is read through a read-write connection: reading writes nothing, and on a WAL file
-    # it removes the -wal/-shm it needed when it closes (a read-only connection would leave them). Where
-    # SQLite cannot write (a read-only file system), only an immutable open can read a WAL file.
-    writable = _writable(path)
-    uri = _sqlite_uri(path, "rw" if writable else "ro", immutable=not writable)
+    # it removes the -wal/-shm it needed when it closes (a read-only connection would leave them).
+    uri = _sqlite_uri(path, _writable(path))
     try:
         con = sqlite3.connect(uri, uri=True, timeout=60)
         try:
@@ -270,15 +298,16 @@ def _not_a_study_database(path: Path, tables: set[str]) -> StorageError:
 
 
 def reader_url(url: str) -> str:
-    """The URL through which read-only commands read a storage: an SQLite file that cannot be written
-    (read-only file system or file) is opened immutable, since SQLite could not create the files it
-    needs to read a WAL database there."""
+    """The URL through which read-only commands read a storage: the URL itself, except for an SQLite file
+    that cannot be written (read-only file system or file), which is opened read-only (``_sqlite_uri``)."""
     path = _sqlite_path(url)
     if path is None or not path.exists() or _writable(path):
         return url
-    query = {"mode": "ro", "immutable": "1", "uri": "true"}
-    db = _sqlite_uri(path, "ro", True).split("?")[0]
-    return URL.create("sqlite", database=db, query=query).render_as_string(hide_password=False)
+    database, _, query = _sqlite_uri(path, writable=False).partition("?")
+    params = dict(kv.split("=", 1) for kv in query.split("&"))
+    return URL.create("sqlite", database=database, query={**params, "uri": "true"}).render_as_string(
+        hide_password=False
+    )
 
 
 def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.storages.BaseStorage:
@@ -306,10 +335,13 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
                 raise StorageError(f"{path.parent}: cannot create the study database's folder: {e.strerror}") from None
         else:
             tables = _sqlite_tables(path)
-            if (readonly or tables) and not _OPTUNA_TABLES <= tables:
+            # A writer accepts an empty file, and one another process is filling with Optuna's tables now.
+            if (readonly and not _OPTUNA_TABLES <= tables) or (tables and not tables & _ANY_OPTUNA_TABLE):
                 raise _not_a_study_database(path, tables)
         if readonly:
             open_url = reader_url(url)
+        elif not _writable(path):  # SQLite might open it and fail only at the first write
+            raise StorageError(f"{path}: {_SQLITE_FAULTS['SQLITE_READONLY']}")
         else:
             # WAL lets readers (optuna-dashboard, `hpo status`) work while the run writes, and is
             # persistent in the file. busy timeout: concurrent writers wait instead of failing with
@@ -326,15 +358,7 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
     # the ~30 storage calls of a trial. A call that meets a dropped connection fails, the connection is
     # invalidated, and ``_with_retry`` runs the call again on a fresh one (tested with a restarted server).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
-            storage = RetryingRDBStorage(
-                open_url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-                skip_table_creation=readonly,
-            )
+        storage = _construct(open_url, engine_kwargs, readonly)
     except Exception as e:
         fault = storage_fault(e)
         if fault is not None:
@@ -349,6 +373,28 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
         st = path.stat()
         storage.file_identity = (str(path), (st.st_dev, st.st_ino))
     return storage
+
+
+def _construct(url: str, engine_kwargs: dict[str, Any], readonly: bool) -> RetryingRDBStorage:
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
+                return RetryingRDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    skip_table_creation=readonly,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as e:
+            # Processes starting together on a new database (a SLURM array) race to create Optuna's tables
+            # and version rows; the loser sees "already exists" or a duplicate row, and simply opens again.
+            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _check_server_tables(url: str) -> None:

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from dashboards.notes import study_note, trial_note
 from hpo.config import StudyConfig, load_study_file
-from hpo.errors import HpoError
+from hpo.errors import HpoError, StorageError
 from hpo.storage import load_existing, redact, scrub_password
 
 A_STUDY_NOTE_VER = "hpo:study_note_ver"  # study system attr: the note version hpo wrote last
@@ -238,8 +238,11 @@ class Dashboard:
         self.write_notes = notes
         self.allow_edits = allow_edits
         if notes:
-            scrub_password(study, cfg.storage_url)  # a study an older hpo run stored with its password
-            self.notes = refresh_notes(study, cfg, study_file, limit=FOREGROUND_NOTES)
+            try:
+                scrub_password(study, cfg.storage_url)  # a study an older hpo run stored with its password
+                self.notes = refresh_notes(study, cfg, study_file, limit=FOREGROUND_NOTES)
+            except StorageError as e:  # e.g. a read-only file system: the dashboard can still show the study
+                raise StorageError(f"{e}; --no-notes shows the study without writing notes") from None
         password = make_url(cfg.storage_url).password if cfg.storage_url != "memory" else None
         app = wsgi(study._storage)
         server_class = _ThreadingServer6 if ":" in host else _ThreadingServer

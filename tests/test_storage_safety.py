@@ -13,7 +13,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,17 @@ def test_a_read_only_file_system_is_read_by_read_only_commands_and_named_by_writ
         assert result.exit_code == 0 and json.loads(result.output), result.output
         result = runner.invoke(app, ["report", str(path), "-o", str(tmp_path / "r.html")])
         assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["dashboard", str(path), "--port", "0"])  # it would write notes
+        assert result.exit_code == 1 and "read-only" in result.output and "--no-notes" in result.output
+        from dashboards.launch import start
+
+        d = start(path, port=0, notes=False)
+        threading.Thread(target=d.serve, daemon=True).start()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/api/studies", timeout=10) as r:
+                assert json.loads(r.read())["study_summaries"][0]["study_name"] == "alpha"
+        finally:
+            d.shutdown()
         t0 = time.monotonic()
         with pytest.raises(StorageError) as e:  # what `hpo run` does first
             create_or_resume(load_study_file(path), open_storage(f"sqlite:///{db}", create=True))

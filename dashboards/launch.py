@@ -6,19 +6,27 @@ it can be started before, during or after a run. Before serving, and then every 
 it writes the study note and a note for every finished trial that has none: notes are written by this
 process, never by the run, so they cost the run nothing. A note someone edited in the dashboard is never
 overwritten.
+
+The HTTP API is read-only unless ``allow_edits``: optuna-dashboard's API can delete and create studies and
+``tell`` trials any value, so every request but GET/HEAD is refused (the notes hpo writes go to the storage
+directly). Requests whose Host header is not an address of this server are refused too, so a web page
+cannot reach the dashboard through a DNS name it rebinds to 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
@@ -26,8 +34,8 @@ from optuna.trial import TrialState
 
 from dashboards.notes import study_note, trial_note
 from hpo.config import StudyConfig, load_study_file
-from hpo.errors import HpoError
-from hpo.storage import load_existing, redact
+from hpo.errors import HpoError, StorageError
+from hpo.storage import load_existing, redact, scrub_password
 
 A_STUDY_NOTE_VER = "hpo:study_note_ver"  # study system attr: the note version hpo wrote last
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -91,6 +99,98 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     return NotesWritten(wrote_study, len(todo), named, len(missing) - len(todo))
 
 
+READ_METHODS = ("GET", "HEAD")
+# Every interface: the Host header may name the machine in any of these ways.
+_WILDCARD_HOSTS = ("0.0.0.0", "", "::")
+
+
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """The Host header values a dashboard bound to host:port answers (lower case)."""
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+    if host in _WILDCARD_HOSTS:
+        names |= {socket.gethostname(), socket.getfqdn()}
+        try:
+            infos = socket.getaddrinfo(socket.gethostname(), None)
+        except OSError:
+            infos = []
+        for info in infos:
+            addr = str(info[4][0])
+            names.add(f"[{addr}]" if ":" in addr else addr)
+    names = {n.lower() for n in names if n}
+    out = {f"{n}:{port}" for n in names}
+    if port == 80:  # browsers leave the default port out
+        out |= names
+    return out
+
+
+class Guard:
+    """WSGI middleware in front of optuna-dashboard: a wrong Host header gets 403, a request that could
+    change the study (anything but GET/HEAD) gets 405 unless edits are allowed, and the storage password,
+    should a study still hold it somewhere, never leaves in a response."""
+
+    def __init__(self, app: Any, hosts: set[str], allow_edits: bool, password: str | None = None) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.allow_edits = allow_edits
+        self.secrets = (
+            []
+            if not password
+            else sorted(
+                {password.encode(), quote(password, safe="").encode(), json.dumps(password)[1:-1].encode()},
+                key=len,
+                reverse=True,
+            )
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        host = str(environ.get("HTTP_HOST", "")).lower()
+        if host not in self.hosts:
+            return _refuse(
+                start_response, "403 Forbidden", f"unknown Host header {host!r}: use the address hpo printed"
+            )
+        if not self.allow_edits and environ.get("REQUEST_METHOD", "GET").upper() not in READ_METHODS:
+            return _refuse(
+                start_response,
+                "405 Method Not Allowed",
+                "hpo dashboard is read-only; start it with --allow-edits to change the study",
+                [("Allow", ", ".join(READ_METHODS))],
+            )
+        if not self.secrets or str(environ.get("PATH_INFO", "")).startswith("/static/"):
+            return self.app(environ, start_response)  # type: ignore[no-any-return]
+        return self._scrubbed(environ, start_response)
+
+    def _scrubbed(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        head: list[Any] = []
+        chunks: list[bytes] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            head[:] = [status, headers, exc_info]
+            return chunks.append
+
+        result = self.app(environ, capture)
+        try:
+            chunks.extend(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        body = b"".join(chunks)
+        for secret in self.secrets:
+            body = body.replace(secret, b"***")
+        status, headers, exc_info = head
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))], exc_info)
+        return [body]
+
+
+def _refuse(
+    start_response: Callable[..., Any], status: str, why: str, extra: list[tuple[str, str]] | None = None
+) -> list[bytes]:
+    body = json.dumps({"reason": why}).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *(extra or [])]
+    start_response(status, headers)
+    return [body]
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -123,8 +223,10 @@ class Dashboard:
         port: int,
         notes: bool,
         notes_every: float,
+        allow_edits: bool = False,
     ) -> None:
         from optuna_dashboard import wsgi
+        from sqlalchemy.engine import make_url
 
         self.cfg = cfg
         self.study = study
@@ -134,8 +236,14 @@ class Dashboard:
         self.notes = NotesWritten(False, 0)
         self.notes_every = notes_every
         self.write_notes = notes
+        self.allow_edits = allow_edits
         if notes:
-            self.notes = refresh_notes(study, cfg, study_file, limit=FOREGROUND_NOTES)
+            try:
+                scrub_password(study, cfg.storage_url)  # a study an older hpo run stored with its password
+                self.notes = refresh_notes(study, cfg, study_file, limit=FOREGROUND_NOTES)
+            except StorageError as e:  # e.g. a read-only file system: the dashboard can still show the study
+                raise StorageError(f"{e}; --no-notes shows the study without writing notes") from None
+        password = make_url(cfg.storage_url).password if cfg.storage_url != "memory" else None
         app = wsgi(study._storage)
         server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
         try:
@@ -147,6 +255,8 @@ class Dashboard:
                 raise HpoError(f"cannot listen on host {host!r}: {e.strerror}") from None
             raise HpoError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         self.port = int(self.server.server_address[1])
+        hosts = allowed_hosts(host, self.port)
+        self.server.set_app(Guard(app, hosts, allow_edits, str(password) if password else None))
         self.url = _url(host, self.port) + "/dashboard/"
         self.study_url = f"{_url(host, self.port)}/dashboard/studies/{study._study_id}"
         self.public = host not in ("127.0.0.1", "localhost", "::1")
@@ -191,8 +301,9 @@ def start(
     port: int = 8080,
     notes: bool = True,
     notes_every: float = 30.0,
+    allow_edits: bool = False,
 ) -> Dashboard:
     """Open the study of a file, write its notes, and bind the dashboard (serving starts with ``serve()``)."""
     cfg = load_study_file(study_file)
     study = load_existing(cfg)
-    return Dashboard(cfg, study, str(study_file), host, port, notes, notes_every)
+    return Dashboard(cfg, study, str(study_file), host, port, notes, notes_every, allow_edits)

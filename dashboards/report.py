@@ -19,12 +19,12 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
-from sqlalchemy import create_engine, inspect
 
 from dashboards import data as D
 from dashboards import figures as F
+from hpo import curves
 from hpo.config import DEFAULT_RUNS_DIR, load_study_file
-from hpo.curves import CurvePoint, CurveStore
+from hpo.curves import CurvePoint
 from hpo.errors import HpoError
 from hpo.storage import load_existing, redact
 
@@ -37,20 +37,7 @@ PNG_WIDTH = 1200
 
 def read_curves(url: str, study_name: str) -> list[CurvePoint]:
     """The study's stored learning curves; [] when the database has no curves table (nothing is created)."""
-    engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
-    try:
-        if not inspect(engine).has_table("hpo_curves"):
-            return []
-    finally:
-        engine.dispose()
-    try:
-        store = CurveStore(url, study_name)
-    except RuntimeError as e:  # a newer schema
-        raise HpoError(str(e)) from None
-    try:
-        return store.read()
-    finally:
-        store.close()
+    return curves.read_curves(url, study_name)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from hpo.accounting import rdb_backend
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
-from hpo.curves import CurvePoint, CurveStore
+from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
@@ -57,7 +57,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     """
     cfg = validate(path)  # a bad file (or a bad reference in it) stops here: nothing started, nothing written
     if join_only:
-        load_existing(cfg)  # raises, naming `hpo run`, when there is nothing to join
+        load_existing(cfg, strict=True)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
     host = HostRuns()
 
@@ -242,11 +242,7 @@ def curves(path: str | Path, trial: int | None = None) -> list[CurvePoint]:
     study = load_existing(cfg)
     if trial is not None and not any(t.number == trial for t in study.get_trials(deepcopy=False)):
         raise HpoError(f"study {cfg.study.name!r} has no trial {trial}; see `hpo status {path}`")
-    store = CurveStore(cfg.storage_url, cfg.study.name)
-    try:
-        return store.read(trial)
-    finally:
-        store.close()
+    return read_curves(cfg.storage_url, cfg.study.name, trial)
 
 
 def devices() -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from hpo import api
 from hpo.display import fmt_counts, fmt_value, plural
-from hpo.errors import HpoError, StudyFileError, Terminated
+from hpo.errors import HpoError, HpoWarning, StudyFileError, Terminated
 
 app = typer.Typer(
     help="Hyperparameter search for fine-tuning transformer models: Optuna studies from a YAML file.",
@@ -44,7 +45,10 @@ def _errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", HpoWarning)
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+                return fn(*args, **kwargs)
         except HpoError as e:
             if _state["debug"]:
                 if e.worker_traceback:  # where it happened: the worker process, not the orchestrator
@@ -58,6 +62,16 @@ def _errors(fn: F) -> F:
             raise typer.Exit(_exit_code(e)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _show_warning(
+    python_way: Callable[..., None], message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
+) -> None:
+    """hpo's own warnings as one line on stderr; any other warning as Python shows it."""
+    if issubclass(category, HpoWarning):
+        err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        python_way(message, category, *args, **kwargs)
 
 
 @app.callback()
@@ -385,16 +399,21 @@ def dashboard(
     notes: Annotated[
         bool, typer.Option(help="Write the study note and trial notes (--no-notes: nothing is written).")
     ] = True,
+    allow_edits: Annotated[
+        bool,
+        typer.Option(help="Let the web page change the study (notes, tell, delete); read-only without it."),
+    ] = False,
 ) -> None:
     """Open optuna-dashboard on the study's own database (works while `hpo run` writes). Ctrl-C stops it."""
     from dashboards.launch import start
 
-    d = start(study_file, host=host, port=port, notes=notes)
+    d = start(study_file, host=host, port=port, notes=notes, allow_edits=allow_edits)
     out.print(f"optuna-dashboard: study {d.study.study_name!r} in {escape(d.storage)}", highlight=False, soft_wrap=True)
     if notes:
         more = f" ({d.notes.pending} more in the background)" if d.notes.pending else ""
         out.print(f"  notes written: {d.notes.trials} trials{more}" + (", study note" if d.notes.study else ""))
     out.print(f"  {d.study_url}", highlight=False, soft_wrap=True)
+    out.print("  edits allowed (--allow-edits)" if allow_edits else "  read-only (edits: --allow-edits)")
     if d.public:
         err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this port sees the study")
     out.print("Ctrl-C to stop", highlight=False)

@@ -24,10 +24,14 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from hpo.errors import StorageError
+from hpo.storage import reader_url, storage_fault, where
 
 SCHEMA_VERSION = 1  # bump with a migration when the table changes
 
@@ -109,8 +113,14 @@ class CurveStore:
         if self.engine is None:
             self._memory.extend(rows)
             return
-        with self.engine.begin() as conn:  # commit, or roll back on error
-            conn.execute(insert(curves_table), rows)
+        try:
+            with self.engine.begin() as conn:  # commit, or roll back on error
+                conn.execute(insert(curves_table), rows)
+        except OperationalError as e:
+            fault = storage_fault(e)
+            if fault is None:
+                raise
+            raise StorageError(f"{where(str(self.engine.url))}: {fault}") from e
 
     def read(self, trial_number: int | None = None) -> list[CurvePoint]:
         """All points of the study (or of one trial), ordered by trial, step."""
@@ -130,6 +140,30 @@ class CurveStore:
         self.flush()
         if self.engine is not None:
             self.engine.dispose()
+
+
+def read_curves(url: str, study_name: str, trial_number: int | None = None) -> list[CurvePoint]:
+    """The study's stored learning curves, read only: [] when the database has no curves table (nothing
+    is created); an SQLite file on a read-only file system is read as it is."""
+    engine = _engine(reader_url(url))
+    try:
+        if not inspect(engine).has_table(curves_table.name):
+            return []
+        with engine.connect() as conn:
+            row = conn.execute(select(schema_table.c.value).where(schema_table.c.key == "curves_version")).first()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise StorageError(
+                    f"the curves table has schema version {row[0]}, newer than this hpo's {SCHEMA_VERSION}; "
+                    "upgrade hpo (`pip install -U hpo`)"
+                )
+    finally:
+        engine.dispose()
+    store = CurveStore(None, study_name)
+    store.engine = _engine(reader_url(url))  # the table exists: no schema check that could write
+    try:
+        return store.read(trial_number)
+    finally:
+        store.close()
 
 
 def _engine(url: str) -> Engine:

@@ -49,3 +49,7 @@ class WorkerSetupError(HpoError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what SLURM, Kubernetes and systemd send before a kill), raised where Ctrl-C raises
     KeyboardInterrupt so that it takes the same graceful path; exits 143 instead of 130."""
+
+
+class HpoWarning(UserWarning):
+    """A warning the CLI prints as one line (``warning: ...``) before going on."""

@@ -348,6 +348,8 @@ class Orchestrator:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        if self._rdb is not None:  # a deleted or replaced SQLite file: stop before results go into it
+            self._rdb.check_file()  # type: ignore[attr-defined]
         self._beat.tick()  # heartbeats come from the `_Heartbeat` thread while this loop keeps coming round
         if now - self._last_orphan_check > 15.0:
             self._last_orphan_check = now

@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sqlite3
 import time
 import warnings
@@ -18,11 +19,12 @@ import sqlalchemy.exc
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect as sql_inspect
+from sqlalchemy.engine import URL, make_url
 
 from hpo import accounting
 from hpo.config import StudyConfig
-from hpo.errors import StorageError, StudyMismatchError
+from hpo.errors import HpoWarning, StorageError, StudyMismatchError
 
 # Study attributes hpo writes (user attrs, so optuna-dashboard shows them).
 ATTR_FINGERPRINT = "hpo:fingerprint"
@@ -63,9 +65,50 @@ RETRY_FOR = 120.0
 
 _NO_RETRY = {"remove_session", "upgrade", "get_current_version", "get_head_version", "get_all_versions"}
 
+# SQLite results (``sqlite_errorname`` prefixes) that describe the file or the disk, not a passing
+# condition: retrying cannot help, so they end the command at once with the cause.
+_SQLITE_FAULTS = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "the database is read-only (a read-only file, folder or file system)",
+    "SQLITE_CANTOPEN": "cannot open the database file (missing or read-only folder, or no permission)",
+    "SQLITE_CORRUPT": "the database file is damaged (database disk image is malformed)",
+    "SQLITE_NOTADB": "the file is not an SQLite database",
+    "SQLITE_IOERR": "disk I/O error (the file was removed, or the disk or file system failed)",
+    "SQLITE_PERM": "no permission to access the database file",
+}
+# PostgreSQL SQLSTATEs of the same kind: disk full, read-only transaction, I/O errors, corrupt data.
+_PG_FAULTS = {
+    "53100": "the database server's disk is full",
+    "25006": "the database is read-only",
+    "58030": "the database server has an I/O error",
+    "XX001": "the database reports corrupt data",
+    "XX002": "the database reports a corrupt index",
+}
+
+
+def storage_fault(e: BaseException) -> str | None:
+    """The cause, when ``e`` is a fault of the storage itself (disk full, read-only, damaged file)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        orig = getattr(cause, "orig", None)
+        for err in (cause, orig):
+            name = getattr(err, "sqlite_errorname", None)
+            if isinstance(name, str):
+                for prefix, why in _SQLITE_FAULTS.items():
+                    if name.startswith(prefix):
+                        return why
+            state = getattr(err, "sqlstate", None)
+            if isinstance(state, str) and state in _PG_FAULTS:
+                return _PG_FAULTS[state]
+        cause = cause.__cause__ or cause.__context__
+    return None
+
 
 def _transient(e: BaseException) -> bool:
-    """A lost or refused connection, as opposed to a logical error (a finished trial, a missing study)."""
+    """A lost or refused connection, as opposed to a logical error (a finished trial, a missing study) or a
+    fault of the storage itself (``storage_fault``)."""
+    if storage_fault(e) is not None:
+        return False
     cause: BaseException | None = e
     while cause is not None:
         if isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
@@ -76,6 +119,18 @@ def _transient(e: BaseException) -> bool:
     return False
 
 
+def where(url: str) -> str:
+    """How errors name a storage: the SQLite file's path, or the URL with its password hidden."""
+    try:
+        u = make_url(url)
+    except Exception:
+        return redact(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
+        return _uri_path(u.database)
+    path = _sqlite_path(url)
+    return str(path) if path is not None else redact(url)
+
+
 def _with_retry(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -84,6 +139,9 @@ def _with_retry(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return fn(self, *args, **kwargs)
             except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+                fault = storage_fault(e)
+                if fault is not None:
+                    raise StorageError(f"{where(self.url)}: {fault}") from e
                 if not _transient(e) or waited >= RETRY_FOR:
                     raise
                 _log.warning("storage unreachable (%s); retrying in %.1fs", type(e).__name__, delay)
@@ -96,10 +154,16 @@ def _with_retry(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose calls wait out a briefly unreachable database (retries with backoff) instead of
-    failing the run. Transactions roll back on failure, so a retried call starts clean.
+    failing the run. Transactions roll back on failure, so a retried call starts clean. A fault of the
+    storage itself (disk full, read-only, damaged file) is not retried: it raises ``StorageError`` naming
+    the file and the cause.
 
     It adds the few calls the orchestrator makes per trial that Optuna has no single call for.
     """
+
+    # (device, inode) of the SQLite file when it was opened: a file deleted or replaced during a run would
+    # otherwise take every later result with it (the open connections keep writing to the unlinked file).
+    file_identity: tuple[str, tuple[int, int]] | None = None
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes in one transaction (Optuna commits each ``set_user_attr`` alone)."""
@@ -107,20 +171,152 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
             for key, value in attrs.items():
                 self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
+    def set_study_user_attrs(self, study_id: int, attrs: dict[str, Any]) -> None:
+        """Several study user attributes in one transaction: a study is never left half-described."""
+        with _create_scoped_session(self.scoped_session, True) as session:
+            study = models.StudyModel.find_or_raise_by_id(study_id, session)
+            for key, value in attrs.items():
+                row = models.StudyUserAttributeModel.find_by_study_and_key(study, key, session)
+                if row is None:
+                    row = models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value))
+                    session.add(row)
+                else:
+                    row.value_json = json.dumps(value)
+
     def count_counted(self, study_id: int, before: int | None = None) -> int:
         return accounting.count_counted(self, study_id, before)
 
     def grid_point_taken(self, study_id: int, grid_id: Any, trial_id: int) -> bool:
         return accounting.grid_point_taken(self, study_id, grid_id, trial_id)
 
+    def check_file(self) -> None:
+        """Raise ``StorageError`` when the SQLite file was deleted or replaced since it was opened."""
+        if self.file_identity is None:
+            return
+        path, identity = self.file_identity
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise StorageError(f"{path}: the study database was deleted during the run; stopping") from None
+        except OSError as e:
+            raise StorageError(f"{path}: cannot check the study database: {e.strerror}") from None
+        if (st.st_dev, st.st_ino) != identity:
+            raise StorageError(f"{path}: the study database was replaced during the run; stopping")
+
+
+def _named_faults(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A storage fault raised by ``fn`` as ``StorageError`` naming the file and the cause (no retry)."""
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            fault = storage_fault(e)
+            if fault is not None:
+                raise StorageError(f"{where(self.url)}: {fault}") from e
+            raise
+
+    return call
+
+
+# Private calls Optuna's cached storage makes (``study.ask`` creates trials through ``_create_new_trial``):
+# not retried, as before (a retried insert could create a trial twice), but their faults are named too.
+_PRIVATE_CALLS = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"}
 
 for _name, _fn in inspect.getmembers(RetryingRDBStorage, inspect.isfunction):
-    if (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in _NO_RETRY:
+    if _name in _PRIVATE_CALLS:
+        setattr(RetryingRDBStorage, _name, _named_faults(_fn))
+    elif (
+        (not _name.startswith("_") or _name == "_get_stale_trial_ids")
+        and _name not in _NO_RETRY
+        and _name != "check_file"
+    ):
         setattr(RetryingRDBStorage, _name, _with_retry(_name, _fn))
 
 
-def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats; SQLite files get WAL mode and a long busy timeout."""
+# Tables every Optuna RDB storage has: their absence means the file is not a study database.
+_OPTUNA_TABLES = {"studies", "trials", "version_info"}
+_ANY_OPTUNA_TABLE = set(models.BaseModel.metadata.tables) | {"alembic_version"}
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite may write the file and its folder (where its -wal and -shm files live). False on a
+    read-only file system, a read-only file, or a folder the user cannot write."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _uri_path(database: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(database).path)
+
+
+def _sqlite_uri(path: Path, writable: bool) -> str:
+    """A URI that opens an existing SQLite file without creating anything. Where SQLite cannot write (a
+    read-only file system or file), a WAL file is read through its existing -wal/-shm files, or, when
+    there are none (the last writer closed cleanly, so the file holds everything), opened immutable:
+    SQLite could not create them."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.absolute()), safe='/')}?mode={'rw' if writable else 'ro'}"
+    if not writable and not (Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()):
+        uri += "&immutable=1"
+    return uri
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of an existing SQLite file, read without changing it (no WAL switch, no tables, no
+    journal files left behind). Raises ``StorageError`` for a file that is not an SQLite database.
+
+    The file is read through SQLite only: closing any other descriptor of it would drop the POSIX locks of
+    this process's open SQLite connections, after which SQLite may delete a WAL file still in use.
+    """
+    # A writable file is read through a read-write connection: reading writes nothing, and on a WAL file
+    # it removes the -wal/-shm it needed when it closes (a read-only connection would leave them).
+    uri = _sqlite_uri(path, _writable(path))
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=60)
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        why = storage_fault(e) or str(e)
+        if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            why = "not an SQLite database (another kind of file, or damaged); check study.storage"
+        raise StorageError(f"{path}: {why}") from None
+    return {str(r[0]) for r in rows}
+
+
+def _not_a_study_database(path: Path, tables: set[str]) -> StorageError:
+    if not tables:
+        what = "an empty file" if path.stat().st_size == 0 else "an empty database"
+        return StorageError(f"{path} is {what}, not an hpo study database; check study.storage")
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    return StorageError(f"{path} is not an hpo study database (no Optuna tables; it has {shown}); check study.storage")
+
+
+def reader_url(url: str) -> str:
+    """The URL through which read-only commands read a storage: the URL itself, except for an SQLite file
+    that cannot be written (read-only file system or file), which is opened read-only (``_sqlite_uri``)."""
+    path = _sqlite_path(url)
+    if path is None or not path.exists() or _writable(path):
+        return url
+    database, _, query = _sqlite_uri(path, writable=False).partition("?")
+    params = dict(kv.split("=", 1) for kv in query.split("&"))
+    return URL.create("sqlite", database=database, query={**params, "uri": "true"}).render_as_string(
+        hide_password=False
+    )
+
+
+def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats; SQLite files get WAL mode and a long busy timeout.
+
+    ``readonly``: for commands that only read (status, best, report, ...): the storage must already hold
+    Optuna's tables (nothing is created) and an SQLite file's journal mode is left as it is. An existing
+    file that is not a study database is refused, whatever ``readonly`` says.
+    """
     if url == "memory":
         return optuna.storages.InMemoryStorage()
     try:
@@ -128,30 +324,45 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
     except Exception as e:
         raise StorageError(f"study.storage: not a valid SQLAlchemy URL ({redact(url)}): {e}") from None
     engine_kwargs: dict[str, Any] = {}
+    open_url = url
     if path is not None:
         if not path.exists():
-            if not create:
+            if not create or readonly:
                 raise StorageError(f"no study database at {path}; run `hpo run STUDY.yaml` first")
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets readers (optuna-dashboard, `hpo status`) work while the run writes, and is
-        # persistent in the file. busy timeout: concurrent writers wait instead of failing with
-        # "database is locked".
-        with sqlite3.connect(path, timeout=60) as con:
-            con.execute("PRAGMA journal_mode=WAL")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorageError(f"{path.parent}: cannot create the study database's folder: {e.strerror}") from None
+        else:
+            tables = _sqlite_tables(path)
+            # A writer accepts an empty file, and one another process is filling with Optuna's tables now.
+            if (readonly and not _OPTUNA_TABLES <= tables) or (tables and not tables & _ANY_OPTUNA_TABLE):
+                raise _not_a_study_database(path, tables)
+        if readonly:
+            open_url = reader_url(url)
+        elif not _writable(path):  # SQLite might open it and fail only at the first write
+            raise StorageError(f"{path}: {_SQLITE_FAULTS['SQLITE_READONLY']}")
+        else:
+            # WAL lets readers (optuna-dashboard, `hpo status`) work while the run writes, and is
+            # persistent in the file. busy timeout: concurrent writers wait instead of failing with
+            # "database is locked".
+            try:
+                with sqlite3.connect(path, timeout=60) as con:
+                    con.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.Error as e:
+                raise StorageError(f"{path}: {storage_fault(e) or e}") from None
         engine_kwargs["connect_args"] = {"timeout": 60}
+    elif readonly:
+        _check_server_tables(url)
     # No ``pool_pre_ping`` on server databases: it would ping at every connection checkout, i.e. at each of
     # the ~30 storage calls of a trial. A call that meets a dropped connection fails, the connection is
     # invalidated, and ``_with_retry`` runs the call again on a fresh one (tested with a restarted server).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
-            storage = RetryingRDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-            )
+        storage = _construct(open_url, engine_kwargs, readonly)
     except Exception as e:
+        fault = storage_fault(e)
+        if fault is not None:
+            raise StorageError(f"{where(url)}: {fault}") from None
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise StorageError(f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}") from None
     if path is not None:
@@ -159,13 +370,81 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
         # cut can lose the last commits) and makes each of Optuna's many small commits much cheaper.
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()
+        st = path.stat()
+        storage.file_identity = (str(path), (st.st_dev, st.st_ino))
     return storage
+
+
+def _construct(url: str, engine_kwargs: dict[str, Any], readonly: bool) -> RetryingRDBStorage:
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
+                return RetryingRDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    skip_table_creation=readonly,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as e:
+            # Processes starting together on a new database (a SLURM array) race to create Optuna's tables
+            # and version rows; the loser sees "already exists" or a duplicate row, and simply opens again.
+            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _check_server_tables(url: str) -> None:
+    """A server database (PostgreSQL, MySQL) without Optuna's tables is not a study database: refuse it
+    before Optuna would create them."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        tables = set(sql_inspect(engine).get_table_names())
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        fault = storage_fault(e)
+        first = fault or (str(e.orig if isinstance(e, sqlalchemy.exc.DBAPIError) else e).splitlines() or [""])[0]
+        raise StorageError(f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}") from None
+    finally:
+        engine.dispose()
+    if not _OPTUNA_TABLES <= tables:
+        raise StorageError(f"{redact(url)} is not an hpo study database (no Optuna tables); check study.storage")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def stored_config(cfg: StudyConfig) -> dict[str, Any]:
+    """The study file as stored in the study (``hpo:config``): the storage URL with its password hidden."""
+    config: dict[str, Any] = json.loads(cfg.model_dump_json())
+    if config["study"].get("storage"):
+        config["study"]["storage"] = redact(config["study"]["storage"])
+    return config
+
+
+def scrub_password(study: optuna.Study, url: str) -> bool:
+    """Hide the storage password in a study's configuration attribute written by an older hpo.
+
+    Returns whether the attribute was rewritten.
+    """
+    try:
+        password = make_url(url).password
+    except Exception:
+        return False
+    config = study.user_attrs.get(ATTR_CONFIG)
+    if not password or not isinstance(config, dict) or str(password) not in json.dumps(config):
+        return False
+    study_section = dict(config.get("study") or {})
+    if study_section.get("storage"):
+        study_section["storage"] = redact(str(study_section["storage"]))
+    clean = json.loads(json.dumps({**config, "study": study_section}).replace(str(password), "***"))
+    study.set_user_attr(ATTR_CONFIG, clean)
+    return True
 
 
 def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
@@ -176,11 +455,10 @@ def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> 
     name = cfg.study.name
     sampler = cfg.sampler.for_study(cfg.grid() if cfg.sampler.name == "grid" else None)
     pruner = cfg.pruner.build()
+    created = False
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
-        study = None
-    if study is None:
         study = optuna.create_study(
             study_name=name,
             storage=storage,
@@ -189,60 +467,92 @@ def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> 
             pruner=pruner,
             load_if_exists=True,  # another process may create it between our load and create
         )
-        if ATTR_FINGERPRINT not in study.user_attrs:
-            study.set_user_attr(ATTR_FINGERPRINT, cfg.fingerprint())
-            study.set_user_attr(ATTR_SECTIONS, cfg.fingerprints())
-            study.set_user_attr(ATTR_CONFIG, json.loads(cfg.model_dump_json()))
-            study.set_user_attr(ATTR_N_TRIALS, cfg.study.n_trials)
-            return study, True
-    check_fingerprint(cfg, study)
+        created = True
+    if ATTR_FINGERPRINT not in study.user_attrs and not study.get_trials(deepcopy=False):
+        # A new study, or one whose creating process died (or is still busy) before describing it: the
+        # study and its description are two writes, so a fingerprint-less study without trials is still
+        # being created, and whoever comes next completes it (a SLURM array starts many at once).
+        created = _describe(cfg, study) or created
+    check_fingerprint(cfg, study)  # also when just described: another process may have described it first
     if study.user_attrs.get(ATTR_FINGERPRINT) != cfg.fingerprint():
-        _refingerprint(cfg, study)  # no trials yet (check_fingerprint allows that): the file's fix is taken
+        # No trials yet (check_fingerprint allows that, e.g. a run that failed at start-up on a typo): the
+        # fixed file's description is taken, so a typo never makes a study name unusable.
+        _describe(cfg, study)
+    scrub_password(study, cfg.storage_url)
     if study.user_attrs.get(ATTR_N_TRIALS) != cfg.study.n_trials:
         study.set_user_attr(ATTR_N_TRIALS, cfg.study.n_trials)
-    return study, False
+    return study, created
 
 
-def check_fingerprint(cfg: StudyConfig, study: optuna.Study) -> None:
-    """Refuse to resume a study whose results came from a different search space, objective or base config."""
+def _describe(cfg: StudyConfig, study: optuna.Study) -> bool:
+    """Write the study's fingerprint and config in one transaction; False if another process did first."""
+    attrs = {
+        ATTR_FINGERPRINT: cfg.fingerprint(),
+        ATTR_SECTIONS: cfg.fingerprints(),
+        ATTR_CONFIG: stored_config(cfg),
+        ATTR_N_TRIALS: cfg.study.n_trials,
+    }
+    backend = getattr(study._storage, "_backend", study._storage)
+    try:
+        if isinstance(backend, RetryingRDBStorage):
+            backend.set_study_user_attrs(study._study_id, attrs)
+        else:
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+    except sqlalchemy.exc.IntegrityError:
+        return False  # written at the same moment by another process: check that it is the same study
+    return True
+
+
+class StudyChangedWarning(HpoWarning):
+    """A read-only command shows a study whose file changed since the study was created."""
+
+
+def check_fingerprint(cfg: StudyConfig, study: optuna.Study, strict: bool = True) -> None:
+    """Refuse to resume a study whose results came from a different search space, objective or base config.
+
+    ``strict=False`` (commands that only read): a changed file is a ``StudyChangedWarning``, not an error,
+    and a study still being created (no fingerprint, no trials) is shown as it is.
+    """
     attrs = study.user_attrs
     stored = attrs.get(ATTR_FINGERPRINT)
     if stored is None:
+        if not study.get_trials(deepcopy=False):
+            return  # still being created; `create_or_resume` completes it
         raise StudyMismatchError(
             f"study {cfg.study.name!r} in {redact(cfg.storage_url)} was not created by hpo; "
             "give `study.name` a new value to start a new study"
         )
     if stored == cfg.fingerprint():
         return
-    if _no_trials(study) and study.direction.name.lower() == cfg.direction:
+    if not study.get_trials(deepcopy=False) and study.direction.name.lower() == cfg.direction:
         return  # nothing to compare yet (e.g. a run that failed at start-up on a typo): the name stays usable
     old = attrs.get(ATTR_SECTIONS, {})
     changed = [k for k, v in cfg.fingerprints().items() if old.get(k) != v]
     if study.direction.name.lower() != cfg.direction:
         changed.append("direction")
+    what = ", ".join(changed) or "configuration"
+    if not strict:
+        warnings.warn(
+            StudyChangedWarning(
+                f"the study file changed since study {cfg.study.name!r} was created ({what}); "
+                "showing the study as it is in the database"
+            ),
+            stacklevel=2,
+        )
+        return
     raise StudyMismatchError(
         f"study {cfg.study.name!r} in {redact(cfg.storage_url)} was created from a different "
-        f"{', '.join(changed) or 'configuration'}; its results would not be comparable. "
+        f"{what}; its results would not be comparable. "
         "To start a new study, change `study.name` in the file (or delete the old study with "
         f"`optuna delete-study --study-name {cfg.study.name} --storage URL`)."
     )
 
 
-# --- a study with no trials takes the file's new fingerprint (issue 14.3: a typo must not burn the name) ---
-
-
-def _no_trials(study: optuna.Study) -> bool:
-    return not study.get_trials(deepcopy=False)
-
-
-def _refingerprint(cfg: StudyConfig, study: optuna.Study) -> None:
-    study.set_user_attr(ATTR_FINGERPRINT, cfg.fingerprint())
-    study.set_user_attr(ATTR_SECTIONS, cfg.fingerprints())
-    study.set_user_attr(ATTR_CONFIG, json.loads(cfg.model_dump_json()))
-
-
-def load_existing(cfg: StudyConfig) -> optuna.Study:
-    """The study of a file for read-only commands (status, best): it must already exist."""
+def load_existing(cfg: StudyConfig, strict: bool = False) -> optuna.Study:
+    """The study of a file for commands that only read it (status, best, report, ...): it must already
+    exist; the storage is opened read-only. A study whose file changed is shown with a
+    ``StudyChangedWarning`` unless ``strict`` (then it is refused, as `hpo run` does)."""
     url = cfg.storage_url
     if not storage_exists(url):
         path = _sqlite_path(url)
@@ -257,10 +567,10 @@ def load_existing(cfg: StudyConfig) -> optuna.Study:
                 else ""
             )
         )
-    storage = open_storage(url, create=False)
+    storage = open_storage(url, create=False, readonly=True)
     try:
         study = optuna.load_study(study_name=cfg.study.name, storage=storage)
     except KeyError:
         raise StorageError(f"no study {cfg.study.name!r} in {redact(url)}; run `hpo run` on the file first") from None
-    check_fingerprint(cfg, study)
+    check_fingerprint(cfg, study, strict=strict)
     return study

@@ -143,14 +143,24 @@ def open_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
     # the ~30 storage calls of a trial. A call that meets a dropped connection fails, the connection is
     # invalidated, and ``_with_retry`` runs the call again on a fresh one (tested with a restarted server).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
-            storage = RetryingRDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-            )
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
+                    storage = RetryingRDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=HEARTBEAT_INTERVAL,
+                        grace_period=GRACE_PERIOD,
+                    )
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Processes started together on an empty database (a SLURM array's tasks) all create
+                # Optuna's tables; on PostgreSQL the losers fail on a duplicate type or row. The tables
+                # exist now, so opening again succeeds.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise StorageError(f"cannot open storage {redact(url)}: {first.replace(url, redact(url))}") from None

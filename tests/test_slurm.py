@@ -30,8 +30,6 @@ KILL_WAIT = 10  # seconds between scancel's SIGTERM and its SIGKILL (SLURM's def
 FAKE_GPUS = 32  # the script asks for --gres=gpu:8 per task; 4 tasks fit on the one node
 DONE = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -276,6 +274,40 @@ def assert_no_repeats(trials: list[optuna.trial.FrozenTrial]) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- tests
+OPEN_ON_GO = """
+import sys
+from hpo.storage import open_storage
+print("ready", flush=True)
+sys.stdin.readline()
+open_storage(sys.argv[1], create=True)
+"""
+
+
+def test_processes_starting_together_on_an_empty_database_all_open_it(postgres_url: str) -> None:
+    """An array's tasks start at the same moment and all find the database empty: each creates Optuna's
+    tables, and none may fail on the others' duplicates (PostgreSQL's UniqueViolation on pg_type)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_ON_GO, postgres_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for p in procs:  # every one has imported hpo: the opens below start within a millisecond
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    errors = [err.strip().splitlines()[-1] for p in procs if (err := p.communicate(timeout=120)[1]) and p.returncode]
+    assert not errors, errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_slurm_array_of_3_tasks_completes_one_study(slurm: Slurm, postgres_url: str, tmp_path: Path) -> None:
     n_trials = 9
     write_study(tmp_path, postgres_url, n_trials, max_steps=300)
@@ -292,9 +324,11 @@ def test_slurm_array_of_3_tasks_completes_one_study(slurm: Slurm, postgres_url: 
     assert_no_repeats(trials)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_scancel_of_one_task_mid_trial_loses_nothing(slurm: Slurm, postgres_url: str, tmp_path: Path) -> None:
     n_trials = 9
-    write_study(tmp_path, postgres_url, n_trials, max_steps=800)
+    write_study(tmp_path, postgres_url, n_trials, max_steps=500)
     job = submit(slurm, tmp_path, tasks=3)
     # A trial of one task that has reported an eval and is still training, while the other tasks run.
     victim: optuna.trial.FrozenTrial | None = None

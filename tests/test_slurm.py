@@ -140,7 +140,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
     (d / "gres.conf").write_text(f"NodeName=localhost Name=gpu File={d}/gpu[0-{FAKE_GPUS - 1}]\n")
     cluster = Slurm({"SLURM_CONF": str(conf)})
     try:
-        subprocess.run(["mungekey", "-c", "-k", str(d / "munge.key")], check=True, capture_output=True)
+        key = subprocess.run(["mungekey", "-c", "-k", str(d / "munge.key")], capture_output=True, text=True)
+        if key.returncode:
+            pytest.skip(f"munge cannot make a key: {key.stderr.strip()[:200]}")
         start(
             "munged", "-F", "--force", f"--socket={d}/munge.sock", f"--key-file={d}/munge.key",
             f"--log-file={d}/munged.log", f"--pid-file={d}/munged.pid", f"--seed-file={d}/munged.seed",

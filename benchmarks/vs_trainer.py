@@ -277,13 +277,12 @@ def check_eval_identical(cfg: Any, cache_dir: Path, eval_rows: int) -> dict[str,
     from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
     from trainers.base import quiet_libraries
-    from trainers.config import RunConfig
     from trainers.data import prepare
     from trainers.loop import evaluate
     from trainers.models import build_model
 
     quiet_libraries()
-    run = RunConfig.model_validate(cfg.base_run())
+    run = cfg.base_run()
     data = prepare(run, cache_dir)
     set_seed(run.training.seed)
     model = build_model(run, data)
@@ -452,7 +451,6 @@ def main() -> None:
 
     from hpo.config import validate_study
     from hpo.space import to_distributions
-    from trainers.config import RunConfig
     from trainers.data import prepare
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -475,7 +473,7 @@ def main() -> None:
     # The warm cache both sides read: tokenizer trained and blocks tokenised once, before any clock.
     cache_dir = tmp / "cache"
     w = time.perf_counter()
-    data = prepare(RunConfig.model_validate(cfg.base_run()), cache_dir)
+    data = prepare(cfg.base_run(), cache_dir)
     prep_s = time.perf_counter() - w
     eval_rows = min(len(data.eval_ids), (fid.eval_batches or 10**9) * training.per_device_eval_batch_size)
     eval_check = check_eval_identical(cfg, cache_dir, eval_rows)
@@ -494,7 +492,7 @@ def main() -> None:
     sampler = spec["sampler"]
     median = spec["pruner"]
     setup = {
-        "run": cfg.base_run(),
+        "run": cfg.base_run().model_dump(mode="json"),  # read by the baseline child process as JSON
         "cache_dir": str(cache_dir),
         "eval_rows": eval_rows,
         "eval_steps": fid.eval_every,

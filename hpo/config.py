@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from hpo import yamlio
 from hpo.errors import StudyFileError
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
-from hpo.space import TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, set_path
+from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
 from trainers.data import CACHE_VERSION
 
@@ -31,7 +31,8 @@ TASK_METRICS: dict[str, dict[str, Literal["minimize", "maximize"]]] = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Frozen: a validated study is never edited; a variant is a copy (`model_copy(update=...)`).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class StudySection(_Strict):
@@ -113,7 +114,8 @@ class StudyConfig(_Strict):
     task: Task
     objective: ObjectiveSection
     sampler: SamplerConfig = Field(default_factory=lambda: TPESamplerConfig(name="tpe"))
-    # No pruner in the file: the median pruner warmed up for a sixth of a trial (set from fidelity below).
+    # No pruner in the file: the median pruner warmed up for a sixth of a trial (`_fill_defaults`, from
+    # fidelity); this default only stands in while an invalid fidelity section is reported.
     pruner: PrunerConfig = Field(default_factory=lambda: MedianPrunerConfig(name="median"))
     fidelity: FidelitySection
     model: ModelConfig
@@ -130,10 +132,34 @@ class StudyConfig(_Strict):
     def base_dir(self) -> Path | None:
         return self._base_dir
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on other sections, filled in before validation so the model is complete (and
+        frozen) once built: the pruner of a file that names none (warmed up from ``fidelity.max_steps``) and
+        the objective's natural direction. A section that is itself invalid gets nothing here: its own
+        errors are reported as they are."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)  # the caller's mapping stays as it is
+        if "pruner" not in data:
+            fidelity = _valid(FidelitySection, data.get("fidelity"))
+            if fidelity is not None:
+                data["pruner"] = default_pruner(fidelity.max_steps)
+        objective = _valid(ObjectiveSection, data.get("objective"))
+        task = data.get("task")
+        if objective is not None and objective.direction is None and isinstance(task, str):
+            natural = TASK_METRICS.get(task, {}).get(objective.metric)
+            if natural is not None:  # a metric the task does not report is an error below
+                data["objective"] = objective.model_copy(update={"direction": natural})
+        return data
+
     @model_validator(mode="after")
-    def _check(self) -> StudyConfig:
-        if "pruner" not in self.model_fields_set:
-            self.pruner = default_pruner(self.fidelity.max_steps)
+    def _check(self, info: ValidationInfo) -> StudyConfig:
+        # Where relative paths start: given by the loader (not a key of the file, so not fingerprinted).
+        # A private attribute, set while the model is built; fields stay frozen.
+        if info.context is not None:
+            self._base_dir = info.context.get("base_dir")
         metrics = TASK_METRICS[self.task]
         if self.objective.metric not in metrics:
             raise ValueError(
@@ -141,9 +167,7 @@ class StudyConfig(_Strict):
                 f"(choose from {', '.join(metrics)})"
             )
         natural = metrics[self.objective.metric]
-        if self.objective.direction is None:
-            self.objective.direction = natural
-        elif self.objective.direction != natural:
+        if self.objective.direction != natural:
             raise ValueError(
                 f"objective.direction must be {natural!r} for metric {self.objective.metric!r}, "
                 f"but got {self.objective.direction!r}"
@@ -159,41 +183,46 @@ class StudyConfig(_Strict):
     def storage_url(self) -> str:
         return self.study.storage or f"sqlite:///{DEFAULT_RUNS_DIR}/{self.study.name}.db"
 
-    def base_run(self) -> dict[str, Any]:
-        """The run configuration every trial starts from, as plain data, with the trial-length cap."""
-        training = self.training.model_dump()
-        training["max_steps"] = self.fidelity.max_steps
-        training["eval_steps"] = self.fidelity.eval_every
-        return {
-            "task": self.task,
-            "model": self._resolved_model(),
-            "data": self._resolved_data(),
-            "training": training,
-            "eval_batches": self.fidelity.eval_batches,
-        }
+    def base_run(self) -> RunConfig:
+        """The run configuration every trial starts from, with the trial-length cap.
 
-    def _resolved_data(self) -> dict[str, Any]:
+        A new object each call, sharing no mutable value (``from_config``, ``files``) with this study.
+        """
+        training = self.training.model_copy(
+            update={"max_steps": self.fidelity.max_steps, "eval_steps": self.fidelity.eval_every}
+        )
+        return RunConfig(
+            task=self.task,
+            model=self._resolved_model(),
+            data=self._resolved_data(),
+            training=training,
+            eval_batches=self.fidelity.eval_batches,
+        )
+
+    def _resolved_data(self) -> DataConfig:
         """The data section with local paths made absolute, so every worker and the cache key see one file."""
-        data = self.data.model_dump()
-        base = self._base_dir
-        if data["files"] is not None:
-            data["files"] = {
+        data, base = self.data, self._base_dir
+        update: dict[str, Any] = {}
+        if data.files is not None:
+            update["files"] = {
                 k: resolve_file(v, base) if isinstance(v, str) else [resolve_file(f, base) for f in v]
-                for k, v in data["files"].items()
+                for k, v in data.files.items()
             }
-        if data["dataset"] is not None:
-            local = resolve_local(data["dataset"], base)
-            data["dataset"] = str(local) if local is not None else data["dataset"]
-        return data
+        if data.dataset is not None:
+            local = resolve_local(data.dataset, base)
+            update["dataset"] = str(local) if local is not None else data.dataset
+        return data.model_copy(update=update, deep=True)
 
-    def _resolved_model(self) -> dict[str, Any]:
-        model = self.model.model_dump()
-        for node in (model, model["tokenizer"]):
-            name = node["name_or_path"]
-            local = resolve_local(name, self._base_dir) if name is not None else None
-            if local is not None:
-                node["name_or_path"] = str(local)  # a local folder never reaches the hub as a repo id
-        return model
+    def _resolved_model(self) -> ModelConfig:
+        """The model section with local folders made absolute: a local folder never reaches the hub as a repo id."""
+        model, base = self.model, self._base_dir
+
+        def resolved(name: str | None) -> dict[str, str]:
+            local = resolve_local(name, base) if name is not None else None
+            return {"name_or_path": str(local)} if local is not None else {}
+
+        tokenizer = model.tokenizer.model_copy(update=resolved(model.tokenizer.name_or_path))
+        return model.model_copy(update={**resolved(model.name_or_path), "tokenizer": tokenizer}, deep=True)
 
     @property
     def oom(self) -> dict[str, Any]:
@@ -202,7 +231,7 @@ class StudyConfig(_Strict):
 
     def trial_run(self, params: dict[str, Any]) -> RunConfig:
         """The resolved run configuration of a trial with these sampled parameters."""
-        return RunConfig.model_validate(apply_params(self.base_run(), self.search_space, params))
+        return apply_params(self.base_run(), self.search_space, params)
 
     def grid(self) -> dict[str, list[Any]] | None:
         """The grid of every parameter, or None when some parameter has none."""
@@ -229,6 +258,14 @@ class StudyConfig(_Strict):
 
     def fingerprint(self) -> str:
         return _digest(self.fingerprints())
+
+
+def _valid(model: type[BaseModel], value: Any) -> Any:
+    """``value`` validated as ``model``, or None where it is not valid (its errors are reported elsewhere)."""
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def _digest(data: Any) -> str:
@@ -271,10 +308,9 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
     if not isinstance(raw, dict):
         raise StudyFileError(source, [("", "a study file must be a YAML mapping of sections")])
     try:
-        cfg = StudyConfig.model_validate(raw)
+        cfg = StudyConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
-    cfg._base_dir = base_dir
     problems = _check_space(cfg) + _check_builds(cfg)
     if problems:
         raise StudyFileError(source, problems)
@@ -285,7 +321,7 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
     """Cross-checks that need the whole file: targets exist, names are unique, the grid is finite."""
     problems: list[tuple[str, str]] = []
     names: dict[str, str] = {}
-    base = cfg.base_run()
+    base = cfg.base_run()  # built once; each value tried goes into its own copy
     for path, spec in cfg.search_space.items():
         loc = f"search_space[{path}]"
         name = param_name(path, spec)
@@ -327,18 +363,21 @@ def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def _check_target(base: dict[str, Any], path: str, spec: Any) -> str | None:
+def _check_target(base: RunConfig, path: str, spec: Any) -> str | None:
     """Try the entry's extreme values at its path: the trial config must stay valid and the path real."""
     keys = path.split(".")
     if keys[0] == "model" and len(keys) >= 3 and keys[1] in ("config", "from_config"):
-        if keys[1] == "from_config" and base["model"]["from_config"] is None:
+        if keys[1] == "from_config" and base.model.from_config is None:
             return "`model.from_config` is not set: use `model.config.<key>` for a pretrained model"
     else:
         node: Any = base
         for k in keys:
-            if not isinstance(node, dict) or k not in node:
+            if isinstance(node, BaseModel) and k in type(node).model_fields:
+                node = getattr(node, k)
+            elif isinstance(node, dict) and k in node:
+                node = node[k]
+            else:
                 return f"{'.'.join(keys)!r} is not a setting of the run configuration"
-            node = node[k]
     if keys[0] == "training" and keys[-1] in ("max_steps", "eval_steps"):
         return "a trial's length is set by `fidelity.max_steps` / `fidelity.eval_every`, not searched"
     if spec.type == "categorical":
@@ -349,10 +388,8 @@ def _check_target(base: dict[str, Any], path: str, spec: Any) -> str | None:
         mid = spec.low + (spec.high - spec.low) * 0.371
         samples = [spec.low, spec.high, int(mid) if spec.type == "int" else mid]
     for value in samples:
-        trial = yamlio.loads(yamlio.dumps(base))  # deep copy through plain data
-        set_path(trial, path, value)
         try:
-            RunConfig.model_validate(trial)
+            with_values(base, {path: value})
         except ValidationError as e:
             msg = e.errors()[0]["msg"].removeprefix("Value error, ")
             return f"value {value!r} is not valid there: {msg}"
@@ -386,10 +423,9 @@ def _tag_options(loc: tuple[Any, ...], tag: str) -> str:
         return ", ".join(WRAPPABLE_PRUNERS)
     if loc and loc[0] == "pruner":
         return ", ".join(PRUNER_NAMES)
-    return "float, int, categorical"
+    return ", ".join(SPEC_TYPES)
 
 
-_SPEC_TAGS = {"float", "int", "categorical"}
 _UNION_PARTS = re.compile(r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\])$", re.I)
 
 
@@ -401,7 +437,7 @@ def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
     if (i == 1 and loc[0] == "pruner") or prev == "wrapped":
         return s in PRUNER_NAMES
     if i == 2 and loc[0] == "search_space":
-        return s in _SPEC_TAGS
+        return s in SPEC_TYPES
     # A plain union (e.g. `workers: int | "auto"`) adds the member type as the last element.
     return i == len(loc) - 1 and i >= 2 and bool(_UNION_PARTS.match(s)) and loc[0] != "search_space"
 

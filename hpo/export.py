@@ -53,7 +53,7 @@ _VERSIONED = ("hpo", "torch", "transformers", "accelerate", "optuna", "tokenizer
 class CheckpointSettings(BaseModel):
     """How often `hpo train` checkpoints (Hugging Face names), and how many checkpoints it keeps."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     save_steps: int | None = Field(default=None, ge=1)  # default: at every eval
     save_total_limit: int = Field(default=1, ge=1)
@@ -69,7 +69,8 @@ class TrainFile(RunConfig):
     provenance: dict[str, Any] | None = None  # informational: copied into the run's metrics.json
 
     def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.model_dump(include=set(RunConfig.model_fields)))
+        """The run configuration alone: its sections as they are (validated already, frozen, so shared)."""
+        return RunConfig(**{name: getattr(self, name) for name in RunConfig.model_fields})
 
 
 def load_train_file(path: str | Path) -> TrainFile:
@@ -167,11 +168,12 @@ def resolve_run(cfg: StudyConfig, params: dict[str, Any], length: Length) -> Run
     trial = cfg.trial_run(params)
     if length.trial:
         return trial
-    d = trial.model_dump()
-    training, written, full = d["training"], cfg.training, cfg.full_run
+    written, full = cfg.training, cfg.full_run
     # searched parameters never target max_steps / eval_steps; no length written at all: the trial's own
-    training["max_steps"] = written.max_steps if _length_written(cfg) else cfg.fidelity.max_steps
-    training["eval_steps"] = written.eval_steps
+    training: dict[str, Any] = {
+        "max_steps": written.max_steps if _length_written(cfg) else cfg.fidelity.max_steps,
+        "eval_steps": written.eval_steps,
+    }
     if full.max_steps is not None:
         training["max_steps"] = full.max_steps
     if full.num_train_epochs is not None:
@@ -183,8 +185,10 @@ def resolve_run(cfg: StudyConfig, params: dict[str, Any], length: Length) -> Run
         training["max_steps"] = length.steps
     if training["eval_steps"] is None and training["max_steps"] > 0:
         training["eval_steps"] = max(1, training["max_steps"] // 10)  # what the loop does; written out
-    d["eval_batches"] = full.eval_batches
-    return RunConfig.model_validate(d)
+    # Every value comes from a validated section (or `--steps`, checked >= 1 by `export`): copies suffice.
+    return trial.model_copy(
+        update={"training": trial.training.model_copy(update=training), "eval_batches": full.eval_batches}
+    )
 
 
 # ------------------------------------------------------------------------- Hugging Face equivalents

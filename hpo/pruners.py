@@ -7,9 +7,11 @@ from typing import Annotated, Literal, Union
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpo.registry import union_tags
+
 
 class _Pruner(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     def build(self) -> optuna.pruners.BasePruner:
         raise NotImplementedError
@@ -132,7 +134,7 @@ PrunerConfig = Annotated[
     Field(discriminator="name"),
 ]
 
-WRAPPABLE_PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold")
+WRAPPABLE_PRUNERS = union_tags(_Wrapped, "name")  # what `patient` may wrap
 
 DEFAULT_WARMUP_SHARE = 6  # the default pruner waits for 1/6 of a trial's steps
 
@@ -152,13 +154,4 @@ def default_pruner(max_steps: int) -> MedianPrunerConfig:
     return MedianPrunerConfig(name="median", n_warmup_steps=max_steps // DEFAULT_WARMUP_SHARE)
 
 
-PRUNER_NAMES = (
-    "none",
-    "median",
-    "percentile",
-    "successive_halving",
-    "hyperband",
-    "threshold",
-    "wilcoxon",
-    "patient",
-)
+PRUNER_NAMES = union_tags(PrunerConfig, "name")  # ("none", "median", ...): the names a study file may write

@@ -15,6 +15,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpo.registry import union_tags
+
 
 def trial_seed(seed: int, number: int) -> int:
     """The seed of trial ``number`` in a study seeded with ``seed``: well mixed, distinct per trial."""
@@ -70,7 +72,7 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
 
 
 class _Sampler(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int | None = Field(default=None, ge=0, lt=2**32)  # numpy's seed range
 
@@ -207,4 +209,4 @@ SamplerConfig = Annotated[
     Field(discriminator="name"),
 ]
 
-SAMPLER_NAMES = ("random", "grid", "tpe", "gp", "cmaes", "qmc")
+SAMPLER_NAMES = union_tags(SamplerConfig, "name")  # ("random", "grid", ...): the names a study file may write

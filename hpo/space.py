@@ -1,19 +1,22 @@
-"""Search-space entries of a study file, and the pure step from entries to Optuna distributions.
+"""Search-space entries of a study file, and the pure steps from entries to Optuna distributions and from
+sampled values to a run configuration.
 
 An entry targets a dotted path into the run configuration (``training.learning_rate``,
 ``model.dropout``, ``model.config.attn_pdrop``); the Optuna parameter is named after the last component
-unless the entry gives a ``name``.
+unless the entry gives a ``name``. Sampled values go into a new, validated copy of the (frozen) base run
+(``apply_params``): the base is never edited.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import optuna.distributions as od
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpo.registry import union_tags
 
 CategoricalValue = Union[None, bool, int, float, str]
 
@@ -22,7 +25,7 @@ TARGET_ROOTS = ("model", "data", "training")
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None  # Optuna parameter name; default: the path's last component
 
@@ -88,6 +91,7 @@ class CategoricalSpec(_Spec):
 
 
 ParamSpec = Annotated[Union[FloatSpec, IntSpec, CategoricalSpec], Field(discriminator="type")]
+SPEC_TYPES = union_tags(ParamSpec, "type")  # ("float", "int", "categorical")
 
 
 def _check_grid(grid: Sequence[float] | None, low: float, high: float) -> None:
@@ -155,15 +159,29 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def with_values(base: M, values: Mapping[str, Any]) -> M:
+    """A new, validated ``base`` with each value written at its dotted path; ``base`` is left as it is.
+
+    The base is dumped to plain data once (fresh containers, nothing shared with it), edited there and
+    validated once, so a value that is wrong at its path raises ``ValidationError`` and a path below a
+    leaf raises ``KeyError``.
+    """
+    if not values:
+        return base
+    data = base.model_dump()
+    for path, value in values.items():
+        set_path(data, path, value)
+    return type(base).model_validate(data)
+
+
 def apply_params(
-    base: Mapping[str, Any],
+    base: M,
     space: Mapping[str, FloatSpec | IntSpec | CategoricalSpec],
     params: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Return a copy of ``base`` with each sampled parameter written at its entry's path."""
-    out = copy.deepcopy(dict(base))
-    for path, spec in space.items():
-        name = param_name(path, spec)
-        if name in params:
-            set_path(out, path, params[name])
-    return out
+) -> M:
+    """``base`` with each sampled parameter written at its entry's path (parameters not sampled: as in base)."""
+    values = {path: params[param_name(path, spec)] for path, spec in space.items() if param_name(path, spec) in params}
+    return with_values(base, values)

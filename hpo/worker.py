@@ -15,7 +15,10 @@ import os
 import signal
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainers.config import RunConfig
 
 # Codes in the shared stop array.
 STOP_NONE, STOP_PRUNE, STOP_INTERRUPT = 0, 1, 2
@@ -66,9 +69,7 @@ class TrainerRunner:
     pretrained weights) loaded into memory before the first trial arrives.
     """
 
-    def __init__(
-        self, cache_dir: str, warm_run: dict[str, Any] | None = None, oom: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, cache_dir: str, warm_run: RunConfig | None = None, oom: dict[str, Any] | None = None) -> None:
         self.cache_dir = cache_dir
         self.warm_run = warm_run
         self.oom = oom or {"policy": "retry", "retries": 3}
@@ -86,13 +87,11 @@ class TrainerRunner:
         import trainers.loop  # noqa: F401 - import accelerate & co now, not in the first trial
 
         if self.warm_run is not None:
-            from trainers.config import RunConfig
             from trainers.models import build_model
 
             # Tokenise (or load the cache), and build the model once: this imports its modeling code and
             # keeps pretrained weights in memory, all while the orchestrator opens the storage.
-            run = RunConfig.model_validate(self.warm_run)
-            build_model(run, self._prepare(run))
+            build_model(self.warm_run, self._prepare(self.warm_run))
 
     def _key(self, run: Any) -> str:
         from trainers.data import cache_key

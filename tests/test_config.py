@@ -8,6 +8,7 @@ loads it with ``hpo.config.load_study_file``.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,13 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from hpo.config import StudyConfig, load_study_file
+from hpo.config import StudyConfig, load_study_file, validate_study
 from hpo.errors import StudyFileError
 from hpo.pruners import PRUNER_NAMES, PatientPrunerConfig
 from hpo.samplers import SAMPLER_NAMES
+from trainers.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -856,6 +858,51 @@ def test_fingerprint_ignores_study_bookkeeping_and_sampler(
     assert load(tmp_path, chain(two_entries, change)).fingerprint() == small_cfg.fingerprint()
 
 
+def _from_builder(module: str, name: str, *args: Any) -> Callable[[Path], StudyConfig]:
+    """A loader of a study built by another test file (imported when run: some import torch)."""
+
+    def loaded(tmp_path: Path) -> StudyConfig:
+        built = getattr(importlib.import_module(module), name)(*[tmp_path if a is Path else a for a in args])
+        return load_study_file(built[0]) if isinstance(built, tuple) else validate_study(built)
+
+    return loaded
+
+
+# The fingerprints of every study file in studies/ and of the tests' studies, as computed by the code before
+# the configuration models were frozen (issue 16, commit 548cfd1). A study resumed from a file must keep its
+# fingerprint across refactors: a changed value means every existing study would be refused as "changed".
+# Change a value here only with a change that is meant to invalidate existing studies.
+PINNED_FINGERPRINTS: list[tuple[str, Callable[[Path], StudyConfig], str]] = [
+    *[
+        (f"studies/{name}", lambda _, name=name: load_study_file(REPO / "studies" / name), value)
+        for name, value in [
+            ("bbc-news-minilm.yaml", "773971f528febbca"),
+            ("distilbert-sst2.yaml", "67f0b3af1ae7e9d4"),
+            ("gpt2-wikitext103.yaml", "b21140b5539c343c"),
+            ("quickstart.yaml", "f666f5939f255a44"),
+        ]
+    ],
+    ("test_config.minimal_study", lambda _: validate_study(minimal_study()), "f666f5939f255a44"),
+    ("test_orchestrator.study_dict", _from_builder("test_orchestrator", "study_dict"), "370d4c36601c73ee"),
+    ("test_cli.tiny", _from_builder("test_cli", "tiny", Path), "41a9bb04f9d4ad5d"),
+    ("test_export.tiny", _from_builder("test_export", "tiny", Path), "54f00c6608201ce6"),
+    ("test_references.base_study", _from_builder("test_references", "base_study"), "0e1e6164e38b5a48"),
+    ("test_trainers.tiny_study", _from_builder("test_trainers", "tiny_study"), "82f37961de9ba1ce"),
+    ("test_oom.study", _from_builder("test_oom", "study", "retry", 3), "e65415269791a35f"),
+    ("dash_fixtures.study_yaml", _from_builder("dash_fixtures", "study_yaml", Path), "be12b6ea725a85f8"),
+    ("test_faults.study_file", _from_builder("test_faults", "study_file", Path), "b636c4d12bcd39db"),
+]
+
+
+@pytest.mark.parametrize(
+    ("load_cfg", "expected"), [c[1:] for c in PINNED_FINGERPRINTS], ids=[c[0] for c in PINNED_FINGERPRINTS]
+)
+def test_fingerprints_of_existing_studies_do_not_change(
+    load_cfg: Callable[[Path], StudyConfig], expected: str, tmp_path: Path
+) -> None:
+    assert load_cfg(tmp_path).fingerprint() == expected
+
+
 # ------------------------------------------------------------------------------------------ trial runs
 
 
@@ -888,7 +935,7 @@ def test_trial_run_does_not_leak_between_trials(tmp_path: Path) -> None:
     assert second.model.config == {}
     assert second.training.learning_rate == 5e-5  # TrainingConfig's default: the file does not set it
     assert cfg.model.config == {}
-    assert cfg.base_run()["model"]["config"] == {}
+    assert cfg.base_run().model.config == {}
 
 
 def test_trial_run_uses_the_name_override(tmp_path: Path) -> None:
@@ -981,3 +1028,96 @@ def test_non_utf8_file_is_a_study_file_error(tmp_path: Path) -> None:
     path.write_bytes(b"study:\n  name: caf\xe9\n")
     with pytest.raises(StudyFileError):
         load_study_file(path)
+
+
+# ------------------------------------------------------------------------------------------ frozen models
+
+# A validated configuration is never edited: defaults are filled in while validating, and a variant is a
+# copy. (Before issue 16, validation assigned the default pruner and the objective's direction afterwards,
+# and trial runs were dicts edited by path.)
+FROZEN: list[tuple[str, Callable[[StudyConfig], Any], str, Any]] = [
+    ("study-config", lambda c: c, "pruner", None),
+    ("study-section", lambda c: c.study, "n_trials", 99),
+    ("objective-direction", lambda c: c.objective, "direction", "maximize"),
+    ("fidelity", lambda c: c.fidelity, "max_steps", 10),
+    ("resources", lambda c: c.resources, "workers", 2),
+    ("full-run", lambda c: c.full_run, "max_steps", 10),
+    ("sampler", lambda c: c.sampler, "seed", 1),
+    ("pruner", lambda c: c.pruner, "n_warmup_steps", 0),
+    ("search-space-entry", lambda c: c.search_space["training.learning_rate"], "low", 0.1),
+    ("model", lambda c: c.model, "dropout", 0.5),
+    ("tokenizer", lambda c: c.model.tokenizer, "train_vocab_size", 100),
+    ("data", lambda c: c.data, "max_length", 16),
+    ("training", lambda c: c.training, "learning_rate", 0.1),
+    ("run", lambda c: c.base_run(), "eval_batches", 1),
+    ("run-training", lambda c: c.trial_run({"learning_rate": 1e-3}).training, "learning_rate", 0.1),
+]
+
+
+@pytest.mark.parametrize(("part", "attr", "value"), [c[1:] for c in FROZEN], ids=[c[0] for c in FROZEN])
+def test_config_models_are_frozen(
+    part: Callable[[StudyConfig], Any], attr: str, value: Any, base_cfg: StudyConfig
+) -> None:
+    obj = part(base_cfg)
+    before = getattr(obj, attr)
+    with pytest.raises(ValidationError, match="frozen"):
+        setattr(obj, attr, value)
+    assert getattr(obj, attr) == before
+
+
+CONFIG_MODULES = ["hpo.config", "hpo.space", "hpo.samplers", "hpo.pruners", "hpo.export", "trainers.config"]
+
+
+@pytest.mark.parametrize("module", CONFIG_MODULES)
+def test_every_config_model_is_frozen(module: str) -> None:
+    # A model added later inherits its module's frozen base; one that does not is caught here.
+    mod = importlib.import_module(module)
+    models = [
+        v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == module
+    ]
+    assert models
+    assert [m.__name__ for m in models if not m.model_config.get("frozen")] == []
+
+
+def test_a_variant_is_a_copy(base_cfg: StudyConfig) -> None:
+    more = base_cfg.model_copy(update={"study": base_cfg.study.model_copy(update={"n_trials": 99})})
+    assert (more.study.n_trials, base_cfg.study.n_trials) == (99, 16)
+    assert more.fingerprint() == base_cfg.fingerprint()
+
+
+def test_base_run_is_a_run_config_sharing_nothing_mutable_with_the_study(base_cfg: StudyConfig) -> None:
+    run = base_cfg.base_run()
+    assert isinstance(run, RunConfig)
+    assert (run.training.max_steps, run.training.eval_steps, run.eval_batches) == (300, 50, 4)
+    assert run.model.from_config == base_cfg.model.from_config
+    assert run.model.from_config is not base_cfg.model.from_config
+    assert run.model.config is not base_cfg.model.config
+    assert base_cfg.base_run() is not run
+
+
+DEFAULTS_FILLED: list[tuple[str, Mutator, str, Any]] = [
+    ("direction-from-metric", lambda data: None, "objective.direction", "minimize"),
+    ("direction-null", put("objective", "direction", value=None), "objective.direction", "minimize"),
+    (
+        "pruner-from-fidelity",
+        chain(drop("pruner"), put("fidelity", "max_steps", value=600)),
+        "pruner.n_warmup_steps",
+        100,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where", "expected"), [c[1:] for c in DEFAULTS_FILLED], ids=[c[0] for c in DEFAULTS_FILLED]
+)
+def test_defaults_are_filled_while_validating_and_the_input_is_left_as_it_is(
+    mutate: Mutator, where: str, expected: Any
+) -> None:
+    data = minimal_study()
+    mutate(data)
+    snapshot = copy.deepcopy(data)
+    node: Any = validate_study(data)
+    for key in where.split("."):
+        node = getattr(node, key)
+    assert node == expected
+    assert data == snapshot

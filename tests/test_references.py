@@ -224,16 +224,16 @@ def test_relative_paths_resolve_against_the_study_file_folder(project: Path) -> 
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     cfg = load_study_file(os.path.relpath(path))
-    assert cfg.base_run()["data"]["files"]["train"] == str(project / "data" / "train.csv")
+    assert cfg.base_run().data.files["train"] == str(project / "data" / "train.csv")
     pretrained("models/tiny-gpt2")(data, project)
     cfg = load_study_file(write_study(project, data))
-    assert cfg.base_run()["model"]["name_or_path"] == str(project / "models" / "tiny-gpt2")
+    assert cfg.base_run().model.name_or_path == str(project / "models" / "tiny-gpt2")
     # The fingerprint keeps the paths as written: moving the project does not orphan its study.
     assert cfg.data.files == {"train": "data/train.csv"}
     # A hub name stays a hub name.
     data["model"]["name_or_path"] = "openai-community/gpt2"
     cfg = load_study_file(write_study(project, data))
-    assert cfg.base_run()["model"]["name_or_path"] == "openai-community/gpt2"
+    assert cfg.base_run().model.name_or_path == "openai-community/gpt2"
 
 
 def test_valid_model_config_keys_pass(project: Path) -> None:

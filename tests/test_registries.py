@@ -7,18 +7,19 @@ import copy
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import optuna
 import pytest
-from pydantic import TypeAdapter, ValidationError
-from test_config import minimal_study
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from test_config import PRUNER_CONFIGS, minimal_study
 
 from hpo.config import StudyConfig, validate_study
 from hpo.errors import StudyFileError
-from hpo.pruners import PRUNER_NAMES, PrunerConfig
+from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, PrunerConfig
+from hpo.registry import union_tags
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig
-from hpo.space import CategoricalSpec, to_distributions
+from hpo.space import SPEC_TYPES, CategoricalSpec, ParamSpec, to_distributions
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -56,16 +57,62 @@ def quickstart(sampler: dict[str, Any] | None = None, grid: bool = False) -> Stu
 # ------------------------------------------------------------------------------------------ registry
 
 
-def _literal_names(adapter_type: Any) -> set[str]:
-    union = get_args(adapter_type)[0]
-    return {get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(union)}
+# (registry, the union it is read from, the names in the union's order: error messages list them so)
+REGISTRIES: list[tuple[str, tuple[str, ...], Any, list[str]]] = [
+    ("samplers", SAMPLER_NAMES, SamplerConfig, ["random", "grid", "tpe", "gp", "cmaes", "qmc"]),
+    (
+        "pruners",
+        PRUNER_NAMES,
+        PrunerConfig,
+        ["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "wilcoxon", "patient"],
+    ),
+]
 
 
-def test_registered_names_match_the_config_classes() -> None:
-    assert _literal_names(SamplerConfig) == set(SAMPLER_NAMES)
-    assert _literal_names(PrunerConfig) == set(PRUNER_NAMES)
-    assert len(SAMPLER_NAMES) == len(set(SAMPLER_NAMES)) == 6
-    assert len(PRUNER_NAMES) == len(set(PRUNER_NAMES)) == 8
+@pytest.mark.parametrize(("names", "union", "expected"), [r[1:] for r in REGISTRIES], ids=[r[0] for r in REGISTRIES])
+def test_registered_names_are_the_union_members(names: tuple[str, ...], union: Any, expected: list[str]) -> None:
+    members = get_args(get_args(union)[0])
+    assert list(names) == [get_args(m.model_fields["name"].annotation)[0] for m in members] == expected
+
+
+@pytest.mark.parametrize("name", PRUNER_NAMES)
+def test_wrappable_pruners_are_what_patient_accepts(name: str) -> None:
+    patient = {"name": "patient", "patience": 1, "wrapped": PRUNER_CONFIGS[name]}
+    if name in WRAPPABLE_PRUNERS:
+        assert PRUNERS.validate_python(patient).wrapped.name == name
+    else:
+        with pytest.raises(ValidationError, match=r"patient\.wrapped"):
+            PRUNERS.validate_python(patient)
+
+
+def test_spec_types_are_the_search_space_union_members() -> None:
+    assert SPEC_TYPES == ("float", "int", "categorical")
+    assert [m.model_fields["type"].annotation for m in get_args(get_args(ParamSpec)[0])] == [
+        Literal["float"],
+        Literal["int"],
+        Literal["categorical"],
+    ]
+
+
+class _A(BaseModel):
+    kind: Literal["a"]
+
+
+class _B(BaseModel):
+    kind: Literal["b", "bee"]
+
+
+@pytest.mark.parametrize(
+    ("union", "expected"),
+    [
+        (Annotated[Union[_A, _B], Field(discriminator="kind")], ("a", "b", "bee")),
+        (Annotated[Union[_B, _A], Field(discriminator="kind")], ("b", "bee", "a")),
+        (Union[_A, _B], ("a", "b", "bee")),
+    ],
+    ids=["annotated", "order-kept", "bare-union"],
+)
+def test_union_tags_reads_a_new_member_without_a_list_to_update(union: Any, expected: tuple[str, ...]) -> None:
+    assert union_tags(union, "kind") == expected
 
 
 # (config, optuna type, attributes of the built object)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -21,7 +20,9 @@ from hpo.space import (
     set_path,
     to_distribution,
     to_distributions,
+    with_values,
 )
+from trainers.config import RunConfig
 
 Spec = FloatSpec | IntSpec | CategoricalSpec
 
@@ -252,12 +253,22 @@ def test_set_path_below_a_leaf_raises_key_error(path: str) -> None:
     assert config == {"training": {"learning_rate": 1e-3}}
 
 
+def run_config(**model: Any) -> RunConfig:
+    """A small run configuration (a GPT-2 built from scratch) to write sampled values into."""
+    return RunConfig.model_validate(
+        {
+            "task": "causal_lm",
+            "model": {"from_config": {"model_type": "gpt2", "n_layer": 2}, "tokenizer": {"train_vocab_size": 300}}
+            | model,
+            "data": {"builtin": "pydoc_topics"},
+            "training": {"learning_rate": 5e-5},
+        }
+    )
+
+
 def test_apply_params_writes_each_param_at_its_path_without_mutating() -> None:
-    base: dict[str, Any] = {
-        "model": {"dropout": None, "config": {}, "from_config": {"model_type": "gpt2", "n_layer": 2}},
-        "training": {"learning_rate": 5e-5, "weight_decay": 0.0},
-    }
-    snapshot = copy.deepcopy(base)
+    base = run_config()
+    snapshot = base.model_dump()
     space = {
         "training.learning_rate": spec(type="float", low=1e-5, high=1e-2, log=True),
         "model.dropout": spec(type="float", low=0.0, high=0.3),
@@ -265,30 +276,52 @@ def test_apply_params_writes_each_param_at_its_path_without_mutating() -> None:
         "model.from_config.n_layer": spec(type="int", low=1, high=4),
     }
     out = apply_params(base, space, {"learning_rate": 1e-3, "dropout": 0.1, "attn": 0.2, "n_layer": 3, "other": 9})
-    assert base == snapshot
-    assert out == {
-        "model": {"dropout": 0.1, "config": {"attn_pdrop": 0.2}, "from_config": {"model_type": "gpt2", "n_layer": 3}},
-        "training": {"learning_rate": 1e-3, "weight_decay": 0.0},
-    }
-    # nothing is shared with the input
-    assert out["model"] is not base["model"]
-    assert out["model"]["config"] is not base["model"]["config"]
-    assert out["model"]["from_config"] is not base["model"]["from_config"]
+    assert isinstance(out, RunConfig)
+    assert base.model_dump() == snapshot
+    assert out.training.learning_rate == 1e-3
+    assert out.model.dropout == 0.1
+    assert out.model.config == {"attn_pdrop": 0.2}
+    assert out.model.from_config == {"model_type": "gpt2", "n_layer": 3}
+    # everything else as in base
+    assert (out.task, out.data, out.eval_batches) == (base.task, base.data, base.eval_batches)
+    assert out.training.model_copy(update={"learning_rate": 5e-5}) == base.training
+    # nothing mutable is shared with the input
+    assert out.model.config is not base.model.config
+    assert out.model.from_config is not base.model.from_config
 
 
 def test_apply_params_skips_params_not_sampled() -> None:
-    base: dict[str, Any] = {"training": {"learning_rate": 5e-5}}
+    base = run_config()
     space = {"training.learning_rate": spec(type="float", low=1e-5, high=1e-2)}
-    out = apply_params(base, space, {})
-    assert out == base
-    assert out is not base
+    assert apply_params(base, space, {}) == base
 
 
 def test_apply_params_uses_the_name_override() -> None:
-    base: dict[str, Any] = {"model": {"dropout": None, "config": {}}}
     space = {
         "model.dropout": spec(type="float", low=0.0, high=0.3),
         "model.config.dropout": spec(type="float", low=0.0, high=0.3, name="cfg_dropout"),
     }
-    out = apply_params(base, space, {"dropout": 0.1, "cfg_dropout": 0.2})
-    assert out == {"model": {"dropout": 0.1, "config": {"dropout": 0.2}}}
+    out = apply_params(run_config(), space, {"dropout": 0.1, "cfg_dropout": 0.2})
+    assert (out.model.dropout, out.model.config) == (0.1, {"dropout": 0.2})
+
+
+# A value is checked where it lands: the result is a validated run configuration, not edited plain data.
+BAD_VALUES: list[tuple[str, str, Any, type[Exception]]] = [
+    ("dropout-out-of-range", "model.dropout", 1.5, ValidationError),
+    ("float-into-int-setting", "training.gradient_accumulation_steps", 2.5, ValidationError),
+    ("zero-batch", "training.per_device_train_batch_size", 0, ValidationError),
+    ("below-a-leaf", "training.learning_rate.x", 0.1, KeyError),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "error"), [c[1:] for c in BAD_VALUES], ids=[c[0] for c in BAD_VALUES])
+def test_with_values_validates_the_new_run(path: str, value: Any, error: type[Exception]) -> None:
+    base = run_config()
+    with pytest.raises(error):
+        with_values(base, {path: value})
+    assert base == run_config()
+
+
+def test_with_values_creates_mappings_under_model_config() -> None:
+    out = with_values(run_config(), {"model.config.sub.y": 2})
+    assert out.model.config == {"sub": {"y": 2}}

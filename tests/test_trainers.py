@@ -205,7 +205,7 @@ def _flip(f: Path) -> None:
 def test_a_damaged_data_cache_is_detected_and_rebuilt(tmp_path: Path, name: str, damage: Any) -> None:
     from transformers import AutoTokenizer
 
-    run = RunConfig.model_validate(validate_study(tiny_study()).base_run())
+    run = validate_study(tiny_study()).base_run()
     first = prepare(run, tmp_path)
     damage(first.path / name)
     with pytest.warns(UserWarning, match=rf"data cache {first.path} is damaged \(.*\); rebuilding it"):
@@ -221,7 +221,7 @@ def test_a_damaged_data_cache_that_cannot_be_rebuilt_is_named_with_the_remedy(tm
 
     from trainers.data import CacheDamaged
 
-    run = RunConfig.model_validate(validate_study(tiny_study()).base_run())
+    run = validate_study(tiny_study()).base_run()
     with small_fs(tmp_path / "fs", 4096) as root:
         path = prepare(run, root).path
         _truncate(path / "eval_ids.npy")

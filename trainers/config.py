@@ -1,7 +1,8 @@
 """The resolved configuration of one training run: task, model, data and training arguments.
 
 These models are shared by the study file (``hpo.config``) and the trainers. They know nothing of Optuna:
-a trial's configuration is the study's base configuration with the sampled values written into it.
+a trial's configuration is a validated copy of the study's base configuration with the sampled values
+written into it (``hpo.space.apply_params``). Frozen: passed between functions as they are, never edited.
 Training arguments use Hugging Face ``TrainingArguments`` names and defaults, so an exported configuration
 loads into ``transformers.TrainingArguments(**training)`` as it is.
 """
@@ -38,8 +39,9 @@ DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors: a typo must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Unknown keys are errors: a typo must never be silently ignored. Frozen: a run is never edited in
+    # place (one trial's values cannot leak into the next); a variant is a copy (`model_copy(update=...)`).
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
 
 class TokenizerConfig(_Strict):

@@ -1,4 +1,9 @@
-"""The study file: typed, validated before anything runs, fingerprinted for safe resuming."""
+"""The study file: typed, validated before anything runs, fingerprinted for safe resuming.
+
+A validated ``StudyConfig`` is frozen, defaults included (those that depend on another section are filled
+in before validation). Its sections are passed around as they are; a trial's run is a new ``RunConfig``
+(``base_run``, ``trial_run``), and a variant of anything is a ``model_copy``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
@@ -260,7 +265,10 @@ class StudyConfig(_Strict):
         return _digest(self.fingerprints())
 
 
-def _valid(model: type[BaseModel], value: Any) -> Any:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _valid(model: type[_M], value: Any) -> _M | None:
     """``value`` validated as ``model``, or None where it is not valid (its errors are reported elsewhere)."""
     try:
         return model.model_validate(value)

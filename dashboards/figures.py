@@ -242,6 +242,9 @@ def contour_figure(study: optuna.Study, sd: StudyData, x: str, y: str, title: st
     rows = [t for t in sd.complete if x in t.params and y in t.params]
     if len(rows) < MIN_CONTOUR_TRIALS:
         return empty(title, f"needs at least {MIN_CONTOUR_TRIALS} complete trials with both parameters")
+    same = [p for p in (x, y) if len({repr(t.params[p]) for t in rows}) < 2]
+    if same:  # Optuna would draw an empty contour (and log a warning)
+        return empty(title, f"every complete trial has the same {same[0]}: nothing to interpolate")
     fig = ov.plot_contour(study, params=[x, y], target_name=sd.metric)
     fig.update_traces(
         selector={"name": "Feasible Trial"},

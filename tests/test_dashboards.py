@@ -18,7 +18,7 @@ import optuna
 import plotly.graph_objects as go
 import pytest
 from dash_fixtures import CONFIG, DISTS, TRIALS, fixed_study, sqlite_study_file
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from plotly.colors import sample_colorscale
 from plotly.offline import get_plotlyjs
@@ -300,6 +300,24 @@ def test_slice_figure_shows_pruned_trials_and_marks_the_best(study: optuna.Study
     assert fig.layout.yaxis.title.text == "perplexity" and fig.layout.width is None
 
 
+def test_slice_figure_of_one_parameter() -> None:
+    study = optuna.create_study(direction="maximize")
+    rows = ((0.2, 0.5, TrialState.COMPLETE), (0.7, 0.9, TrialState.COMPLETE), (0.4, 0.1, TrialState.PRUNED))
+    for x, value, state in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state, value=value, params={"x": x}, distributions={"x": FloatDistribution(0, 1)},
+                intermediate_values={10: value},
+            )
+        )  # fmt: skip
+    fig = F.slice_figure(study, D.collect(study, importances=False))
+    assert {t.name: _points(t) for t in fig.data} == {
+        "Feasible Trial": [(0.2, 0.5), (0.7, 0.9)],
+        "pruned (last reported value)": [(0.4, 0.1)],
+        "best: trial 1": [(0.7, 0.9)],
+    }
+
+
 @pytest.mark.parametrize(
     ("name", "choices", "best_at"),
     [
@@ -330,10 +348,17 @@ def test_contour_figure_marks_the_trials_and_the_best(name: str, choices: list[A
     assert fig.layout.title.text.startswith(f"Contour — perplexity over learning_rate × {name}")
 
 
-def test_contour_figure_needs_three_complete_trials() -> None:
-    few = fixed_study(rows=TRIALS[:3])  # two complete trials
-    fig = F.contour_figure(few, D.collect(few), "learning_rate", "dropout")
-    assert fig.data == () and "at least 3 complete trials" in fig.layout.annotations[0].text
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (TRIALS[:3], "needs at least 3 complete trials with both parameters"),  # two complete trials
+        ([(*r[:3], (r[3][0], r[3][1], 0.1), *r[4:]) for r in TRIALS], "every complete trial has the same dropout"),
+    ],
+)
+def test_contour_figure_says_when_there_is_nothing_to_draw(rows: list[Any], why: str) -> None:
+    study = fixed_study(rows=rows)
+    fig = F.contour_figure(study, D.collect(study), "learning_rate", "dropout")
+    assert fig.data == () and why in fig.layout.annotations[0].text
 
 
 def test_timeline_figure_puts_trials_on_their_device_and_worker(study: optuna.Study, sd: D.StudyData) -> None:

@@ -1,8 +1,9 @@
-"""Studies as plain data: the pure half of every plot (Optuna's split: ``_get_*_info`` then ``_get_*_plot``).
+"""Studies as plain data: the pure half of hpo's own plots and tables (Optuna's split: ``_get_*_info`` then
+``_get_*_plot``), and what hpo adds to Optuna's plots (``dashboards.figures``).
 
 ``collect(study, points)`` reads an Optuna study and its learning curves once into a :class:`StudyData` of
-plain values; every other function here turns a ``StudyData`` into the data of one figure. Nothing here
-draws, prints or touches storage, so each function is tested by equality on small fixed studies.
+plain values; every other function here turns a ``StudyData`` into the data of one figure or table. Nothing
+here draws, prints or touches storage, so each function is tested by equality on small fixed studies.
 """
 
 from __future__ import annotations
@@ -210,30 +211,6 @@ def _importances(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[di
     return {k: float(v) for k, v in imp.items()}, None
 
 
-# --------------------------------------------------------------------------------- optimization history
-
-
-@dataclass(frozen=True)
-class HistoryData:
-    metric: str
-    direction: str
-    complete: tuple[tuple[int, float], ...]  # (trial number, value)
-    pruned: tuple[tuple[int, float], ...]  # (trial number, last reported value)
-    best: tuple[tuple[int, float], ...]  # best complete value so far, at each complete trial
-
-
-def history(sd: StudyData) -> HistoryData:
-    better = min if sd.direction == "minimize" else max
-    complete: list[tuple[int, float]] = []
-    best: list[tuple[int, float]] = []
-    for t in sorted(sd.complete, key=lambda t: t.number):
-        assert t.value is not None
-        complete.append((t.number, t.value))
-        best.append((t.number, t.value if not best else better(best[-1][1], t.value)))
-    pruned = tuple((t.number, t.value) for t in sd.trials if t.state == "PRUNED" and t.value is not None)
-    return HistoryData(sd.metric, sd.direction, tuple(complete), pruned, tuple(best))
-
-
 # ---------------------------------------------------------------------------------------- importances
 
 
@@ -252,93 +229,7 @@ def importance(sd: StudyData) -> ImportanceData:
     )
 
 
-# ------------------------------------------------------------------------------ parameter-value plots
-
-
-@dataclass(frozen=True)
-class Axis:
-    name: str
-    log: bool
-    categories: tuple[str, ...] | None  # categorical: values are indices into these labels
-
-
-def _axis(p: ParamInfo) -> Axis:
-    return Axis(p.name, p.log, tuple(str(c) for c in p.choices) if p.choices is not None else None)
-
-
-def _coord(p: ParamInfo, v: Any) -> float:
-    """A parameter value as a number on its axis: categorical values become their index."""
-    if p.choices is not None:
-        return float(p.choices.index(v)) if v in p.choices else float("nan")
-    return float(v)
-
-
-@dataclass(frozen=True)
-class ParallelData:
-    axes: tuple[Axis, ...]
-    columns: tuple[tuple[float, ...], ...]  # one per axis; categorical as indices
-    values: tuple[float, ...]
-    numbers: tuple[int, ...]
-    metric: str
-    direction: str
-
-
-def parallel(sd: StudyData) -> ParallelData:
-    """Complete trials that have every parameter, one line each."""
-    rows = [t for t in sorted(sd.complete, key=lambda t: t.number) if all(p.name in t.params for p in sd.params)]
-    return ParallelData(
-        axes=tuple(_axis(p) for p in sd.params),
-        columns=tuple(tuple(_coord(p, t.params[p.name]) for t in rows) for p in sd.params),
-        values=tuple(t.value for t in rows if t.value is not None),
-        numbers=tuple(t.number for t in rows),
-        metric=sd.metric,
-        direction=sd.direction,
-    )
-
-
-@dataclass(frozen=True)
-class SliceData:
-    axis: Axis
-    x: tuple[float, ...]  # complete trials
-    y: tuple[float, ...]
-    numbers: tuple[int, ...]
-    pruned_x: tuple[float, ...]  # pruned trials at their last reported value
-    pruned_y: tuple[float, ...]
-    pruned_numbers: tuple[int, ...]
-
-
-def slices(sd: StudyData) -> tuple[SliceData, ...]:
-    out = []
-    for p in sd.params:
-        done = [t for t in sd.complete if p.name in t.params]
-        cut = [t for t in sd.trials if t.state == "PRUNED" and t.value is not None and p.name in t.params]
-        out.append(
-            SliceData(
-                axis=_axis(p),
-                x=tuple(_coord(p, t.params[p.name]) for t in done),
-                y=tuple(t.value for t in done if t.value is not None),
-                numbers=tuple(t.number for t in done),
-                pruned_x=tuple(_coord(p, t.params[p.name]) for t in cut),
-                pruned_y=tuple(t.value for t in cut if t.value is not None),
-                pruned_numbers=tuple(t.number for t in cut),
-            )
-        )
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class ContourData:
-    x: Axis
-    y: Axis
-    grid_x: tuple[float, ...]  # actual values (log axes: log-spaced), categorical: indices
-    grid_y: tuple[float, ...]
-    z: tuple[tuple[float, ...], ...]  # z[j][i] at (grid_x[i], grid_y[j]): inverse-distance-weighted objective
-    points_x: tuple[float, ...]
-    points_y: tuple[float, ...]
-    values: tuple[float, ...]
-    numbers: tuple[int, ...]
-    metric: str
-    direction: str
+# --------------------------------------------------------------------------------------------- contours
 
 
 def contour_pairs(sd: StudyData, n: int = 2) -> list[tuple[str, str]]:
@@ -353,69 +244,6 @@ def contour_pairs(sd: StudyData, n: int = 2) -> list[tuple[str, str]]:
         if set(top) not in [set(p) for p in pairs]:
             pairs.append(top)
     return pairs[:n]
-
-
-def contour(sd: StudyData, x: str, y: str, resolution: int = 40) -> ContourData | None:
-    """The objective over two parameters, interpolated from complete trials; None under 3 such trials."""
-    px = next((p for p in sd.params if p.name == x), None)
-    py = next((p for p in sd.params if p.name == y), None)
-    if px is None or py is None:
-        return None
-    rows = [t for t in sorted(sd.complete, key=lambda t: t.number) if x in t.params and y in t.params]
-    if len(rows) < 3:
-        return None
-    xs = [_coord(px, t.params[x]) for t in rows]
-    ys = [_coord(py, t.params[y]) for t in rows]
-    vs = [t.value for t in rows if t.value is not None]
-    gx, gy = _grid(px, xs, resolution), _grid(py, ys, resolution)
-    # Normalised coordinates: distances mean the same on every axis (log axes measured in log space).
-    ux, uy = [_unit(px, v, gx) for v in xs], [_unit(py, v, gy) for v in ys]
-    z = tuple(tuple(_idw(_unit(px, a, gx), _unit(py, b, gy), ux, uy, vs) for a in gx) for b in gy)
-    return ContourData(
-        x=_axis(px),
-        y=_axis(py),
-        grid_x=tuple(gx),
-        grid_y=tuple(gy),
-        z=z,
-        points_x=tuple(xs),
-        points_y=tuple(ys),
-        values=tuple(vs),
-        numbers=tuple(t.number for t in rows),
-        metric=sd.metric,
-        direction=sd.direction,
-    )
-
-
-def _grid(p: ParamInfo, values: Sequence[float], resolution: int) -> list[float]:
-    """Grid lines over the trials' range: categorical axes get their choices, log axes log spacing."""
-    if p.choices is not None:
-        return [float(i) for i in range(len(p.choices))]
-    lo, hi = min(values), max(values)
-    if lo == hi:
-        return [lo]
-    if p.log and lo > 0:
-        a, b = math.log10(lo), math.log10(hi)
-        return [round(10 ** (a + (b - a) * i / (resolution - 1)), 12) for i in range(resolution)]
-    return [round(lo + (hi - lo) * i / (resolution - 1), 12) for i in range(resolution)]
-
-
-def _unit(p: ParamInfo, v: float, grid: Sequence[float]) -> float:
-    lo, hi = grid[0], grid[-1]
-    if p.log and p.choices is None and lo > 0:
-        v, lo, hi = math.log10(v), math.log10(lo), math.log10(hi)
-    return 0.0 if hi == lo else (v - lo) / (hi - lo)
-
-
-def _idw(a: float, b: float, xs: Sequence[float], ys: Sequence[float], vs: Sequence[float]) -> float:
-    num = den = 0.0
-    for x, y, v in zip(xs, ys, vs, strict=True):
-        d2 = (a - x) ** 2 + (b - y) ** 2
-        if d2 < 1e-12:
-            return round(v, 9)
-        w = 1.0 / d2
-        num += w * v
-        den += w
-    return round(num / den, 9)
 
 
 # ----------------------------------------------------------------------------------- learning curves
@@ -518,40 +346,12 @@ def compute(sd: StudyData) -> ComputeData:
     )
 
 
-# -------------------------------------------------------------------------------------------- timeline
-
-
-@dataclass(frozen=True)
-class TimelineBar:
-    lane: str  # device / worker
-    number: int
-    state: str
-    start: float
-    end: float
-    running: bool  # no end yet: drawn up to the latest time seen
-
-
-@dataclass(frozen=True)
-class TimelineData:
-    lanes: tuple[str, ...]
-    bars: tuple[TimelineBar, ...]
+# ---------------------------------------------------------------------------------------------- lanes
 
 
 def lane(t: TrialInfo) -> str:
     device = t.device or "unknown device"
     return device if t.worker is None else f"{device} · worker {t.worker}"
-
-
-def timeline(sd: StudyData) -> TimelineData:
-    known = [x for t in sd.trials for x in (t.start, t.end) if x is not None]
-    now = max(known) if known else 0.0
-    bars = []
-    for t in sorted(sd.trials, key=lambda t: (t.start if t.start is not None else math.inf, t.number)):
-        if t.start is None:
-            continue  # waiting trials never ran
-        end = t.end if t.end is not None else now
-        bars.append(TimelineBar(lane(t), t.number, t.state, t.start, end, t.end is None))
-    return TimelineData(tuple(sorted({b.lane for b in bars})), tuple(bars))
 
 
 # ------------------------------------------------------------------------------------------- top trials

@@ -1,26 +1,26 @@
-"""Plain data (``dashboards.data``) to plotly figures. No study, storage or file access here."""
+"""Plotly figures of a study for `hpo report`.
+
+Where Optuna draws the figure (``optuna.visualization``: optimization history, importances, parallel
+coordinates, slice, contour, timeline), the figure is Optuna's, drawn from the ``optuna.Study`` (read only)
+with the objective's name as ``target_name``, then post-processed with what hpo adds: pruned trials at
+their last reported value, the best trial marked, trials placed on their device and worker, hpo's titles
+and layout. Those additions come from the plain data of ``dashboards.data``. Where Optuna has no such
+figure (learning curves of several metrics from the ``hpo_curves`` table, compute saved by pruning,
+studies compared), the figure is hpo's own, drawn from plain data alone.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any
 
+import optuna
+import optuna.visualization as ov
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from dashboards.data import (
-    Axis,
-    ComparisonData,
-    ComputeData,
-    ContourData,
-    CurvesData,
-    HistoryData,
-    ImportanceData,
-    ParallelData,
-    SliceData,
-    TimelineData,
-)
+from dashboards.data import ComparisonData, ComputeData, CurvesData, StudyData, TrialInfo, lane
 
 STATE_COLORS = {
     "COMPLETE": "#1f77b4",
@@ -34,6 +34,8 @@ SAVED_COLOR = "#c7e9c0"
 STUDY_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 HEIGHT = 460
 LOG_METRICS = {"perplexity"}
+PRUNED_NAME = "pruned (last reported value)"
+BEST_MARKER = {"symbol": "star", "size": 16, "color": "#ffd60a", "line": {"color": BEST_COLOR, "width": 1.5}}
 
 
 def _layout(fig: go.Figure, title: str, height: int = HEIGHT) -> go.Figure:
@@ -45,17 +47,6 @@ def _layout(fig: go.Figure, title: str, height: int = HEIGHT) -> go.Figure:
         legend={"itemsizing": "constant"},
     )
     return fig
-
-
-def log_ticks(lo: float, hi: float) -> list[float]:
-    """1-2-5 ticks between lo and hi (inclusive of the decades around them)."""
-    out = []
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
-            t = m * 10.0**e
-            if lo / 1.0001 <= t <= hi * 1.0001:
-                out.append(float(f"{t:.12g}"))
-    return out or [lo, hi]
 
 
 def empty(title: str, message: str) -> go.Figure:
@@ -77,218 +68,206 @@ def _better(direction: str) -> str:
     return "lower is better" if direction == "minimize" else "higher is better"
 
 
-def _apply_axis(fig: go.Figure, axis: Axis, which: str = "x", row: int | None = None, col: int | None = None) -> None:
-    kw: dict[str, object] = {"title_text": axis.name}
-    if axis.categories is not None:
-        kw.update(tickmode="array", tickvals=list(range(len(axis.categories))), ticktext=list(axis.categories))
-    elif axis.log:
-        kw.update(type="log")
-    if which == "x":
-        fig.update_xaxes(row=row, col=col, **kw)
-    else:
-        fig.update_yaxes(row=row, col=col, **kw)
+def _pruned(sd: StudyData) -> list[TrialInfo]:
+    """Pruned trials that reported a value (Optuna stores the last reported value as a pruned trial's value)."""
+    return [t for t in sd.trials if t.state == "PRUNED" and t.value is not None]
+
+
+def _log_y(fig: go.Figure, metric: str) -> None:
+    if metric in LOG_METRICS:
+        fig.update_yaxes(type="log")
+
+
+def _on_axis(fig: go.Figure, axis: str, value: Any) -> Any:
+    """A parameter value where Optuna's contour plot puts it: categorical axes hold ``str`` of the choice."""
+    return str(value) if fig.layout[axis].type == "category" else value
 
 
 # ------------------------------------------------------------------------------------------- history
 
 
-def history_figure(d: HistoryData, title: str = "Optimization history") -> go.Figure:
-    if not d.complete and not d.pruned:
+def history_figure(study: optuna.Study, sd: StudyData, title: str = "Optimization history") -> go.Figure:
+    """Optuna's optimization history with the pruned trials and the best trial added."""
+    pruned = _pruned(sd)
+    if not sd.complete and not pruned:
         return empty(title, "no finished trials yet")
-    fig = go.Figure()
-    if d.complete:
+    # Without a complete trial Optuna draws nothing (and logs a warning): the pruned trials go on a bare figure.
+    fig = ov.plot_optimization_history(study, target_name=sd.metric) if sd.complete else go.Figure()
+    fig.update_traces(
+        selector={"name": sd.metric},
+        name="complete trial",
+        marker={"color": STATE_COLORS["COMPLETE"], "size": 9},
+        hovertemplate="trial %{x}<br>" + sd.metric + " %{y:.4g}<extra>complete</extra>",
+    )
+    fig.update_traces(
+        selector={"name": "Best Value"},
+        name="best so far",
+        line={"shape": "hv", "color": BEST_COLOR, "width": 2},
+        hovertemplate="after trial %{x}<br>best %{y:.4g}<extra></extra>",
+    )
+    if pruned:
         fig.add_trace(
             go.Scatter(
-                x=[n for n, _ in d.complete],
-                y=[v for _, v in d.complete],
+                x=[t.number for t in pruned],
+                y=[t.value for t in pruned],
                 mode="markers",
-                name="complete trial",
-                marker={"color": STATE_COLORS["COMPLETE"], "size": 9},
-                hovertemplate="trial %{x}<br>" + d.metric + " %{y:.4g}<extra>complete</extra>",
-            )
-        )
-        last = max(n for n, _ in (*d.complete, *d.pruned))
-        best = list(d.best) + ([(last, d.best[-1][1])] if last > d.best[-1][0] else [])
-        fig.add_trace(
-            go.Scatter(
-                x=[n for n, _ in best],
-                y=[v for _, v in best],
-                mode="lines",
-                line={"shape": "hv", "color": BEST_COLOR, "width": 2},
-                name="best so far",
-                hovertemplate="after trial %{x}<br>best %{y:.4g}<extra></extra>",
-            )
-        )
-    if d.pruned:
-        fig.add_trace(
-            go.Scatter(
-                x=[n for n, _ in d.pruned],
-                y=[v for _, v in d.pruned],
-                mode="markers",
-                name="pruned (last reported value)",
+                name=PRUNED_NAME,
                 marker={"color": STATE_COLORS["PRUNED"], "size": 9, "symbol": "x"},
-                hovertemplate="trial %{x}<br>" + d.metric + " %{y:.4g}<extra>pruned</extra>",
+                hovertemplate="trial %{x}<br>" + sd.metric + " %{y:.4g}<extra>pruned</extra>",
+            )
+        )
+    best = sd.best()
+    if best is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[best.number],
+                y=[best.value],
+                mode="markers",
+                name=f"best: trial {best.number}",
+                marker=BEST_MARKER,
+                hovertemplate="best trial %{x}<br>" + sd.metric + " %{y:.4g}<extra></extra>",
             )
         )
     fig.update_xaxes(title_text="trial")
-    fig.update_yaxes(title_text=d.metric, type="log" if d.metric in LOG_METRICS else None)
-    return _layout(fig, f"{title} — {d.metric}, {_better(d.direction)}")
+    fig.update_yaxes(title_text=sd.metric)
+    _log_y(fig, sd.metric)
+    fig.update_layout(showlegend=True)
+    return _layout(fig, f"{title} — {sd.metric}, {_better(sd.direction)}")
 
 
 # --------------------------------------------------------------------------------------- importances
 
 
-def importance_figure(d: ImportanceData, title: str = "Hyperparameter importances") -> go.Figure:
-    if not d.params:
-        return empty(title, f"no importances: {d.note or 'no data'}")
-    fig = go.Figure(
-        go.Bar(
-            x=list(reversed(d.values)),
-            y=list(reversed(d.params)),
-            orientation="h",
-            text=[f"{v:.2f}" for v in reversed(d.values)],
-            textposition="auto",
-            marker={"color": STATE_COLORS["COMPLETE"]},
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-        )
-    )
-    fig.update_xaxes(title_text="importance (PED-ANOVA, sums to 1)", range=[0, max(1.0, max(d.values))])
-    caveat = " — few trials: treat as a hint" if d.n_complete < 20 else ""
-    return _layout(fig, f"{title} — from {d.n_complete} complete trials{caveat}", height=120 + 50 * len(d.params))
+def importance_figure(study: optuna.Study, sd: StudyData, title: str = "Hyperparameter importances") -> go.Figure:
+    """Optuna's importances (its default evaluator, PED-ANOVA: the numbers of the report's findings)."""
+    if not sd.importances:
+        return empty(title, f"no importances: {sd.importance_note or 'no data'}")
+    fig = ov.plot_param_importances(study, target_name=sd.metric)
+    fig.update_traces(marker={"color": STATE_COLORS["COMPLETE"]}, showlegend=False)
+    # Room on the right for Optuna's labels, drawn outside the bars.
+    top = max(1.0, *sd.importances.values())
+    fig.update_xaxes(title_text="importance (PED-ANOVA, sums to 1)", range=[0, 1.08 * top])
+    fig.update_yaxes(title_text=None)
+    n = len(sd.complete)
+    caveat = " — few trials: treat as a hint" if n < 20 else ""
+    return _layout(fig, f"{title} — from {n} complete trials{caveat}", height=120 + 50 * len(sd.importances))
 
 
 # ---------------------------------------------------------------------------------- parameter plots
 
 
-def parallel_figure(d: ParallelData, title: str = "Parallel coordinates") -> go.Figure:
-    if not d.numbers:
+def parallel_figure(study: optuna.Study, sd: StudyData, title: str = "Parallel coordinates") -> go.Figure:
+    """Optuna's parallel coordinates of the complete trials, coloured by the objective."""
+    if not sd.complete or not sd.params:
         return empty(title, "no complete trials yet")
-    dims = []
-    for axis, col in zip(d.axes, d.columns, strict=True):
-        dim: dict[str, object] = {"label": axis.name}
-        if axis.categories is not None:
-            dim.update(values=list(col), tickvals=list(range(len(axis.categories))), ticktext=list(axis.categories))
-            dim["range"] = [-0.2, len(axis.categories) - 0.8]
-        elif axis.log and col and all(v > 0 for v in col):
-            logs = [math.log10(v) for v in col]
-            ticks = log_ticks(min(col), max(col))
-            dim.update(
-                values=logs,
-                tickvals=[math.log10(t) for t in ticks],
-                ticktext=[f"{t:.0e}".replace("e-0", "e-").replace("e+0", "e") for t in ticks],
-                label=f"{axis.name} (log)",
-            )
-        else:
-            dim["values"] = list(col)
-        dims.append(dim)
-    dims.append({"label": d.metric, "values": list(d.values)})
-    fig = go.Figure(
-        go.Parcoords(
-            dimensions=dims,
-            line={
-                "color": list(d.values),
-                "colorscale": "Viridis",
-                "reversescale": d.direction == "maximize",  # darkest = best
-                "showscale": True,
-                "colorbar": {"title": {"text": d.metric}},
-            },
-        )
-    )
-    fig = _layout(fig, f"{title} — {len(d.numbers)} complete trials, colour = {d.metric}")
-    fig.update_layout(margin={"t": 120, "l": 90, "r": 40})
-    return fig
+    fig = ov.plot_parallel_coordinate(study, target_name=sd.metric)
+    # hpo's colours (Viridis, darkest = best) instead of Optuna's Blues, where the worst trial is white on
+    # white. Each trial is one line whose first point is its objective, scaled to 0..1 over the trials.
+    flip = sd.direction == "maximize"
+    for trace in fig.data:
+        if trace.mode == "lines" and trace.y:
+            at = min(max(float(trace.y[0]), 0.0), 1.0)
+            trace.update(line={"color": sample_colorscale("Viridis", [1.0 - at if flip else at])[0]}, opacity=0.8)
+        elif trace.marker is not None and trace.marker.showscale:
+            trace.update(marker={"colorscale": "Viridis", "reversescale": flip})
+    return _layout(fig, f"{title} — {len(sd.complete)} complete trials, colour = {sd.metric}")
 
 
-def slice_figure(ds: Sequence[SliceData], metric: str, title: str = "Slice") -> go.Figure:
-    if not ds or not any(s.x or s.pruned_x for s in ds):
-        return empty(title, "no finished trials yet")
-    cols = min(len(ds), 4)
-    rows = math.ceil(len(ds) / cols)
-    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04, vertical_spacing=0.18)
-    for i, s in enumerate(ds):
-        r, c = i // cols + 1, i % cols + 1
-        fig.add_trace(
-            go.Scatter(
-                x=list(s.x),
-                y=list(s.y),
-                mode="markers",
-                name="complete",
-                legendgroup="complete",
-                showlegend=i == 0,
-                marker={
-                    "color": list(s.numbers),
-                    "colorscale": "Blues",
-                    "size": 9,
-                    "line": {"width": 0.5, "color": "#333"},
-                    "showscale": i == 0,
-                    "colorbar": {"title": {"text": "trial"}},
-                },
-                customdata=list(s.numbers),
-                hovertemplate="trial %{customdata}<br>" + s.axis.name + " %{x}<br>%{y:.4g}<extra></extra>",
-            ),
-            row=r,
-            col=c,
+def slice_figure(study: optuna.Study, sd: StudyData, title: str = "Slice") -> go.Figure:
+    """Optuna's slice plot, with the pruned trials at their last reported value and the best trial marked."""
+    pruned = _pruned(sd)
+    if not sd.complete:
+        return empty(title, "no complete trials yet" + (f" ({len(pruned)} pruned)" if pruned else ""))
+    fig = ov.plot_slice(study, target_name=sd.metric)
+    fig.layout.width = None  # Optuna fixes the width from 4 parameters on: let the page size it
+    categorical = {p.name for p in sd.params if p.kind == "categorical"}
+    best = sd.best()
+    # One subplot per parameter: its x axis is titled with the parameter; its complete-trial trace says which
+    # y axis goes with that x axis.
+    axes = {fig.layout[k].title.text: k for k in fig.layout.to_plotly_json() if k.startswith("xaxis")}
+    for i, (name, key) in enumerate(sorted(axes.items())):
+        xref = "x" + key[len("xaxis") :]
+        yref = next((t.yaxis for t in fig.data if t.xaxis == xref), None) or "y"
+        fig.update_traces(
+            selector={"xaxis": xref, "name": "Feasible Trial"} if len(axes) > 1 else {"name": "Feasible Trial"},
+            hovertemplate="trial %{marker.color}<br>" + name + " %{x}<br>%{y:.4g}<extra>complete</extra>",
         )
-        if s.pruned_x:
+
+        def x_of(t: TrialInfo, name: str = name) -> Any:
+            v = t.params[name]
+            return repr(v) if name in categorical else v
+
+        cut = [t for t in pruned if name in t.params]
+        if cut:
             fig.add_trace(
                 go.Scatter(
-                    x=list(s.pruned_x),
-                    y=list(s.pruned_y),
+                    x=[x_of(t) for t in cut],
+                    y=[t.value for t in cut],
+                    xaxis=xref,
+                    yaxis=yref,
                     mode="markers",
-                    name="pruned (last reported value)",
+                    name=PRUNED_NAME,
                     legendgroup="pruned",
                     showlegend=i == 0,
                     marker={"color": STATE_COLORS["PRUNED"], "symbol": "x", "size": 8},
-                    customdata=list(s.pruned_numbers),
-                    hovertemplate="trial %{customdata} (pruned)<br>" + s.axis.name + " %{x}<br>%{y:.4g}<extra></extra>",
-                ),
-                row=r,
-                col=c,
+                    customdata=[t.number for t in cut],
+                    hovertemplate="trial %{customdata} (pruned)<br>" + name + " %{x}<br>%{y:.4g}<extra></extra>",
+                )
             )
-        _apply_axis(fig, s.axis, "x", r, c)
-    fig.update_yaxes(type="log" if metric in LOG_METRICS else None)
-    fig.update_yaxes(title_text=metric, col=1)
-    fig.update_layout(legend={"orientation": "h", "y": -0.2})
-    return _layout(fig, f"{title} — {metric} against each parameter", height=max(HEIGHT, 340 * rows + 80))
+        if best is not None and name in best.params:
+            fig.add_trace(
+                go.Scatter(
+                    x=[x_of(best)],
+                    y=[best.value],
+                    xaxis=xref,
+                    yaxis=yref,
+                    mode="markers",
+                    name=f"best: trial {best.number}",
+                    legendgroup="best",
+                    showlegend=i == 0,
+                    marker=BEST_MARKER,
+                    hovertemplate=f"best trial {best.number}<br>{name} %{{x}}<br>%{{y:.4g}}<extra></extra>",
+                )
+            )
+    _log_y(fig, sd.metric)
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.2})
+    return _layout(fig, f"{title} — {sd.metric} against each parameter")
 
 
-def contour_figure(d: ContourData | None, title: str = "Contour") -> go.Figure:
-    if d is None:
-        return empty(title, "needs at least 3 complete trials with both parameters")
-    fig = go.Figure()
-    fig.add_trace(
-        go.Contour(
-            x=list(d.grid_x),
-            y=list(d.grid_y),
-            z=[list(r) for r in d.z],
-            colorscale="Viridis",
-            reversescale=d.direction == "maximize",  # darkest = best
-            contours={"coloring": "heatmap"},
-            line={"width": 0.5},
-            colorbar={"title": {"text": d.metric}},
-            hovertemplate=f"{d.x.name} %{{x}}<br>{d.y.name} %{{y}}<br>{d.metric} ≈ %{{z:.4g}}"
-            "<extra>interpolated</extra>",
-            name=d.metric,
-        )
+MIN_CONTOUR_TRIALS = 3
+
+
+def contour_figure(study: optuna.Study, sd: StudyData, x: str, y: str, title: str = "Contour") -> go.Figure:
+    """Optuna's contour of the objective over two parameters, with the best trial marked."""
+    rows = [t for t in sd.complete if x in t.params and y in t.params]
+    if len(rows) < MIN_CONTOUR_TRIALS:
+        return empty(title, f"needs at least {MIN_CONTOUR_TRIALS} complete trials with both parameters")
+    same = [p for p in (x, y) if len({repr(t.params[p]) for t in rows}) < 2]
+    if same:  # Optuna would draw an empty contour (and log a warning)
+        return empty(title, f"every complete trial has the same {same[0]}: nothing to interpolate")
+    fig = ov.plot_contour(study, params=[x, y], target_name=sd.metric)
+    fig.update_traces(
+        selector={"name": "Feasible Trial"},
+        marker={"color": "white", "size": 10, "line": {"color": "black", "width": 1.5}},
+        hovertemplate="%{x}, %{y}<extra>complete trial</extra>",
     )
-    fig.add_trace(
-        go.Scatter(
-            x=list(d.points_x),
-            y=list(d.points_y),
-            mode="markers",
-            marker={"color": "white", "size": 10, "line": {"color": "black", "width": 1.5}},
-            customdata=[[n, v] for n, v in zip(d.numbers, d.values, strict=True)],
-            hovertemplate="trial %{customdata[0]}<br>"
-            + d.metric
-            + " %{customdata[1]:.4g}<extra>complete trial</extra>",
-            name="complete trials",
-            showlegend=False,
+    # Optuna puts the parameters on the axes in name order, whatever order they were asked in.
+    px, py = fig.layout.xaxis.title.text, fig.layout.yaxis.title.text
+    best = sd.best()
+    if best is not None and px in best.params and py in best.params:
+        fig.add_trace(
+            go.Scatter(
+                x=[_on_axis(fig, "xaxis", best.params[px])],
+                y=[_on_axis(fig, "yaxis", best.params[py])],
+                mode="markers",
+                name=f"best: trial {best.number}",
+                marker=BEST_MARKER,
+                hovertemplate=f"best trial {best.number}<br>{sd.metric} {_fmt(best.value)}<extra></extra>",
+            )
         )
-    )
-    _apply_axis(fig, d.x, "x")
-    _apply_axis(fig, d.y, "y")
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.2})
     return _layout(
-        fig, f"{title} — {d.metric} over {d.x.name} × {d.y.name} (interpolated from {len(d.numbers)} complete trials)"
+        fig, f"{title} — {sd.metric} over {px} × {py} (interpolated from {len(rows)} complete trials, marked)"
     )
 
 
@@ -444,34 +423,38 @@ def compute_figure(d: ComputeData, title: str = "Compute spent and saved by prun
 # -------------------------------------------------------------------------------------------- timeline
 
 
-def timeline_figure(d: TimelineData, title: str = "Timeline of trials per device") -> go.Figure:
-    if not d.bars:
+def timeline_figure(study: optuna.Study, sd: StudyData, title: str = "Timeline of trials per device") -> go.Figure:
+    """Optuna's timeline with each trial moved onto its device and worker's lane (Optuna: one row a trial)."""
+    info = {t.number: t for t in sd.trials if t.start is not None}  # waiting trials never ran
+    if not info:
         return empty(title, "no trial has started yet")
-    fig = go.Figure()
-    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"):
-        bars = [b for b in d.bars if b.state == state]
-        if not bars:
-            continue
-        fig.add_trace(
-            go.Bar(
-                y=[b.lane for b in bars],
-                x=[max(b.end - b.start, 0.0) for b in bars],
-                base=[b.start for b in bars],
-                orientation="h",
-                name=state.lower(),
-                marker={"color": STATE_COLORS[state], "line": {"color": "white", "width": 1}},
-                text=[f"#{b.number}" for b in bars],
-                textposition="inside",
-                insidetextanchor="middle",
-                customdata=[[b.number, b.start, b.end] for b in bars],
-                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]:.1f}s → %{customdata[2]:.1f}s"
-                "<br>%{y}<extra>" + state.lower() + "</extra>",
-            )
+    fig = ov.plot_timeline(study)
+    for trace in fig.data:
+        keep = [i for i, n in enumerate(trace.y) if n in info]
+        state = str(trace.name)
+        trials = [info[trace.y[i]] for i in keep]
+        trace.update(
+            x=[trace.x[i] for i in keep],
+            base=[trace.base[i] for i in keep],
+            y=[lane(t) for t in trials],
+            name=state.lower(),
+            marker={"color": STATE_COLORS.get(state, "#cccccc"), "line": {"color": "white", "width": 1}},
+            # hpo's own hover text: Optuna's lists every user attribute, tracebacks included.
+            text=[f"#{t.number}" for t in trials],
+            textposition="inside",
+            insidetextanchor="middle",
+            customdata=[[t.number, _fmt(t.duration), t.reason or ""] for t in trials],
+            hovertemplate="trial %{customdata[0]}, %{customdata[1]} s<br>%{y}<br>%{customdata[2]}<extra>"
+            + state.lower()
+            + "</extra>",
+            showlegend=bool(keep),
         )
+    lanes = sorted({lane(t) for t in info.values()})
+    # Bars of one lane share its row: overlaid, not grouped side by side per state.
     fig.update_layout(barmode="overlay")
-    fig.update_xaxes(title_text="seconds since the first trial started")
-    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(d.lanes)))
-    return _layout(fig, title, height=max(260, 140 + 60 * len(d.lanes)))
+    fig.update_xaxes(title_text="time")
+    fig.update_yaxes(title_text=None, type="category", categoryorder="array", categoryarray=list(reversed(lanes)))
+    return _layout(fig, title, height=max(260, 140 + 60 * len(lanes)))
 
 
 # ------------------------------------------------------------------------------------------ comparison

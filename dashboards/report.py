@@ -1,7 +1,8 @@
 """`hpo report`: one self-contained HTML file (plotly.js inlined once, no CDN) for one or more studies.
 
-``load`` reads a study file's study and learning curves into plain data (``dashboards.data``), ``build``
-turns plain data into figures and HTML, ``write`` does both and writes the file (and PNGs on request).
+``load`` opens a study file's study (read only) and reads it and its learning curves into plain data
+(``dashboards.data``), ``build`` turns them into figures (``dashboards.figures``: Optuna's, drawn from the
+study, and hpo's own) and HTML, ``write`` does both and writes the file (and PNGs on request).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
@@ -43,6 +45,7 @@ def read_curves(url: str, study_name: str) -> list[CurvePoint]:
 @dataclass
 class Loaded:
     data: D.StudyData
+    study: optuna.Study  # opened read only: Optuna's plots read it
     study_file: str
     storage: str  # redacted
     description: str | None = None
@@ -53,7 +56,7 @@ def load(study_file: str | Path) -> Loaded:
     cfg = load_study_file(study_file)
     study = load_existing(cfg)
     points = read_curves(cfg.storage_url, cfg.study.name)
-    return Loaded(D.collect(study, points), str(study_file), redact(cfg.storage_url), cfg.study.description)
+    return Loaded(D.collect(study, points), study, str(study_file), redact(cfg.storage_url), cfg.study.description)
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -103,22 +106,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def study_figures(sd: D.StudyData, slug: str) -> list[Figure]:
+def study_figures(study: optuna.Study, sd: D.StudyData, slug: str) -> list[Figure]:
     """Every figure of one study, in report order."""
     figs = [
-        Figure(f"{slug}-history", "Optimization history", F.history_figure(D.history(sd))),
-        Figure(f"{slug}-importance", "Hyperparameter importances", F.importance_figure(D.importance(sd))),
+        Figure(f"{slug}-history", "Optimization history", F.history_figure(study, sd)),
+        Figure(f"{slug}-importance", "Hyperparameter importances", F.importance_figure(study, sd)),
         Figure(f"{slug}-curves", "Learning curves", F.curves_figure(D.curves(sd))),
         Figure(f"{slug}-compute", "Compute spent and saved by pruning", F.compute_figure(D.compute(sd))),
-        Figure(f"{slug}-parallel", "Parallel coordinates", F.parallel_figure(D.parallel(sd))),
-        Figure(f"{slug}-slice", "Slice", F.slice_figure(D.slices(sd), sd.metric)),
+        Figure(f"{slug}-parallel", "Parallel coordinates", F.parallel_figure(study, sd)),
+        Figure(f"{slug}-slice", "Slice", F.slice_figure(study, sd)),
     ]
     pairs = D.contour_pairs(sd)
     if not pairs:
         figs.append(Figure(f"{slug}-contour", "Contour", F.empty("Contour", "needs at least two parameters")))
     for x, y in pairs:
-        figs.append(Figure(f"{slug}-contour-{_slug(x)}-{_slug(y)}", "Contour", F.contour_figure(D.contour(sd, x, y))))
-    figs.append(Figure(f"{slug}-timeline", "Timeline of trials per device", F.timeline_figure(D.timeline(sd))))
+        figs.append(Figure(f"{slug}-contour-{_slug(x)}-{_slug(y)}", "Contour", F.contour_figure(study, sd, x, y)))
+    figs.append(Figure(f"{slug}-timeline", "Timeline of trials per device", F.timeline_figure(study, sd)))
     return figs
 
 
@@ -267,7 +270,7 @@ def build(loaded: Sequence[Loaded]) -> Report:
         if x.description:
             intro.insert(0, _esc(x.description))
         tables = [f"<h3>Top trials</h3>{top_table(sd)}", all_trials_table(sd)]
-        sections.append(Section(f"study-{slug}", sd.name, intro, study_figures(sd, slug), tables))
+        sections.append(Section(f"study-{slug}", sd.name, intro, study_figures(x.study, sd, slug), tables))
     title = "hpo report — " + " vs ".join(labels)
     return Report(title, sections, summaries, found)
 

@@ -17,8 +17,10 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 import pytest
-from dash_fixtures import CONFIG, TRIALS, fixed_study, sqlite_study_file
+from dash_fixtures import CONFIG, DISTS, TRIALS, fixed_study, sqlite_study_file
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
+from plotly.colors import sample_colorscale
 from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
@@ -34,8 +36,13 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def sd() -> D.StudyData:
-    return D.collect(fixed_study())
+def study() -> optuna.Study:
+    return fixed_study()
+
+
+@pytest.fixture
+def sd(study: optuna.Study) -> D.StudyData:
+    return D.collect(study)
 
 
 # ------------------------------------------------------------------------------------------ pure data
@@ -91,29 +98,8 @@ def test_collect_without_hpo_config_and_too_few_trials() -> None:
     sd = D.collect(study)
     assert (sd.metric, sd.direction, sd.max_steps, sd.trials, sd.importances) == ("objective", "maximize", None, (), {})
     assert sd.importance_note == "needs at least 2 complete trials (has 0)"
-    assert D.history(sd) == D.HistoryData("objective", "maximize", (), (), ())
     assert D.compute(sd).steps_without_pruning == 0
-    assert D.timeline(sd) == D.TimelineData((), ())
     assert D.contour_pairs(sd) == []
-
-
-def test_history(sd: D.StudyData) -> None:
-    assert D.history(sd) == D.HistoryData(
-        metric="perplexity",
-        direction="minimize",
-        complete=((0, 10.0), (2, 5.0), (4, 8.0)),
-        pruned=((1, 30.0),),
-        best=((0, 10.0), (2, 5.0), (4, 5.0)),
-    )
-
-
-def test_history_maximize() -> None:
-    study = optuna.create_study(direction="maximize")
-    for v in (0.5, 0.4, 0.9):
-        t = study.ask()
-        t.suggest_float("x", 0, 1)
-        study.tell(t, v)
-    assert D.history(D.collect(study, importances=False)).best == ((0, 0.5), (1, 0.5), (2, 0.9))
 
 
 def test_importance_ranks_and_keeps_the_note(sd: D.StudyData) -> None:
@@ -123,51 +109,13 @@ def test_importance_ranks_and_keeps_the_note(sd: D.StudyData) -> None:
     assert D.importance(none) == D.ImportanceData((), (), 3, "why")
 
 
-def test_parallel_maps_categories_to_indices(sd: D.StudyData) -> None:
-    assert D.parallel(sd) == D.ParallelData(
-        axes=(
-            D.Axis("learning_rate", True, None),
-            D.Axis("per_device_train_batch_size", False, ("8", "16", "32")),
-            D.Axis("dropout", False, None),
-        ),
-        columns=((1e-3, 1e-2, 3e-3), (1.0, 2.0, 0.0), (0.1, 0.0, 0.05)),
-        values=(10.0, 5.0, 8.0),
-        numbers=(0, 2, 4),
-        metric="perplexity",
-        direction="minimize",
-    )
-
-
-def test_slices_keep_pruned_trials_apart(sd: D.StudyData) -> None:
-    lr = D.slices(sd)[0]
-    assert lr == D.SliceData(
-        axis=D.Axis("learning_rate", True, None),
-        x=(1e-3, 1e-2, 3e-3),
-        y=(10.0, 5.0, 8.0),
-        numbers=(0, 2, 4),
-        pruned_x=(1e-4,),
-        pruned_y=(30.0,),
-        pruned_numbers=(1,),
-    )
-
-
-def test_contour_learning_rate_by_batch_size(sd: D.StudyData) -> None:
-    assert D.contour_pairs(sd)[0] == ("learning_rate", "per_device_train_batch_size")
-    c = D.contour(sd, "learning_rate", "per_device_train_batch_size", resolution=5)
-    assert c is not None
-    assert c.grid_x == (0.001, 0.001778279410, 0.003162277660, 0.005623413252, 0.01)  # log-spaced over the trials
-    assert c.grid_y == (0.0, 1.0, 2.0)  # the three batch sizes
-    assert (c.points_x, c.points_y, c.values, c.numbers) == (
-        (1e-3, 1e-2, 3e-3),
-        (1.0, 2.0, 0.0),
-        (10.0, 5.0, 8.0),
-        (0, 2, 4),
-    )
-    assert c.z[1][0] == 10.0 and c.z[2][4] == 5.0  # exact at the trials
-    assert all(5.0 <= v <= 10.0 for row in c.z for v in row)  # interpolation stays within the values
-    few = D.collect(fixed_study(rows=TRIALS[:2]))
-    assert D.contour(few, "learning_rate", "per_device_train_batch_size") is None
-    assert D.contour(sd, "learning_rate", "nope") is None
+def test_contour_pairs_learning_rate_by_batch_size_first(sd: D.StudyData) -> None:
+    assert D.contour_pairs(sd) == [("learning_rate", "per_device_train_batch_size"), ("learning_rate", "dropout")]
+    ranked = dataclasses.replace(sd, importances={"dropout": 0.6, "per_device_train_batch_size": 0.3})
+    assert D.contour_pairs(ranked) == [
+        ("learning_rate", "per_device_train_batch_size"),
+        ("dropout", "per_device_train_batch_size"),
+    ]
 
 
 def test_curves_fall_back_to_reported_values(sd: D.StudyData) -> None:
@@ -217,29 +165,6 @@ def test_compute_spent_and_saved(sd: D.StudyData) -> None:
     )
 
 
-def test_timeline_lanes_per_device_and_worker(sd: D.StudyData) -> None:
-    w0, w1 = "cpu · worker 0", "cpu · worker 1"
-    assert D.timeline(sd) == D.TimelineData(
-        lanes=(w0, w1),
-        bars=(
-            D.TimelineBar(w0, 0, "COMPLETE", 0.0, 2.0, False),
-            D.TimelineBar(w1, 1, "PRUNED", 0.0, 1.0, False),
-            D.TimelineBar(w1, 2, "COMPLETE", 1.0, 3.5, False),
-            D.TimelineBar(w0, 3, "FAIL", 2.0, 2.5, False),
-            D.TimelineBar(w0, 4, "COMPLETE", 2.5, 4.5, False),
-        ),
-    )
-
-
-def test_timeline_running_trial_reaches_the_latest_time() -> None:
-    study = fixed_study()
-    study.ask()  # a RUNNING trial, started now
-    sd = D.collect(study, importances=False)
-    running = [b for b in D.timeline(sd).bars if b.running]
-    assert len(running) == 1 and running[0].end == running[0].start  # nothing later than its own start
-    assert running[0].lane == "unknown device"
-
-
 def test_top_trials(sd: D.StudyData) -> None:
     rows = D.top_trials(sd, n=2)
     assert rows == (
@@ -270,62 +195,219 @@ def test_summary_and_comparison(sd: D.StudyData) -> None:
 
 
 # -------------------------------------------------------------------------------------------- figures
+# Optuna draws history, importances, parallel coordinates, slice, contour and timeline; these tests check what
+# a reader sees on them: every trial where it belongs, pruned trials at their last reported value, the
+# objective's name, the best trial marked.
 
 
 def _types(fig: go.Figure) -> list[str]:
     return [t.type for t in fig.data]
 
 
-def test_figures_have_the_expected_traces(sd: D.StudyData) -> None:
-    assert _types(F.history_figure(D.history(sd))) == ["scatter", "scatter", "scatter"]
-    best_line = F.history_figure(D.history(sd)).data[1]
-    assert list(best_line.x) == [0, 2, 4] and list(best_line.y) == [10.0, 5.0, 5.0]
-    assert _types(F.importance_figure(D.importance(sd))) == ["bar"]
-    par = F.parallel_figure(D.parallel(sd))
-    assert _types(par) == ["parcoords"]
-    assert [d.label for d in par.data[0].dimensions] == [
-        "learning_rate (log)",
-        "per_device_train_batch_size",
-        "dropout",
-        "perplexity",
-    ]
-    assert list(par.data[0].dimensions[1].ticktext) == ["8", "16", "32"]
-    sl = F.slice_figure(D.slices(sd), sd.metric)
-    assert _types(sl) == ["scatter"] * 6  # complete + pruned for each of 3 parameters
-    assert sl.layout.xaxis.type == "log"
-    con = F.contour_figure(D.contour(sd, "learning_rate", "per_device_train_batch_size"))
-    assert _types(con) == ["contour", "scatter"] and con.layout.xaxis.type == "log"
-    assert list(con.layout.yaxis.ticktext) == ["8", "16", "32"]
+def _named(fig: go.Figure, name: str) -> Any:
+    found = [t for t in fig.data if t.name == name]
+    assert len(found) == 1, [t.name for t in fig.data]
+    return found[0]
+
+
+def _points(trace: Any) -> list[tuple[Any, Any]]:
+    return list(zip(trace.x, trace.y, strict=True))
+
+
+def test_history_figure_shows_pruned_trials_and_marks_the_best(study: optuna.Study, sd: D.StudyData) -> None:
+    fig = F.history_figure(study, sd)
+    assert _points(_named(fig, "complete trial")) == [(0, 10.0), (2, 5.0), (4, 8.0)]
+    assert _points(_named(fig, "pruned (last reported value)")) == [(1, 30.0)]
+    best_line = dict(_points(_named(fig, "best so far")))
+    assert [best_line[n] for n in (0, 2, 4)] == [10.0, 5.0, 5.0]  # best so far after each complete trial
+    assert _points(_named(fig, "best: trial 2")) == [(2, 5.0)]
+    assert fig.layout.yaxis.title.text == "perplexity" and fig.layout.yaxis.type == "log"
+    assert "Objective Value" not in fig.to_json()  # Optuna's default name is replaced by the objective's
+    assert fig.layout.title.text == "Optimization history — perplexity, lower is better"
+
+
+@pytest.mark.parametrize(
+    ("direction", "values", "best_so_far", "best"),
+    [
+        ("maximize", (0.5, 0.4, 0.9), [0.5, 0.5, 0.9], (2, 0.9)),
+        ("minimize", (0.5, 0.4, 0.9), [0.5, 0.4, 0.4], (1, 0.4)),
+    ],
+)
+def test_history_figure_follows_the_direction(
+    direction: str, values: tuple[float, ...], best_so_far: list[float], best: tuple[int, float]
+) -> None:
+    study = optuna.create_study(direction=direction)
+    for v in values:
+        t = study.ask()
+        t.suggest_float("x", 0, 1)
+        study.tell(t, v)
+    fig = F.history_figure(study, D.collect(study, importances=False))
+    assert list(_named(fig, "best so far").y) == best_so_far
+    assert _points(_named(fig, f"best: trial {best[0]}")) == [best]
+    assert fig.layout.yaxis.title.text == "objective" and fig.layout.yaxis.type is None
+
+
+def test_history_figure_with_only_pruned_trials(study: optuna.Study) -> None:
+    sd = D.collect(fixed_study(rows=[TRIALS[1]]))
+    fig = F.history_figure(fixed_study(rows=[TRIALS[1]]), sd)
+    assert [t.name for t in fig.data] == ["pruned (last reported value)"]
+
+
+def test_importance_figure_draws_the_reported_importances(study: optuna.Study, sd: D.StudyData) -> None:
+    fig = F.importance_figure(study, sd)
+    assert _types(fig) == ["bar"]
+    bars = dict(zip(fig.data[0].y, fig.data[0].x, strict=True))
+    assert bars == pytest.approx(sd.importances)  # the same numbers as the report's findings
+    assert fig.layout.title.text == "Hyperparameter importances — from 3 complete trials — few trials: treat as a hint"
+
+
+def test_parallel_figure_one_line_per_complete_trial(study: optuna.Study, sd: D.StudyData) -> None:
+    fig = F.parallel_figure(study, sd)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 3  # trials 0, 2, 4: the pruned and the failed trial have no line
+    assert list(fig.layout.xaxis.ticktext) == ["perplexity", "dropout", "learning_rate", "per_device_train_..."]
+    # Each line's hover names the axes and the trial's values on them; darkest (Viridis' start) = lowest.
+    by_value = {line.customdata[0][1]: line.line.color for line in lines}
+    assert set(by_value) == {"10", "5", "8"}
+    assert by_value["5"] == sample_colorscale("Viridis", [0.0])[0]
+    assert by_value["10"] == sample_colorscale("Viridis", [1.0])[0]
+
+
+def _slice_panels(fig: go.Figure) -> dict[str, list[Any]]:
+    """Parameter -> the traces drawn on its subplot."""
+    axes = {fig.layout[k].title.text: "x" + k[len("xaxis") :] for k in fig.layout.to_plotly_json() if k[:5] == "xaxis"}
+    return {name: [t for t in fig.data if (t.xaxis or "x") == ref] for name, ref in axes.items()}
+
+
+def test_slice_figure_shows_pruned_trials_and_marks_the_best(study: optuna.Study, sd: D.StudyData) -> None:
+    fig = F.slice_figure(study, sd)
+    panels = _slice_panels(fig)
+    assert set(panels) == {"learning_rate", "per_device_train_batch_size", "dropout"}
+    names = {name: {t.name: _points(t) for t in traces} for name, traces in panels.items()}
+    assert names["learning_rate"] == {
+        "Feasible Trial": [(1e-3, 10.0), (1e-2, 5.0), (3e-3, 8.0)],
+        "pruned (last reported value)": [(1e-4, 30.0)],
+        "best: trial 2": [(1e-2, 5.0)],
+    }
+    # A categorical parameter: the pruned and the best trial sit on the categories Optuna drew.
+    batch = names["per_device_train_batch_size"]
+    assert batch["pruned (last reported value)"] == [("8", 30.0)] and batch["best: trial 2"] == [("32", 5.0)]
+    assert {x for x, _ in batch["Feasible Trial"]} == {"8", "16", "32"}
+    lr_axis = next(
+        k for k in fig.layout.to_plotly_json() if k[:5] == "xaxis" and fig.layout[k].title.text == "learning_rate"
+    )
+    assert fig.layout[lr_axis].type == "log"
+    assert fig.layout.yaxis.title.text == "perplexity" and fig.layout.width is None
+
+
+def test_slice_figure_of_one_parameter() -> None:
+    study = optuna.create_study(direction="maximize")
+    rows = ((0.2, 0.5, TrialState.COMPLETE), (0.7, 0.9, TrialState.COMPLETE), (0.4, 0.1, TrialState.PRUNED))
+    for x, value, state in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state, value=value, params={"x": x}, distributions={"x": FloatDistribution(0, 1)},
+                intermediate_values={10: value},
+            )
+        )  # fmt: skip
+    fig = F.slice_figure(study, D.collect(study, importances=False))
+    assert {t.name: _points(t) for t in fig.data} == {
+        "Feasible Trial": [(0.2, 0.5), (0.7, 0.9)],
+        "pruned (last reported value)": [(0.4, 0.1)],
+        "best: trial 1": [(0.7, 0.9)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "choices", "best_at"),
+    [
+        ("per_device_train_batch_size", [8, 16, 32], 32),  # numeric choices: Optuna draws a numeric axis
+        ("optimizer", ["adamw", "sgd"], "sgd"),  # text choices: a category axis
+    ],
+)
+def test_contour_figure_marks_the_trials_and_the_best(name: str, choices: list[Any], best_at: Any) -> None:
+    as_choice = {8: choices[0], 16: choices[1], 32: choices[-1]}  # the fixed trials' batch sizes, renamed
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("hpo:config", CONFIG)
+    for _, state, value, (lr, bs, _), inter, _, _, _ in TRIALS:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params={"learning_rate": lr, name: as_choice[bs]},
+                distributions={"learning_rate": DISTS["learning_rate"], name: CategoricalDistribution(choices)},
+                intermediate_values=inter,
+            )
+        )
+    fig = F.contour_figure(study, D.collect(study), "learning_rate", name)
+    assert _types(fig)[0] == "contour" and fig.layout.xaxis.type == "log"
+    assert fig.data[0].colorbar.title.text == "perplexity"
+    assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == ("learning_rate", name)
+    assert len(_named(fig, "Feasible Trial").x) == 3  # the complete trials, marked
+    assert _points(_named(fig, "best: trial 2")) == [(1e-2, best_at)]
+    assert fig.layout.title.text.startswith(f"Contour — perplexity over learning_rate × {name}")
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (TRIALS[:3], "needs at least 3 complete trials with both parameters"),  # two complete trials
+        ([(*r[:3], (r[3][0], r[3][1], 0.1), *r[4:]) for r in TRIALS], "every complete trial has the same dropout"),
+    ],
+)
+def test_contour_figure_says_when_there_is_nothing_to_draw(rows: list[Any], why: str) -> None:
+    study = fixed_study(rows=rows)
+    fig = F.contour_figure(study, D.collect(study), "learning_rate", "dropout")
+    assert fig.data == () and why in fig.layout.annotations[0].text
+
+
+def test_timeline_figure_puts_trials_on_their_device_and_worker(study: optuna.Study, sd: D.StudyData) -> None:
+    fig = F.timeline_figure(study, sd)
+    assert [t.name for t in fig.data] == ["complete", "fail", "pruned"] and fig.data[0].orientation == "h"
+    lanes = {label: lane for t in fig.data for label, lane in zip(t.text, t.y, strict=True)}
+    w0, w1 = "cpu · worker 0", "cpu · worker 1"
+    assert lanes == {"#0": w0, "#1": w1, "#2": w1, "#3": w0, "#4": w0}
+    assert list(fig.layout.yaxis.categoryarray) == [w1, w0] and fig.layout.barmode == "overlay"
+    assert [b[-8:] for b in fig.data[0].base] == ["12:00:00", "12:00:01", "00:02.500000"[-8:]]
+    assert "traceback" not in fig.to_json() and "user_attrs" not in fig.to_json()  # hpo's hover, not every attribute
+
+
+def test_timeline_figure_skips_waiting_trials_and_shows_running_ones() -> None:
+    study = fixed_study()
+    study.ask()  # a RUNNING trial, started now, on no known device
+    study.enqueue_trial({"dropout": 0.1})  # WAITING: it never ran
+    fig = F.timeline_figure(study, D.collect(study, importances=False))
+    running = _named(fig, "running")
+    assert list(running.text) == ["#5"] and list(running.y) == ["unknown device"]
+    assert "#6" not in [label for t in fig.data for label in t.text]
+
+
+def test_hpo_own_figures(sd: D.StudyData) -> None:
     cur = F.curves_figure(D.curves(sd))
     assert [t.name for t in cur.data] == ["#0 10", "#1 pruned@50", "#4 8", "#2 best 5"]  # best drawn last
     assert cur.data[1].line.dash == "dot" and cur.data[1].marker.symbol[-1] == "x"
     comp = F.compute_figure(D.compute(sd))
     assert _types(comp) == ["bar"] * 4  # totals; steps run by complete, pruned trials (the failed one ran 0); saved
     assert list(comp.data[0].y) == [400, 350] and list(comp.data[-1].y) == [0, 50, 0, 0, 0]
-    tl = F.timeline_figure(D.timeline(sd))
-    assert [t.name for t in tl.data] == ["complete", "pruned", "fail"] and tl.data[0].orientation == "h"
-    assert list(tl.data[0].base) == [0.0, 1.0, 2.5]
     cmp = D.comparison([sd, dataclasses.replace(sd, name="b")])
     assert _types(F.comparison_figure(cmp)) == ["scatter"] * 4
     assert _types(F.importance_comparison_figure(cmp)) == ["bar", "bar"]
 
 
 def test_figures_of_an_empty_study_say_why() -> None:
-    sd = D.collect(optuna.create_study())
+    study = optuna.create_study()
+    sd = D.collect(study)
     for fig in (
-        F.history_figure(D.history(sd)),
-        F.importance_figure(D.importance(sd)),
-        F.parallel_figure(D.parallel(sd)),
+        F.history_figure(study, sd),
+        F.importance_figure(study, sd),
+        F.parallel_figure(study, sd),
+        F.slice_figure(study, sd),
+        F.contour_figure(study, sd, "a", "b"),
         F.curves_figure(D.curves(sd)),
         F.compute_figure(D.compute(sd)),
-        F.timeline_figure(D.timeline(sd)),
-        F.contour_figure(None),
+        F.timeline_figure(study, sd),
     ):
         assert fig.data == () and fig.layout.annotations[0].text
-
-
-def test_log_ticks() -> None:
-    assert F.log_ticks(2e-4, 4e-3) == [2e-4, 5e-4, 1e-3, 2e-3]
 
 
 # ---------------------------------------------------------------------------------------------- notes

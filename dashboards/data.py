@@ -19,6 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.curves import CurvePoint
+from hpo.record import TrialRecord, best_of, rank_trials, running_best
 
 ATTR_CONFIG = "hpo:config"  # the study's resolved study file (see hpo.storage)
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -58,6 +59,7 @@ class TrialInfo:
     eval_time: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     requeued: bool = False  # a FAIL that was re-run as another trial
+    counted: bool = True  # counts towards n_trials (hpo.record.counts: not waiting, re-queued or discarded)
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,7 @@ class StudyData:
         return [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
 
     def best(self) -> TrialInfo | None:
-        done = self.complete
-        if not done:
-            return None
-        key = (lambda t: t.value) if self.direction == "minimize" else (lambda t: -t.value)
-        return min(done, key=key)
+        return best_of(self.trials, self.direction)
 
 
 def collect(study: optuna.Study, points: Sequence[CurvePoint] = (), importances: bool = True) -> StudyData:
@@ -133,36 +131,33 @@ def _num(v: Any) -> float | None:
 
 
 def _trial_info(t: FrozenTrial, t0: datetime | None) -> TrialInfo:
-    ua = t.user_attrs
+    r = TrialRecord.from_trial(t)
+    a = r.attrs
     start = _seconds(t.datetime_start, t0)
     end = _seconds(t.datetime_complete, t0)
-    duration = _num(ua.get("duration"))
+    duration = _num(a.duration)
     if duration is None and start is not None and end is not None:
         duration = round(end - start, 3)
-    steps = ua.get("steps")
-    if not isinstance(steps, int):
-        steps = max(t.intermediate_values) if t.intermediate_values else None
-    value = t.value if t.values else None
-    worker = ua.get("worker")
-    metrics = ua.get("metrics")
+    value = r.value
     return TrialInfo(
-        number=t.number,
-        state=t.state.name,
+        number=r.number,
+        state=r.state.name,
         value=value if value is not None and math.isfinite(value) else None,
-        params=dict(t.params),
-        intermediate={int(k): float(v) for k, v in sorted(t.intermediate_values.items()) if math.isfinite(v)},
-        steps=steps,
+        params=dict(r.params),
+        intermediate={int(k): float(v) for k, v in sorted(r.intermediate.items()) if math.isfinite(v)},
+        steps=r.steps,
         start=start,
         end=end,
         duration=duration,
-        device=ua.get("device") if isinstance(ua.get("device"), str) else None,
-        worker=worker if isinstance(worker, int) else None,
-        reason=ua.get("reason") if isinstance(ua.get("reason"), str) else None,
-        tokens_per_s=_num(ua.get("tokens_per_s")),
-        train_time=_num(ua.get("train_time")),
-        eval_time=_num(ua.get("eval_time")),
-        metrics={k: float(v) for k, v in metrics.items() if _num(v) is not None} if isinstance(metrics, dict) else {},
-        requeued=bool(ua.get("requeued")),
+        device=a.device,
+        worker=a.worker,
+        reason=a.reason,
+        tokens_per_s=_num(a.tokens_per_s),
+        train_time=_num(a.train_time),
+        eval_time=_num(a.eval_time),
+        metrics={k: float(v) for k, v in (a.metrics or {}).items() if _num(v) is not None},
+        requeued=a.requeued,
+        counted=r.counted,
     )
 
 
@@ -370,8 +365,7 @@ class TopRow:
 
 
 def top_trials(sd: StudyData, n: int = 10) -> tuple[TopRow, ...]:
-    sign = 1.0 if sd.direction == "minimize" else -1.0
-    done = sorted(sd.complete, key=lambda t: (sign * (t.value or 0.0), t.number))[:n]
+    done = rank_trials(sd.trials, sd.direction)[:n]
     return tuple(
         TopRow(i + 1, t.number, t.value, dict(t.params), t.steps, t.duration, t.tokens_per_s, lane(t))
         for i, t in enumerate(done)
@@ -449,21 +443,21 @@ def comparison(studies: Sequence[StudyData]) -> ComparisonData:
     """Best-so-far of several studies against trials and against training steps spent."""
     out = []
     for sd in studies:
-        better = min if sd.direction == "minimize" else max
         finished = sorted(
             (t for t in sd.trials if t.state in FINISHED),
             key=lambda t: (t.end if t.end is not None else math.inf, t.number),
         )
         numbers: list[int] = []
         cum: list[int] = []
-        best: list[float] = []
+        values: list[float] = []
         total = 0
         for t in finished:
             total += t.steps or 0
             if t.state == "COMPLETE" and t.value is not None:
                 numbers.append(t.number)
                 cum.append(total)
-                best.append(t.value if not best else better(best[-1], t.value))
+                values.append(t.value)
+        best = running_best(values, sd.direction)
         out.append(ComparisonSeries(sd.name, tuple(numbers), tuple(cum), tuple(best)))
     first = studies[0]
     comparable = all(s.metric == first.metric and s.direction == first.direction for s in studies)

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from dashboards.notes import study_note, trial_note
 from hpo.config import StudyConfig, load_study_file
 from hpo.errors import HpoError, StorageError
+from hpo.record import TrialRecord
 from hpo.storage import load_existing, redact, scrub_password
 
 A_STUDY_NOTE_VER = "hpo:study_note_ver"  # study system attr: the note version hpo wrote last
@@ -86,15 +87,7 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if _note_ver_key(t._trial_id) not in attrs]
     todo = missing if limit is None else missing[:limit]
     for t in todo:
-        body = trial_note(
-            t.number,
-            t.state.name,
-            t.value if t.values else None,
-            dict(t.params),
-            dict(t.user_attrs),
-            cfg.objective.metric,
-            cfg.fidelity.max_steps,
-        )
+        body = trial_note(TrialRecord.from_trial(t), cfg.objective.metric, cfg.fidelity.max_steps)
         save_note(optuna.Trial(handle_study, t._trial_id), body)
     return NotesWritten(wrote_study, len(todo), named, len(missing) - len(todo))
 

@@ -1,9 +1,12 @@
-"""The Markdown notes optuna-dashboard shows beside a study and each trial. Pure text from plain values."""
+"""The Markdown notes optuna-dashboard shows beside a study and each trial. Pure text from plain values
+and trial records."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from hpo.record import TrialRecord
 
 STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -27,57 +30,46 @@ def _seconds(v: Any) -> str:
     return f"{v:.1f} s" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
 
-def trial_note(
-    number: int,
-    state: str,
-    value: float | None,
-    params: dict[str, Any],
-    user_attrs: dict[str, Any],
-    metric: str,
-    max_steps: int | None = None,
-) -> str:
+def trial_note(record: TrialRecord, metric: str, max_steps: int | None = None) -> str:
     """A finished trial at a glance: outcome, why it stopped, parameters, metrics and cost."""
-    ua = user_attrs
-    steps = ua.get("steps")
+    a, state, value = record.attrs, record.state.name, record.value
     of = f" of {max_steps}" if max_steps else ""
-    head = f"### Trial {number}: {STATE_WORDS.get(state, state.lower())}"
+    head = f"### Trial {record.number}: {STATE_WORDS.get(state, state.lower())}"
     if value is not None:
         head += f", {metric} = {_fmt(value)}"
         if state == "PRUNED":
             head += " (last reported)"
     lines = [head, ""]
-    reason = ua.get("reason")
-    if reason:
-        lines += [f"**Why it stopped:** {_cell(reason)}", ""]
-    if state == "FAIL" and ua.get("requeued"):
+    if a.reason:
+        lines += [f"**Why it stopped:** {_cell(a.reason)}", ""]
+    if state == "FAIL" and a.requeued:
         lines += ["Re-queued: the same parameters ran again as a new trial.", ""]
-    if ua.get("retry_of") is not None:
-        lines += [f"Re-run of trial {ua['retry_of']}.", ""]
-    tb = ua.get("traceback")
-    if state == "FAIL" and isinstance(tb, str) and tb.strip():
+    if state == "FAIL" and a.discarded:
+        lines += ["Not run: asked, then not needed; it does not count towards n_trials.", ""]
+    if a.retry_of is not None:
+        lines += [f"Re-run of trial {a.retry_of}.", ""]
+    tb = a.traceback
+    if state == "FAIL" and tb is not None and tb.strip():
         last = tb.strip().splitlines()[-1]
         lines += [f"Last traceback line: `{last.replace('`', chr(39))}` (full text in the `traceback` attribute)", ""]
     lines += ["| parameter | value |", "|---|---|"]
-    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in params.items()]
-    metrics = ua.get("metrics")
-    if isinstance(metrics, dict) and metrics:
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in record.params.items()]
+    if a.metrics:
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in metrics.items()]
+        lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in a.metrics.items()]
     run = []
-    if steps is not None:
-        run.append(f"{steps}{of} steps")
-    if ua.get("duration") is not None:
-        run.append(f"{_seconds(ua['duration'])} in all")
-    if ua.get("train_time") is not None:
-        run.append(f"train {_seconds(ua['train_time'])}, eval {_seconds(ua.get('eval_time'))}")
-    tps = ua.get("tokens_per_s")
-    if isinstance(tps, int | float) and not isinstance(tps, bool):
-        run.append(f"{tps:,.0f} tokens/s")
-    where = ua.get("device")
-    if where is not None:
-        run.append(f"on {where}" + (f" (worker {ua['worker']})" if ua.get("worker") is not None else ""))
-    if ua.get("precision") not in (None, "no"):
-        run.append(f"precision {ua['precision']}")
+    if a.steps is not None:
+        run.append(f"{a.steps}{of} steps")
+    if a.duration is not None:
+        run.append(f"{_seconds(a.duration)} in all")
+    if a.train_time is not None:
+        run.append(f"train {_seconds(a.train_time)}, eval {_seconds(a.eval_time)}")
+    if a.tokens_per_s is not None:
+        run.append(f"{a.tokens_per_s:,.0f} tokens/s")
+    if a.device is not None:
+        run.append(f"on {a.device}" + (f" (worker {a.worker})" if a.worker is not None else ""))
+    if a.precision not in (None, "no"):
+        run.append(f"precision {a.precision}")
     if run:
         lines += ["", "**Run:** " + ", ".join(run)]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 Several orchestrators (other machines) may share one study, so the study's total is counted in the
 storage, not in any one process. A trial counts when it is finished or running, unless it is a failure
-that was re-queued (its parameters run again as a new trial) or discarded (asked, then found not needed).
+that was re-queued (its parameters run again as a new trial) or discarded (asked, then found not needed):
+the rule is ``hpo.record.counts``, and this module is its SQL form.
 
 The SQL forms answer the same questions with one ``COUNT``/``EXISTS`` each: the orchestrator asks them
 before every launch, and reading every trial back through Optuna instead costs O(trials) Python work
@@ -16,23 +17,12 @@ from typing import Any
 
 import optuna
 from optuna.storages._rdb import models
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from sqlalchemy import and_, exists, func, not_, select
 
-# Trial user attributes hpo writes.
-A_REASON = "reason"  # why a trial was pruned or failed
-A_REQUEUED = "requeued"  # this FAIL was re-run as a new trial: it does not count towards n_trials
-A_RETRY_OF = "retry_of"  # the trial number this one re-runs
-A_DISCARDED = "discarded"  # asked, then found not needed (another process filled n_trials or the grid point)
-
-
-def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial counts towards ``n_trials``: finished or running, and not a re-queued failure."""
-    if trial.state == TrialState.WAITING:
-        return False
-    if trial.state == TrialState.FAIL and (trial.user_attrs.get(A_REQUEUED) or trial.user_attrs.get(A_DISCARDED)):
-        return False
-    return True
+# The attribute names and the Python form of the rule are the trial record's (re-exported here for the
+# modules that import them from here); the SQL below must agree with ``hpo.record.counts``.
+from hpo.record import A_DISCARDED, A_REASON, A_REQUEUED, A_RETRY_OF, counted  # noqa: F401
 
 
 def rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.accounting import rdb_backend
@@ -17,7 +17,8 @@ from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
-from hpo.orchestrator import A_REASON, Orchestrator, RunSummary, counted
+from hpo.orchestrator import Orchestrator, RunSummary
+from hpo.record import TrialRecord, best_of
 from hpo.references import check_references
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import (
@@ -172,20 +173,16 @@ class TrialRow:
     device: str | None
 
 
-def _row(t: FrozenTrial) -> TrialRow:
-    ua = t.user_attrs
-    duration = ua.get("duration")
-    if duration is None and t.datetime_start is not None and t.datetime_complete is not None:
-        duration = (t.datetime_complete - t.datetime_start).total_seconds()
+def _row(r: TrialRecord) -> TrialRow:
     return TrialRow(
-        number=t.number,
-        state=t.state.name,
-        value=t.value if t.values else None,
-        params=dict(t.params),
-        steps=ua.get("steps", t.last_step + 0 if t.last_step is not None else None),
-        duration=duration,
-        reason=ua.get(A_REASON),
-        device=ua.get("device"),
+        number=r.number,
+        state=r.state.name,
+        value=r.value,
+        params=dict(r.params),
+        steps=r.steps,
+        duration=r.duration,
+        reason=r.attrs.reason,
+        device=r.attrs.device,
     )
 
 
@@ -205,32 +202,26 @@ def status(path: str | Path) -> StudyStatus:
     """The trials of a file's study, oldest first, and the best one."""
     cfg = load_study_file(path)
     study = load_existing(cfg)
-    trials = study.get_trials(deepcopy=False)
-    best = _best(study)
+    trials = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    best = best_of(trials, study.direction)
     return StudyStatus(
         name=cfg.study.name,
         storage=redact(cfg.storage_url),
         direction=cfg.direction,
         metric=cfg.objective.metric,
         n_trials=int(study.user_attrs.get(ATTR_N_TRIALS, cfg.study.n_trials)),
-        counted=sum(1 for t in trials if counted(t)),
+        counted=sum(1 for t in trials if t.counted),
         rows=[_row(t) for t in trials],
         best=_row(best) if best is not None else None,
     )
 
 
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def best(path: str | Path) -> tuple[StudyConfig, FrozenTrial]:
-    """The best complete trial of a file's study."""
+def best(path: str | Path) -> tuple[StudyConfig, TrialRecord]:
+    """The best complete trial of a file's study (ties: the earlier trial, as `hpo export` ranks them)."""
     cfg = load_study_file(path)
     study = load_existing(cfg)
-    trial = _best(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trial = best_of((TrialRecord.from_trial(t) for t in complete), study.direction)
     if trial is None:
         raise HpoError(f"study {cfg.study.name!r} has no complete trial yet; run `hpo run {path}`")
     return cfg, trial

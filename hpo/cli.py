@@ -258,7 +258,8 @@ def best(
     if as_json:
         out.print_json(
             json.dumps(
-                {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.user_attrs}, default=str
+                {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.to_user_attrs()},
+                default=str,
             )
         )
         return
@@ -269,12 +270,17 @@ def best(
     )
     for k, v in t.params.items():
         out.print(f"  {k}: {v!r}", highlight=False)
-    metrics = t.user_attrs.get("metrics", {})
-    if metrics:
-        out.print("  metrics: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in metrics.items()), highlight=False)
-    for key in ("steps", "train_time", "tokens_per_s", "device"):
-        if key in t.user_attrs:
-            out.print(f"  {key}: {t.user_attrs[key]}", highlight=False)
+    a = t.attrs
+    if a.metrics:
+        out.print("  metrics: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in a.metrics.items()), highlight=False)
+    for key, v in (
+        ("steps", a.steps),
+        ("train_time", a.train_time),
+        ("tokens_per_s", a.tokens_per_s),
+        ("device", a.device),
+    ):
+        if v is not None:
+            out.print(f"  {key}: {v}", highlight=False)
 
 
 @app.command()

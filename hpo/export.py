@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, _problems, load_study_file, read_yaml_file
 from hpo.errors import HpoError, StudyFileError
+from hpo.record import TrialAttrs, rank_key, rank_trials
 from hpo.storage import load_existing, redact
 from trainers.config import RunConfig
 
@@ -95,12 +96,9 @@ def load_train_file(path: str | Path) -> TrainFile:
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials, best first. Multi-objective: the Pareto front, ordered by the first objective."""
     if len(study.directions) > 1:
-        pool = list(study.best_trials)
-        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
-        return sorted(pool, key=lambda t: (sign * t.values[0], t.number))
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return sorted(done, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+        first = study.directions[0]
+        return sorted(study.best_trials, key=lambda t: rank_key(first, t.values[0], t.number))
+    return rank_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study.direction)
 
 
 def pick_trials(study: optuna.Study, study_path: str | Path, trial: int | None, top: int | None) -> list[FrozenTrial]:
@@ -315,7 +313,7 @@ def git_state(where: Path) -> dict[str, Any] | None:
 
 def trial_threads(cfg: StudyConfig, trial: FrozenTrial) -> int | None:
     """The CPU threads the trial's worker had (as `hpo run` plans them on this machine); None on a GPU."""
-    if trial.user_attrs.get("device", "cpu") != "cpu":
+    if (TrialAttrs.from_user_attrs(trial.user_attrs).device or "cpu") != "cpu":
         return None
     from hpo.resources import plan_workers
 
@@ -329,7 +327,7 @@ def trial_threads(cfg: StudyConfig, trial: FrozenTrial) -> int | None:
 def provenance(
     cfg: StudyConfig, study: optuna.Study, study_path: Path, trial: FrozenTrial, rank: int, length: str
 ) -> dict[str, Any]:
-    ua = trial.user_attrs
+    a = TrialAttrs.from_user_attrs(trial.user_attrs)
     multi = len(study.directions) > 1
     return {
         "study": cfg.study.name,
@@ -340,10 +338,10 @@ def provenance(
         "objective": cfg.objective.metric,
         "direction": [d.name.lower() for d in study.directions] if multi else cfg.direction,
         "value": list(trial.values) if multi else trial.value,
-        "trial_metrics": ua.get("metrics"),
-        "trial_steps": ua.get("steps"),
-        "trial_device": ua.get("device"),
-        "trial_precision": ua.get("precision"),
+        "trial_metrics": None if a.metrics is None else dict(a.metrics),
+        "trial_steps": a.steps,
+        "trial_device": a.device,
+        "trial_precision": a.precision,
         "trial_threads": trial_threads(cfg, trial),
         "params": dict(trial.params),
         "fingerprint": cfg.fingerprint(),
@@ -448,7 +446,8 @@ def export(
             "provenance": prov,
         }
         TrainFile.model_validate(body)  # what `hpo train` will read back
-        args = training_arguments(run, str(out / "hf-trainer"), t.user_attrs.get("precision"), save_steps, 1)
+        precision = TrialAttrs.from_user_attrs(t.user_attrs).precision
+        args = training_arguments(run, str(out / "hf-trainer"), precision, save_steps, 1)
         contents = {
             CONFIG_NAME: _header(prov, out) + yamlio.dumps(body),
             ARGS_NAME: json.dumps(args, indent=2) + "\n",

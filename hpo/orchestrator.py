@@ -24,16 +24,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.accounting import A_DISCARDED, A_REASON, A_REQUEUED, A_RETRY_OF, counted, rdb_backend
+from hpo.accounting import A_REASON, A_REQUEUED, counted, rdb_backend
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
+from hpo.record import A_HOST, A_PID, TrialAttrs, better
 from hpo.space import to_distributions
 from hpo.storage import HEARTBEAT_INTERVAL, RETRY_FOR
 from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, close_all, mp_context
 
-A_HOST, A_PID = "host", "orchestrator_pid"  # which process runs a trial: finds orphans of dead processes
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
 
 HOSTNAME = socket.gethostname()
@@ -288,9 +288,9 @@ class Orchestrator:
         return True
 
     def _requeue(self, number: int, params: dict[str, Any], attrs: dict[str, Any]) -> None:
-        self.study.enqueue_trial(
-            params, user_attrs={A_RETRY_OF: attrs.get(A_RETRY_OF, number), "retries": int(attrs.get("retries", 0)) + 1}
-        )
+        a = TrialAttrs.from_user_attrs(attrs)
+        line = TrialAttrs(retry_of=number if a.retry_of is None else a.retry_of, retries=(a.retries or 0) + 1)
+        self.study.enqueue_trial(params, user_attrs=line.to_user_attrs())
 
     def run(self, timeout: float | None = None, should_stop: Callable[[], bool] | None = None) -> RunSummary:
         """Run trials until n_trials is reached (counting earlier runs), the timeout passes, or Ctrl-C."""
@@ -381,9 +381,8 @@ class Orchestrator:
         worker.send(trial.number, run.model_dump(mode="json"))
         self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
         spec = worker.spec
-        self._set_attrs(
-            trial, {"device": spec.device_label, "worker": spec.worker_id, A_HOST: HOSTNAME, A_PID: os.getpid()}
-        )
+        where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
+        self._set_attrs(trial, where.to_user_attrs())
         if hasattr(self.study._storage, "record_heartbeat"):
             self._beat.beat([trial._trial_id])
 
@@ -420,12 +419,12 @@ class Orchestrator:
                 trial.set_user_attr(k, v)
 
     def _discard(self, trial: optuna.Trial, why: str) -> None:
-        self._set_attrs(trial, {A_REASON: f"not run: {why}", A_DISCARDED: True})
-        attrs = trial.user_attrs
+        self._set_attrs(trial, TrialAttrs(reason=f"not run: {why}", discarded=True).to_user_attrs())
+        a = TrialAttrs.from_user_attrs(trial.user_attrs)
         self.study.tell(trial, state=TrialState.FAIL)
-        if A_RETRY_OF in attrs:  # a re-queued trial popped here: put its parameters back in the queue
+        if a.retry_of is not None:  # a re-queued trial popped here: put its parameters back in the queue
             self.study.enqueue_trial(
-                trial.params, user_attrs={k: attrs[k] for k in (A_RETRY_OF, "retries") if k in attrs}
+                trial.params, user_attrs=TrialAttrs(retry_of=a.retry_of, retries=a.retries).to_user_attrs()
             )
 
     def _handle(self, msg: tuple[Any, ...], summary: RunSummary) -> None:
@@ -503,21 +502,20 @@ class Orchestrator:
 
     def _on_done(self, r: Running, result: dict[str, Any], summary: RunSummary) -> None:
         summary.compute_time += result["train_time"] + result["eval_time"]
-        attrs = {
-            "metrics": result["metrics"],
-            "steps": result["steps"],
-            "train_time": round(result["train_time"], 3),
-            "eval_time": round(result["eval_time"], 3),
-            "setup_time": round(result["setup_time"], 3),
-            "tokens_per_s": round(result["tokens_per_s"], 1),
-            "precision": result["precision"],
-        }
-        if result.get("processes", 1) > 1:
-            attrs["processes"] = result["processes"]
-            attrs["rank_steps"] = result.get("rank_steps", [])
-        if result.get("oom_retries"):
-            attrs["oom_retries"] = result["oom_retries"]
-            attrs["micro_batch"] = result["micro_batch"]  # [per-device batch, accumulation] it ran with
+        multi, oom = result.get("processes", 1) > 1, bool(result.get("oom_retries"))
+        attrs = TrialAttrs(
+            metrics=result["metrics"],
+            steps=result["steps"],
+            train_time=round(result["train_time"], 3),
+            eval_time=round(result["eval_time"], 3),
+            setup_time=round(result["setup_time"], 3),
+            tokens_per_s=round(result["tokens_per_s"], 1),
+            precision=result["precision"],
+            processes=result["processes"] if multi else None,
+            rank_steps=tuple(result.get("rank_steps", [])) if multi else None,
+            oom_retries=result["oom_retries"] if oom else None,
+            micro_batch=tuple(result["micro_batch"]) if oom else None,  # [per-device batch, accumulation] it ran with
+        ).to_user_attrs()
         stopped = result.get("stopped")
         if stopped == "interrupted" or r.stop_sent == STOP_INTERRUPT:
             self._finish(r, TrialState.FAIL, summary, reason="interrupted", attrs=attrs, requeue=True)
@@ -541,12 +539,8 @@ class Orchestrator:
         trial = r.trial
         del self.running[trial.number]
         r.worker.trial = None
-        attrs = dict(attrs or {})
-        attrs["duration"] = round(time.monotonic() - r.started, 3)
-        if reason:
-            attrs[A_REASON] = reason
-        if requeue:
-            attrs[A_REQUEUED] = True
+        end = TrialAttrs(duration=round(time.monotonic() - r.started, 3), reason=reason or None, requeued=requeue)
+        attrs = {**(attrs or {}), **end.to_user_attrs()}
         try:
             self._set_attrs(trial, attrs)
             if state == TrialState.COMPLETE:
@@ -570,7 +564,7 @@ class Orchestrator:
         self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), reason or "")
         if state == TrialState.COMPLETE and value is not None:
             best = self.display.best
-            if best is None or (value < best[1] if self.cfg.direction == "minimize" else value > best[1]):
+            if best is None or better(value, best[1], self.cfg.direction):
                 self.display.set_best(trial.number, value)
         self._update_best()
 

@@ -1,5 +1,6 @@
-"""The SQL forms of "which trials count towards n_trials" agree with the Python rule, on SQLite and
-PostgreSQL, for every state a trial can be in; batched attribute writes land like single ones."""
+"""The SQL forms of "which trials count towards n_trials" agree with the trial record's rule
+(``hpo.record.counts``), on SQLite and PostgreSQL, for every state a trial can be in; batched attribute
+writes land like single ones."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.accounting import A_DISCARDED, A_REQUEUED, count_counted, counted, grid_point_taken, rdb_backend
+from hpo.accounting import count_counted, grid_point_taken, rdb_backend
+from hpo.record import A_DISCARDED, A_REQUEUED, TrialRecord, counted
 from hpo.storage import RetryingRDBStorage, open_storage
 
 
@@ -23,13 +25,20 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> RetryingRDBStorag
 
 def _mixed_study(storage: RetryingRDBStorage) -> optuna.Study:
     """One trial of each kind: complete, pruned, running, waiting, genuine fail, re-queued fail,
-    discarded fail, and a fail whose marker is False (it counts)."""
+    discarded fail, and fails whose markers are not JSON ``true`` (False, 1, "yes": they count)."""
     study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
     study.tell(study.ask(dist), 1.0)
     study.tell(study.ask(dist), state=TrialState.PRUNED)
     study.ask(dist)  # left RUNNING
-    for attrs in ({}, {A_REQUEUED: True}, {A_DISCARDED: True}, {A_REQUEUED: False}):
+    for attrs in (
+        {},
+        {A_REQUEUED: True},
+        {A_DISCARDED: True},
+        {A_REQUEUED: False},
+        {A_REQUEUED: 1},
+        {A_DISCARDED: "yes"},
+    ):
         t = study.ask(dist)
         for k, v in attrs.items():
             t.set_user_attr(k, v)
@@ -41,9 +50,10 @@ def _mixed_study(storage: RetryingRDBStorage) -> optuna.Study:
 def test_sql_count_matches_python_rule(storage: RetryingRDBStorage) -> None:
     study = _mixed_study(storage)
     trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 8
+    assert len(trials) == 10
     expected = sum(1 for t in trials if counted(t))
-    assert expected == 5  # complete, pruned, running, genuine fail, fail with a False marker
+    assert expected == 7  # complete, pruned, running, genuine fail, the fails with markers not `true`
+    assert expected == sum(1 for t in trials if TrialRecord.from_trial(t).counted)
     assert storage.count_counted(study._study_id) == expected
     for before in range(len(trials) + 1):
         want = sum(1 for t in trials if t.number < before and counted(t))
@@ -54,7 +64,7 @@ def test_count_is_per_study(storage: RetryingRDBStorage) -> None:
     a = _mixed_study(storage)
     b = optuna.create_study(storage=storage)
     b.tell(b.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)}), 0.0)
-    assert count_counted(storage, a._study_id) == 5
+    assert count_counted(storage, a._study_id) == 7
     assert count_counted(storage, b._study_id) == 1
 
 

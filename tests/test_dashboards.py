@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 import pytest
-from dash_fixtures import CONFIG, DISTS, TRIALS, fixed_study, sqlite_study_file
+from dash_fixtures import CONFIG, DISTS, TRIALS, fixed_study, frozen, sqlite_study_file
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from plotly.colors import sample_colorscale
@@ -30,6 +30,7 @@ from dashboards import report as R
 from dashboards.notes import study_note, trial_note
 from hpo.cli import app
 from hpo.curves import CurvePoint, CurveStore
+from hpo.record import TrialAttrs, TrialRecord
 from hpo.storage import redact
 
 runner = CliRunner()
@@ -414,9 +415,7 @@ def test_figures_of_an_empty_study_say_why() -> None:
 
 
 def test_trial_note_for_a_pruned_trial() -> None:
-    _, _, value, (lr, bs, dropout), _, attrs, _, _ = TRIALS[1]
-    params = {"learning_rate": lr, "per_device_train_batch_size": bs, "dropout": dropout}
-    note = trial_note(1, "PRUNED", value, params, attrs, "perplexity", 100)
+    note = trial_note(TrialRecord.from_trial(frozen(TRIALS[1])), "perplexity", 100)
     assert note.splitlines()[0] == "### Trial 1: pruned, perplexity = 30 (last reported)"
     assert "**Why it stopped:** pruned by median pruner at step 50 (perplexity=30)" in note
     assert "| learning_rate | 0.0001 |" in note and "| per_device_train_batch_size | 8 |" in note
@@ -426,8 +425,8 @@ def test_trial_note_for_a_pruned_trial() -> None:
 
 
 def test_trial_note_of_a_failure_escapes_table_cells() -> None:
-    attrs = {"reason": "error: a|b", "traceback": "Traceback...\nValueError: `bad` value", "requeued": True}
-    note = trial_note(3, "FAIL", None, {"choice": "x|y"}, attrs, "accuracy")
+    attrs = TrialAttrs(reason="error: a|b", traceback="Traceback...\nValueError: `bad` value", requeued=True)
+    note = trial_note(TrialRecord(number=3, state=TrialState.FAIL, params={"choice": "x|y"}, attrs=attrs), "accuracy")
     assert note.splitlines()[0] == "### Trial 3: failed"
     assert "error: a\\|b" in note and "| choice | x\\|y |" in note
     assert "Re-queued" in note and "ValueError: 'bad' value" in note

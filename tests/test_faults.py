@@ -16,6 +16,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from hpo.record import TrialRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 HPO = str(Path(sys.executable).with_name("hpo"))
 
@@ -94,11 +96,11 @@ def assert_complete_and_consistent(storage: str, n_trials: int) -> optuna.Study:
     study = optuna.load_study(study_name="faults", storage=storage)
     trials = study.get_trials()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    counted = [t for t in trials if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued"))]
+    counted = [t for t in trials if TrialRecord.from_trial(t).counted]  # re-queued and discarded FAILs do not
     assert len(counted) == n_trials
     assert all(t.state == TrialState.COMPLETE for t in counted)
     for t in trials:
-        if t.state == TrialState.FAIL:
+        if t.state == TrialState.FAIL and not TrialRecord.from_trial(t).attrs.discarded:  # discarded: never ran
             retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
             assert len(retries) == 1 and retries[0].params == t.params  # re-run once, same params
     return study

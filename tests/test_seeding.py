@@ -12,8 +12,8 @@ import pytest
 from doubles import run_orchestrator
 from test_orchestrator import Harness, study_dict
 
-from hpo.accounting import A_RETRY_OF, counted
 from hpo.config import validate_study
+from hpo.record import A_RETRY_OF, counted
 from hpo.samplers import SAMPLER_NAMES
 from hpo.storage import create_or_resume, open_storage
 

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from hpo.record import TrialRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "slurm-array.sh"
 STUDY = "slurm-array"
@@ -252,11 +254,13 @@ def check_study(storage: str, n_trials: int, why: str) -> list[optuna.trial.Froz
     trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials()
     table = "\n".join(f"{t.number} {t.state.name} {t.params} {t.user_attrs}" for t in trials)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], f"{table}\n{why}"
-    counted = [t for t in trials if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued"))]
+    counted = [t for t in trials if TrialRecord.from_trial(t).counted]  # re-queued and discarded FAILs do not
     assert len(counted) == n_trials and all(t.state == TrialState.COMPLETE for t in counted), f"{table}\n{why}"
     for t in trials:
         if t.state == TrialState.FAIL:
             assert t.user_attrs.get("reason"), f"trial {t.number} failed without a reason\n{table}"
+            if TrialRecord.from_trial(t).attrs.discarded:
+                continue  # asked, then not needed: it never ran, its parameters need no re-run
             retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
             assert len(retries) == 1 and retries[0].params == t.params, f"trial {t.number} not re-run once\n{table}"
     return trials

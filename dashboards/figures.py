@@ -21,6 +21,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from dashboards.data import ComparisonData, ComputeData, CurvesData, StudyData, TrialInfo, lane
+from hpo.record import rank_key
 
 STATE_COLORS = {
     "COMPLETE": "#1f77b4",
@@ -276,12 +277,9 @@ def contour_figure(study: optuna.Study, sd: StudyData, x: str, y: str, title: st
 
 def _trial_colors(d: CurvesData) -> dict[int, str]:
     """Complete trials coloured by their final value (darkest = best)."""
-    done = sorted(
-        {s.number: s.final for p in d.panels for s in d.series.get(p, ()) if s.state == "COMPLETE"}.items(),
-        key=lambda kv: kv[1] if kv[1] is not None else math.inf,
-    )
-    if d.direction == "maximize":
-        done.reverse()
+    finals = {s.number: s.final for p in d.panels for s in d.series.get(p, ()) if s.state == "COMPLETE"}
+    # Best first by the study's own rule (hpo.record), trials without a final value last.
+    done = sorted(finals.items(), key=lambda kv: (kv[1] is None, rank_key(d.direction, kv[1] or 0.0, kv[0])))
     n = len(done)
     shades = sample_colorscale("Viridis", [0.85 * i / max(1, n - 1) for i in range(n)]) if n else []
     return {num: shades[i] for i, (num, _) in enumerate(done)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,9 @@ def _train_loader(data: PreparedData, run: RunConfig, order: BatchOrder) -> torc
     )
 
 
-def _micro_batches(accelerator: Any, loader: Any, order: BatchOrder, start: int) -> Iterator[dict[str, torch.Tensor]]:
+def _micro_batches(
+    accelerator: Any, loader: Any, order: BatchOrder, start: int
+) -> Generator[dict[str, torch.Tensor], None, None]:
     """Endless micro-batches from the ``start``-th of the run on (a resumed run: where it stopped), epoch
     after epoch. The epoch and the place in it follow from ``start``: the batch order is a function of the
     seed and the epoch, so nothing of it needs saving."""

@@ -1,8 +1,12 @@
 """The training function every trial and every full run goes through.
 
 It reads top to bottom like accelerate's ``nlp_example.py``: seed, data, model, optimizer and scheduler,
-``prepare``, then the loop with periodic evaluation, and the metrics at the end. It knows nothing of
-Optuna; it talks to whoever runs it through a ``Reporter``.
+``prepare`` (the training DataLoader too: accelerate shards it and places the batches), then the loop with
+periodic evaluation, and the metrics at the end, returned with the trained model (``TrainResult``).
+Everything the loop carries from step to step is one ``LoopState``, checkpointed with accelerate's
+``save_state`` as a whole; a resumed run skips to its place in the batch order (``BatchOrder``, a function
+of the seed and the epoch) with ``skip_first_batches``. It knows nothing of Optuna; it talks to whoever runs
+it through a ``Reporter``.
 """
 
 from __future__ import annotations
@@ -127,8 +131,9 @@ class BatchOrder:
 
 
 def _check_batch_fits(run: RunConfig, data: PreparedData, world: int) -> None:
-    """Refuse a batch larger than the training set: it would train on one short batch per step while the
-    trial is recorded with the larger size (before the batch order held full batches only, it fell back to that)."""
+    """Refuse a batch larger than the training set (a process's share of it): the batch order cuts full
+    batches only, so an epoch would hold none (before, a trial trained on one short batch per step while it
+    was recorded with the larger size)."""
     bs = run.training.per_device_train_batch_size
     n = len(data.train_ids)
     if n // world < bs:

@@ -364,7 +364,7 @@ def launch_script(study: str, trial: int) -> str:
 # $HPO_CACHE_DIR) is found relative to it.
 #
 # Each process draws its own shard of every shuffled batch order: the trainer splits the indices by
-# accelerator.process_index (trainers/loop.py, _batches). The effective batch is therefore
+# accelerator.process_index (trainers/loop.py, BatchOrder). The effective batch is therefore
 # per_device_train_batch_size x gradient_accumulation_steps x NUM_PROCESSES, and the trials ran with
 # one process: to keep the trial's effective batch, divide per_device_train_batch_size (or
 # gradient_accumulation_steps) in train.yaml by NUM_PROCESSES. With max_steps, each process takes that

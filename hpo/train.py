@@ -15,7 +15,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +293,6 @@ def train_file(
         _wait_for_everyone()  # no process may find the old checkpoints while the main one removes them
 
     own = ProgressReporter(console, show=main) if reporter is None else None
-    models: list[Any] = []
     import torch
 
     threads = torch.get_num_threads()
@@ -306,7 +305,6 @@ def train_file(
                 reporter or own,  # type: ignore[arg-type]
                 cache_dir(),
                 data=data,
-                model_out=models,
                 checkpoint_dir=out / CHECKPOINTS,
                 save_every=tf.checkpoints.save_steps,
                 keep_checkpoints=tf.checkpoints.save_total_limit,
@@ -324,12 +322,14 @@ def train_file(
         if own is not None:
             own.close()
 
+    # The outcome goes back to the caller without the model: only the save below needs it.
+    model, result = result.model, replace(result, model=None)
     outcome = TrainOutcome(out, result, tf, interrupted=result.stopped is not None, provenance=tf.provenance)
     outcome.signum = own.signum if own is not None else None
     if outcome.interrupted:
         return outcome
     if main:
-        outcome.files = _save(out, tf, result, models[0], tokenizer, keep_checkpoints, force)
+        outcome.files = _save(out, tf, result, model, tokenizer, keep_checkpoints, force)
     _wait_for_everyone()
     return outcome
 

@@ -201,9 +201,8 @@ def test_distilbert_sst2_example_runs_on_a_local_model_and_data(source: str, tmp
     cfg = local_example("distilbert-sst2.yaml", model_dir, data, max_length=16)
     assert cfg.data.text_column == "sentence" and cfg.objective.metric == "accuracy"
     run = cfg.trial_run(smallest(cfg))
-    models: list[torch.nn.Module] = []
 
-    result = train(run, NullReporter(), tmp_path / "cache", model_out=models)
+    result = train(run, NullReporter(), tmp_path / "cache")
 
     assert_finite_run(result, {"eval_loss", "accuracy", "f1_macro"})
     prepared = prepare(run, tmp_path / "cache")
@@ -212,7 +211,7 @@ def test_distilbert_sst2_example_runs_on_a_local_model_and_data(source: str, tmp
     for split, labels in (("train", prepared.train_labels), ("validation", prepared.eval_labels)):
         expected = [prepared.label_names.index(lab) for _, lab in rows[split]]
         assert labels is not None and labels.tolist() == expected
-    config = models[0].config
+    config = result.model.config
     assert config.id2label == {0: "negative", 1: "positive"} and config.num_labels == 2
     assert config.dropout == config.attention_dropout == 0.1  # model.dropout reached DistilBERT's keys
     assert prepared.eval_ids[0, 0] == 2  # [CLS] first: the local WordPiece tokenizer was used

@@ -37,6 +37,7 @@ from hpo.export import (
 from hpo.storage import create_or_resume, load_existing, open_storage
 from hpo.train import CHECKPOINTS, METRICS, OUT_CONFIG, train_file
 from trainers.base import NullReporter
+from trainers.checkpoints import STATE_FILE
 
 runner = CliRunner()
 
@@ -325,6 +326,32 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(study: Path, t
     assert metrics["resumed_from"] == 7 and metrics["steps"] == 24
     assert metrics["metrics"] == whole.result.metrics  # bit for bit: same batches, same dropout masks
     assert [(e.pop("step"), e) for e in metrics["evals"]] == [(s, m) for s, m in whole.result.evals]
+
+
+@pytest.mark.parametrize("written_by", ["an older hpo", "a newer hpo"])
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(written_by: str, study: Path, tmp_path: Path) -> None:
+    assert export(str(study), "-o", str(tmp_path / "e")).exit_code == 0
+    config = tmp_path / "e" / CONFIG_NAME
+    data = yaml.safe_load(config.read_text())
+    data["threads"] = 1
+    write(config, data)
+    out = tmp_path / "cut"
+    assert train_file(config, out, reporter=StopAfter(3)).interrupted
+    state_file = out / CHECKPOINTS / "checkpoint-3" / STATE_FILE
+    state = json.loads(state_file.read_text())
+    if written_by == "an older hpo":  # before the format was recorded (the loop's counters were in this file)
+        state.pop("format", None)
+    else:
+        state["format"] = 99
+    state_file.write_text(json.dumps(state))
+
+    result = runner.invoke(app, ["train", str(config), "-o", str(out)])
+    line = one_line_error(result)
+    assert line.startswith(f"error: cannot resume: {state_file.parent} was written by another version of hpo")
+    assert line.endswith("; use --force to start over")
+    assert not (out / METRICS).exists()
+    result = runner.invoke(app, ["train", str(config), "-o", str(out), "--force"])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.slow

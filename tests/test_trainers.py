@@ -3,6 +3,7 @@ the training loop's determinism and metrics."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from hpo.config import validate_study
 from trainers.base import NullReporter
 from trainers.config import RunConfig
 from trainers.data import cache_key, prepare
-from trainers.loop import f1_macro, train
+from trainers.loop import BatchOrder, LoopState, evaluate, f1_macro, train
 from trainers.models import build_model
 
 
@@ -231,3 +232,117 @@ def test_a_damaged_data_cache_that_cannot_be_rebuilt_is_named_with_the_remedy(tm
     msg = str(err.value)
     assert msg.startswith(f"data cache {path} is damaged (eval_ids.npy has ") and " bytes instead of " in msg
     assert msg.endswith(f"cannot be rebuilt (Read-only file system); remove it (rm -r {path}) and run again")
+
+
+# ----------------------------------------------------------------------------- loop state and resume
+
+
+def tiny_data_run(batch: int, steps: int, accumulation: int = 1) -> RunConfig:
+    """One topic of training text (222 blocks of 32 tokens): a few batches make an epoch."""
+    d = tiny_study()
+    d["data"]["max_train_samples"] = 1
+    d["fidelity"] = {"max_steps": steps, "eval_every": 4, "eval_batches": 2}
+    d["training"].update(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+    return validate_study(d).trial_run({"dropout": 0.2, "learning_rate": 3e-3})
+
+
+def reference_shards(n: int, batch: int, seed: int, world: int, epochs: int) -> list[list[list[int]]]:
+    """Each rank's batches as trials have always drawn them: epoch e's permutation from one seeded
+    generator, rank r's share permutation[r::world], cut into full batches."""
+    rng = np.random.default_rng(seed)
+    out: list[list[list[int]]] = [[] for _ in range(world)]
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for r in range(world):
+            mine = order[r::world]
+            out[r] += [mine[i : i + batch].tolist() for i in range(0, len(mine) - batch + 1, batch)]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "world"),
+    [
+        (20, 4, 1),  # one process: the batch order as it is
+        (251, 42, 2),  # rank 0 holds 3 batches per epoch, rank 1 only 2
+        (10, 2, 3),  # three ranks of 4, 3 and 3 rows
+        (24, 3, 4),  # even shards
+    ],
+)
+def test_batch_order_through_accelerates_sharding_gives_each_rank_its_own_shard(n: int, batch: int, world: int) -> None:
+    from accelerate.data_loader import BatchSamplerShard
+
+    epochs = 3
+    expected = reference_shards(n, batch, 7, world, epochs)
+    for rank in range(world):
+        order = BatchOrder(n, batch, 7, world)
+        shard = order if world == 1 else BatchSamplerShard(order, world, rank, even_batches=False)
+        got: list[list[int]] = []
+        for epoch in (0, 1, 2):
+            order.epoch = epoch
+            got += [list(b) for b in shard]
+        assert got == expected[rank]
+        assert order.per_rank(rank) * epochs == len(expected[rank])
+        order.epoch = 1  # a resumed run may start at any epoch, also one before the last drawn
+        assert [list(b) for b in shard] == expected[rank][order.per_rank(rank) : 2 * order.per_rank(rank)]
+
+
+@pytest.mark.parametrize(
+    ("batch", "accumulation", "cut"),
+    [
+        (37, 1, 6),  # 6 batches an epoch: stopped exactly at the end of the first
+        (37, 1, 7),  # inside the second epoch
+        (44, 2, 2),  # 5 batches an epoch, 2 a step: the next step straddles the epoch boundary
+    ],
+)
+def test_resume_across_epochs_gives_the_uninterrupted_result(
+    batch: int, accumulation: int, cut: int, cache: Path, tmp_path: Path
+) -> None:
+    run = tiny_data_run(batch, 14, accumulation)
+    whole = train(run, NullReporter(), cache)
+
+    class StopAt(NullReporter):
+        step = 0
+
+        def on_step(self, step: int) -> None:
+            self.step = step
+
+        def stop_reason(self) -> str | None:
+            return "interrupted" if self.step >= cut else None
+
+    first = train(run, StopAt(), cache, checkpoint_dir=tmp_path, save_every=100)
+    assert (first.steps, first.stopped) == (cut, "interrupted")
+    rest = train(run, NullReporter(), cache, checkpoint_dir=tmp_path, save_every=100)
+    assert rest.resumed_from == cut and rest.steps == 14
+    # Bit for bit: the same batches after the epoch boundary, the same dropout masks.
+    assert (rest.metrics, rest.evals, rest.tokens) == (whole.metrics, whole.evals, whole.tokens)
+
+
+def test_loop_state_round_trips_through_a_checkpoint_file(tmp_path: Path) -> None:
+    state = LoopState(
+        step=7,
+        batches=14,
+        tokens=3584,
+        train_time=1.5,
+        eval_time=0.25,
+        metrics={"eval_loss": 5.1},
+        evals=[(4, {"eval_loss": 5.4})],
+        window_loss=10.5,
+        window_steps=3,
+        window_tokens=768,
+        window_time=0.5,
+    )
+    torch.save(state.state_dict(), tmp_path / "state.pkl")  # as accelerate's save_state writes it
+    restored = LoopState()
+    restored.load_state_dict(torch.load(tmp_path / "state.pkl", weights_only=False))
+    assert restored == state
+
+
+def test_train_returns_the_trained_model_with_the_result(cache: Path) -> None:
+    run = validate_study(tiny_study()).trial_run({"dropout": 0.1, "learning_rate": 3e-3})
+    result = train(run, NullReporter(), cache)
+    assert isinstance(result.model, torch.nn.Module)
+    # The model as it ended: evaluating it again gives the run's final metrics.
+    assert evaluate(result.model, prepare(run, cache), run, torch.device("cpu")) == result.metrics
+    # What leaves a worker is plain data: no model in it.
+    as_dict = result.to_dict()
+    assert "model" not in as_dict and json.loads(json.dumps(as_dict))["steps"] == 6

@@ -7,7 +7,7 @@ these into ``trial.report`` / ``should_prune`` decisions.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 
@@ -109,13 +109,17 @@ class TrainResult:
     stopped: str | None = None  # why the run ended early, if it did
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     resumed_from: int | None = None  # the checkpoint step the run resumed from, if it did
+    # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
+    # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
+    model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.train_time if self.train_time > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, model=None))
+        del d["model"]
         d["tokens_per_s"] = self.tokens_per_s
         return d
 

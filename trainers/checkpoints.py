@@ -1,10 +1,12 @@
-"""Checkpoints a run resumes from exactly: model, optimizer, scheduler and RNG states, plus the loop's position.
+"""Checkpoints a run resumes from exactly: model, optimizer, scheduler and RNG states, plus the loop's state.
 
 Written with ``accelerator.save_state`` (every process saves its RNG state; the main process the weights,
-optimizer and scheduler) into a hidden folder that becomes ``checkpoint-<step>`` only when complete, so an
-interruption while saving never leaves a checkpoint that looks finished. The loop's own counters and the
-number of batches consumed live in ``trainer_state.json``; the batch order is re-derived from the seed, so
-a resumed run sees exactly the batches the uninterrupted run would have seen.
+optimizer, scheduler and the loop's ``LoopState``, registered with ``register_for_checkpointing``) into a
+hidden folder that becomes ``checkpoint-<step>`` only when complete, so an interruption while saving never
+leaves a checkpoint that looks finished. ``trainer_state.json`` says what wrote it (step, configuration
+digest, number of processes, format), read before anything is loaded; the batch order is re-derived from
+the seed and the loop state's batch count, so a resumed run sees exactly the batches the uninterrupted run
+would have seen.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from trainers.config import RunConfig
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
+# What a checkpoint holds and how; a checkpoint of another format is refused, not half-loaded.
+# 2: the loop's state is accelerate's custom_checkpoint_0 (LoopState), no longer in trainer_state.json.
+FORMAT = 2
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -49,21 +54,31 @@ def read_state(path: str | Path) -> dict[str, Any]:
 
 
 class Checkpoints:
-    """Save and load the checkpoints of one run under ``root``, keeping the newest ``keep``."""
+    """Save and load the checkpoints of one run under ``root``, keeping the newest ``keep``.
 
-    def __init__(self, root: str | Path, accelerator: Any, run: RunConfig, keep: int = 1) -> None:
+    ``loop_state`` (an object with ``state_dict`` / ``load_state_dict``: the loop's ``LoopState``) is saved
+    and restored with the model, optimizer, scheduler and RNG states.
+    """
+
+    def __init__(self, root: str | Path, accelerator: Any, run: RunConfig, loop_state: Any, keep: int = 1) -> None:
         self.root = Path(root)
         self.accelerator = accelerator
         self.digest = run_digest(run)
         self.keep = max(1, keep)
         self.last_saved: int | None = None
+        accelerator.register_for_checkpointing(loop_state)
 
-    def load_latest(self) -> dict[str, Any] | None:
-        """Restore the newest checkpoint into the prepared objects; its loop state, or None if there is none."""
+    def load_latest(self) -> bool:
+        """Restore the newest checkpoint into the prepared objects and the loop state; False if there is none."""
         path = latest(self.root)
         if path is None:
-            return None
+            return False
         state = read_state(path)
+        if state.get("format") != FORMAT:
+            raise CheckpointMismatch(
+                f"{path} was written by another version of hpo (checkpoint format {state.get('format', 1)}, "
+                f"now {FORMAT})"
+            )
         if state.get("digest") != self.digest:
             raise CheckpointMismatch(f"{path} was written by a run with a different configuration")
         world = self.accelerator.num_processes
@@ -74,9 +89,9 @@ class Checkpoints:
             )
         self.accelerator.load_state(str(path))
         self.last_saved = int(state["step"])
-        return state
+        return True
 
-    def save(self, step: int, loop_state: dict[str, Any]) -> Path:
+    def save(self, step: int) -> Path:
         """Write ``checkpoint-<step>``: complete or absent, never half-written."""
         acc = self.accelerator
         tmp = self.root / f".tmp-{PREFIX}{step}"
@@ -89,7 +104,7 @@ class Checkpoints:
             acc.save_state(str(tmp))
             acc.wait_for_everyone()
             if acc.is_main_process:
-                state = {**loop_state, "step": step, "digest": self.digest, "num_processes": acc.num_processes}
+                state = {"format": FORMAT, "step": step, "digest": self.digest, "num_processes": acc.num_processes}
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
                 if final.exists():
                     shutil.rmtree(final)

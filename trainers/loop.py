@@ -1,15 +1,20 @@
 """The training function every trial and every full run goes through.
 
 It reads top to bottom like accelerate's ``nlp_example.py``: seed, data, model, optimizer and scheduler,
-``prepare``, then the loop with periodic evaluation, and the metrics at the end. It knows nothing of
-Optuna; it talks to whoever runs it through a ``Reporter``.
+``prepare`` (the training DataLoader too: accelerate shards it and places the batches), then the loop with
+periodic evaluation, and the metrics at the end, returned with the trained model (``TrainResult``).
+Everything the loop carries from step to step is one ``LoopState``, checkpointed with accelerate's
+``save_state`` as a whole; a resumed run skips to its place in the batch order (``BatchOrder``, a function
+of the seed and the epoch) with ``skip_first_batches``. It knows nothing of Optuna; it talks to whoever runs
+it through a ``Reporter``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +41,21 @@ def mixed_precision(run: RunConfig, accelerator_type: str) -> str:
 
 
 def _accelerator(run: RunConfig) -> Any:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
 
     use_cpu = run.training.use_cpu or not torch.cuda.is_available()
     precision = mixed_precision(run, "cpu" if use_cpu else "cuda")
     state = AcceleratorState._shared_state
     if state and (state.get("mixed_precision") not in (None, precision)):
-        # One process, many runs: accelerate keeps a singleton state; a new precision needs a reset.
+        # One process, many runs: accelerate keeps a singleton state; a new precision needs a reset, and
+        # accelerate has no public way to reset it (its own tests call this).
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=use_cpu)
+    # Ranks may hold one batch more than others per epoch (see BatchOrder): each rank keeps its own count
+    # instead of accelerate repeating the first batches to even them out.
+    return Accelerator(
+        mixed_precision=precision, cpu=use_cpu, dataloader_config=DataLoaderConfiguration(even_batches=False)
+    )
 
 
 def _optimizer(model: torch.nn.Module, run: RunConfig) -> torch.optim.Optimizer:
@@ -73,20 +83,57 @@ def total_steps(run: RunConfig, n_train: int, world_size: int = 1) -> int:
     return max(1, math.ceil(t.num_train_epochs * n_train / per_step))
 
 
-def _batches(n: int, batch_size: int, seed: int, rank: int, world: int) -> Iterator[np.ndarray]:
-    """Endless shuffled index batches; each epoch a new permutation, each rank its own shard."""
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(n)[rank::world]
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield order[i : i + batch_size]
-        if len(order) < batch_size:  # tiny data: allow one short batch instead of looping forever
-            yield order
+class BatchOrder:
+    """The training batches of one epoch, as index lists, for a DataLoader prepared by accelerate.
+
+    Epoch ``e`` shuffles with the ``e+1``-th permutation drawn from a generator seeded with the run's seed;
+    rank ``r`` of ``world`` takes ``permutation[r::world]`` and cuts it into full batches. The batches are
+    yielded round by round (rank 0's first, rank 1's first, ..., rank 0's second, ...), which is how
+    accelerate's ``BatchSamplerShard`` deals them out again: each rank gets exactly its own shard, the
+    batches every trial has trained on since before accelerate prepared the data (so results do not change).
+    The epoch is set by the loop (``epoch``), not through accelerate's ``set_epoch``, which does not reach
+    a batch sampler under its shard and skip wrappers.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, world: int) -> None:
+        self.n, self.batch_size, self.seed, self.world = n, batch_size, seed, world
+        self.drop_last = False  # the last round is partial when ranks differ by a batch: keep it
+        self.epoch = 0
+        self._rng = np.random.default_rng(seed)
+        self._drawn = 0  # permutations drawn from _rng so far; the last one is _order
+        self._order = np.arange(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch < self._drawn - 1:  # an earlier epoch: draw again from the seed
+            self._rng, self._drawn = np.random.default_rng(self.seed), 0
+        while self._drawn <= epoch:  # a later one: the permutations of the epochs between are drawn too
+            self._order = self._rng.permutation(self.n)
+            self._drawn += 1
+        return self._order
+
+    def _shards(self) -> list[np.ndarray]:
+        order = self._permutation(self.epoch)
+        return [order[r :: self.world] for r in range(self.world)]
+
+    def per_rank(self, rank: int) -> int:
+        """Batches of ``rank`` in each epoch."""
+        return len(range(rank, self.n, self.world)) // self.batch_size
+
+    def __len__(self) -> int:
+        return sum(self.per_rank(r) for r in range(self.world))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shards, bs = self._shards(), self.batch_size
+        for i in range(self.per_rank(0)):
+            for shard in shards:
+                if (i + 1) * bs <= len(shard):
+                    yield shard[i * bs : (i + 1) * bs].tolist()
 
 
 def _check_batch_fits(run: RunConfig, data: PreparedData, world: int) -> None:
-    """Refuse a batch larger than the training set: it would train on one short batch per step while the
-    trial is recorded with the larger size (the batch order below allows a short batch only as a last resort)."""
+    """Refuse a batch larger than the training set (a process's share of it): the batch order cuts full
+    batches only, so an epoch would hold none (before, a trial trained on one short batch per step while it
+    was recorded with the larger size)."""
     bs = run.training.per_device_train_batch_size
     n = len(data.train_ids)
     if n // world < bs:
@@ -96,6 +143,85 @@ def _check_batch_fits(run: RunConfig, data: PreparedData, world: int) -> None:
             "training.per_device_train_batch_size",
             f"a batch of {bs} is larger than the training set: {n} {unit}{per}",
         )
+
+
+class _Indices(torch.utils.data.Dataset[int]):
+    """Row numbers of the training split: the batch is cut from the arrays at once, in ``collate_fn``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _train_loader(data: PreparedData, run: RunConfig, order: BatchOrder) -> torch.utils.data.DataLoader[int]:
+    """The training batches on the CPU; ``accelerator.prepare`` shards them and moves them to the device."""
+    cpu = torch.device("cpu")
+    return torch.utils.data.DataLoader(
+        _Indices(len(data.train_ids)),
+        batch_sampler=order,
+        collate_fn=lambda rows: _to_batch(data, "train", np.asarray(rows), run.task, cpu),
+        # Its own generator: each pass over a DataLoader draws a seed from it, which would otherwise come
+        # from torch's global generator and shift every dropout mask after it.
+        generator=torch.Generator(),
+    )
+
+
+def _micro_batches(
+    accelerator: Any, loader: Any, order: BatchOrder, start: int
+) -> Generator[dict[str, torch.Tensor], None, None]:
+    """Endless micro-batches from the ``start``-th of the run on (a resumed run: where it stopped), epoch
+    after epoch. The epoch and the place in it follow from ``start``: the batch order is a function of the
+    seed and the epoch, so nothing of it needs saving."""
+    epoch, skip = divmod(start, order.per_rank(accelerator.process_index))
+    while True:
+        order.epoch = epoch
+        part = accelerator.skip_first_batches(loader, skip) if skip else loader
+        try:
+            yield from part
+        finally:
+            # Stopped inside an epoch (the run's last step): take the loader out of accelerate's process-wide
+            # list of active loaders, as finishing the epoch does, so no loader outlives its run.
+            part.end()
+        epoch, skip = epoch + 1, 0
+
+
+@dataclass
+class LoopState:
+    """What the training loop carries from step to step; checkpointed and restored as a whole.
+
+    Registered with ``accelerator.register_for_checkpointing``: ``save_state`` / ``load_state`` write it next
+    to the model, optimizer, scheduler and RNG states. The model, optimizer and RNGs are accelerate's; the
+    batch order is a function of the seed (in the config a checkpoint is tied to) and ``batches``.
+    """
+
+    step: int = 0  # optimizer steps done
+    batches: int = 0  # micro-batches drawn from the batch order (the same count on every rank)
+    tokens: int = 0  # training tokens processed (non-padding)
+    train_time: float = 0.0
+    eval_time: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)  # of the last eval
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    # The logging window since the last on_log: summed step losses, steps, tokens and seconds.
+    window_loss: float = 0.0
+    window_steps: int = 0
+    window_tokens: int = 0
+    window_time: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in LoopState(**state).__dict__.items():
+            setattr(self, name, value)
+        self.evals = [(int(s), dict(m)) for s, m in self.evals]
+
+    def close_window(self) -> None:
+        self.window_loss, self.window_steps, self.window_tokens, self.window_time = 0.0, 0, 0, 0.0
 
 
 def _to_batch(
@@ -182,14 +308,14 @@ def train(
     reporter: Reporter,
     cache_dir: str | Path,
     data: PreparedData | None = None,
-    model_out: list[torch.nn.Module] | None = None,
     *,
     checkpoint_dir: str | Path | None = None,
     save_every: int | None = None,
     keep_checkpoints: int = 1,
     resume: bool = True,
 ) -> TrainResult:
-    """Train one run to its step budget (or until the reporter says stop); return what it did.
+    """Train one run to its step budget (or until the reporter says stop); return what it did, with the
+    trained model (``TrainResult.model``).
 
     Trials pass none of the keyword-only arguments. Full runs (``hpo train``) pass ``checkpoint_dir``:
     a checkpoint is then written every ``save_every`` steps (default: at every eval), at the last step and
@@ -208,133 +334,117 @@ def train(
         data = prepare(run, cache_dir)
     accelerator = _accelerator(run)
     device = accelerator.device
-    _check_batch_fits(run, data, accelerator.num_processes)
+    world = accelerator.num_processes
+    _check_batch_fits(run, data, world)
     # 3. model, with the run's config overrides (dropout, ...).
     model = build_model(run, data)
     # 4. optimizer and schedule.
-    steps = total_steps(run, len(data.train_ids), accelerator.num_processes)
+    steps = total_steps(run, len(data.train_ids), world)
     warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(t.warmup_ratio * steps)
     optimizer = _optimizer(model, run)
     # accelerate steps a prepared scheduler once per process at each optimizer step (its convention for
     # sharded dataloaders), so the schedule is laid out over steps x processes; one process: unchanged.
-    world = accelerator.num_processes
     scheduler = get_scheduler(
         t.lr_scheduler_type, optimizer, num_warmup_steps=warmup * world, num_training_steps=steps * world
     )
-    # 5. prepare: device placement and mixed precision.
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    order = BatchOrder(len(data.train_ids), t.per_device_train_batch_size, t.seed, world)
+    # 5. prepare: device placement, mixed precision, and each process its shard of the batches.
+    loader = _train_loader(data, run, order)
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     model.train()
-    batches = _batches(
-        len(data.train_ids), t.per_device_train_batch_size, t.seed, accelerator.process_index, accelerator.num_processes
-    )
     eval_every = t.eval_steps or max(1, steps // 10)
     setup_time = time.perf_counter() - t0
 
     # 6. loop with periodic eval.
-    train_time = eval_time = 0.0
-    tokens = 0
-    log_loss, log_n, log_tokens, log_t = 0.0, 0, 0, 0.0
-    metrics: dict[str, float] = {}
-    evals: list[tuple[int, dict[str, float]]] = []
+    state = LoopState()
     stopped: str | None = None
-    step = 0
-    first_loss: float | None = None
+    first_loss: float | None = None  # not checkpointed: divergence is judged from where this run starts
     ckpt: Checkpoints | None = None
     resumed_from: int | None = None
     if checkpoint_dir is not None:
-        ckpt = Checkpoints(checkpoint_dir, accelerator, run, keep=keep_checkpoints)
-        saved = ckpt.load_latest() if resume else None
-        if saved is not None:
-            step = resumed_from = int(saved["step"])
-            tokens, train_time, eval_time = int(saved["tokens"]), float(saved["train_time"]), float(saved["eval_time"])
-            metrics = dict(saved["metrics"])
-            evals = [(int(s), dict(m)) for s, m in saved["evals"]]
-            log_loss, log_n, log_tokens, log_t = saved["log"]
-            for _ in range(step * t.gradient_accumulation_steps):  # the batch order goes on where it stopped
-                next(batches)
+        ckpt = Checkpoints(checkpoint_dir, accelerator, run, state, keep=keep_checkpoints)
+        if resume and ckpt.load_latest():
+            resumed_from = state.step
+    batches = _micro_batches(accelerator, loader, order, state.batches)
     on_start = getattr(reporter, "on_start", None)
     on_step = getattr(reporter, "on_step", None)
     if on_start is not None:
-        on_start(step, steps)
+        on_start(state.step, steps)
 
-    def loop_state() -> dict[str, Any]:
-        return {
-            "steps": steps,
-            "tokens": tokens,
-            "train_time": train_time,
-            "eval_time": eval_time,
-            "metrics": metrics,
-            "evals": evals,
-            "log": [log_loss, log_n, log_tokens, log_t],
-        }
+    try:
+        while state.step < steps:
+            stopped = reporter.stop_reason()
+            if stopped is not None:
+                break
+            ts = time.perf_counter()
+            step_loss = 0.0
+            for _ in range(t.gradient_accumulation_steps):
+                batch = next(batches)
+                state.batches += 1
+                loss = model(**batch).loss / t.gradient_accumulation_steps
+                accelerator.backward(loss)
+                step_loss += float(loss.detach())
+                state.tokens += _tokens(batch)
+                state.window_tokens += _tokens(batch)
+            if not math.isfinite(step_loss):
+                raise NonFiniteLoss(state.step + 1, step_loss)
+            if first_loss is None:  # before any update: where this run starts (or resumes)
+                first_loss = _mean_over_ranks(accelerator, step_loss)
+            if t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            step = state.step
+            dt = time.perf_counter() - ts
+            state.train_time += dt
+            state.window_loss += step_loss
+            state.window_steps += 1
+            state.window_time += dt
+            if step % t.logging_steps == 0 or step == steps:
+                # Every rank takes the same divergence decision (a rank that stopped alone would hang the others).
+                mean_loss = _mean_over_ranks(accelerator, state.window_loss / state.window_steps)
+                window = state.window_steps
+                reporter.on_log(
+                    step,
+                    {
+                        "train_loss": mean_loss,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "tokens_per_s": state.window_tokens / state.window_time if state.window_time > 0 else 0.0,
+                    },
+                )
+                state.close_window()
+                if first_loss is not None and diverged(mean_loss, first_loss):
+                    raise Diverged(step, mean_loss, first_loss, window)
+            if step % eval_every == 0 or step == steps:
+                te = time.perf_counter()
+                state.metrics = evaluate(model, data, run, device)
+                state.eval_time += time.perf_counter() - te
+                state.evals.append((step, state.metrics))
+                reporter.on_eval(step, state.metrics)
+            if on_step is not None:
+                on_step(step)
+            if ckpt is not None and (step == steps or step % (save_every or eval_every) == 0):
+                # The finished run too: if saving the model fails (disk full), the next run only saves.
+                ckpt.save(step)
+    finally:
+        batches.close()
 
-    while step < steps:
-        stopped = reporter.stop_reason()
-        if stopped is not None:
-            break
-        ts = time.perf_counter()
-        step_loss = 0.0
-        for _ in range(t.gradient_accumulation_steps):
-            batch = _to_batch(data, "train", next(batches), run.task, device)
-            loss = model(**batch).loss / t.gradient_accumulation_steps
-            accelerator.backward(loss)
-            step_loss += float(loss.detach())
-            tokens += _tokens(batch)
-            log_tokens += _tokens(batch)
-        if not math.isfinite(step_loss):
-            raise NonFiniteLoss(step + 1, step_loss)
-        if first_loss is None:  # before any update: where this run starts (or resumes)
-            first_loss = _mean_over_ranks(accelerator, step_loss)
-        if t.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        dt = time.perf_counter() - ts
-        train_time += dt
-        log_loss, log_n, log_t = log_loss + step_loss, log_n + 1, log_t + dt
-        if step % t.logging_steps == 0 or step == steps:
-            # Every rank takes the same divergence decision (a rank that stopped alone would hang the others).
-            mean_loss, window = _mean_over_ranks(accelerator, log_loss / log_n), log_n
-            reporter.on_log(
-                step,
-                {
-                    "train_loss": mean_loss,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "tokens_per_s": log_tokens / log_t if log_t > 0 else 0.0,
-                },
-            )
-            log_loss, log_n, log_tokens, log_t = 0.0, 0, 0, 0.0
-            if first_loss is not None and diverged(mean_loss, first_loss):
-                raise Diverged(step, mean_loss, first_loss, window)
-        if step % eval_every == 0 or step == steps:
-            te = time.perf_counter()
-            metrics = evaluate(model, data, run, device)
-            eval_time += time.perf_counter() - te
-            evals.append((step, metrics))
-            reporter.on_eval(step, metrics)
-        if on_step is not None:
-            on_step(step)
-        if ckpt is not None and (step == steps or step % (save_every or eval_every) == 0):
-            # The finished run too: if saving the model fails (disk full), the next run only saves.
-            ckpt.save(step, loop_state())
-
-    if ckpt is not None and stopped is not None and step > 0 and ckpt.last_saved != step:
-        ckpt.save(step, loop_state())  # stopped (Ctrl-C): resume from exactly here
-    if model_out is not None:
-        model_out.append(accelerator.unwrap_model(model))
+    if ckpt is not None and stopped is not None and state.step > 0 and ckpt.last_saved != state.step:
+        ckpt.save(state.step)  # stopped (Ctrl-C): resume from exactly here
     # 7. metrics of the last evaluation (a run stopped before its first eval has none).
     return TrainResult(
-        metrics=metrics,
-        steps=step,
-        train_time=train_time,
-        eval_time=eval_time,
+        metrics=state.metrics,
+        steps=state.step,
+        train_time=state.train_time,
+        eval_time=state.eval_time,
         setup_time=setup_time,
-        tokens=tokens,
+        tokens=state.tokens,
         device=str(device),
         precision=accelerator.mixed_precision,
         stopped=stopped,
-        evals=evals,
+        evals=state.evals,
         resumed_from=resumed_from,
+        model=accelerator.unwrap_model(model),
     )

@@ -220,7 +220,7 @@ def audit(url: str, name: str, n_trials: int) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.orchestrator import A_DISCARDED, A_RETRY_OF, counted
+    from hpo.accounting import A_DISCARDED, A_RETRY_OF, counted
     from hpo.storage import open_storage
 
     storage = open_storage(url, create=False)

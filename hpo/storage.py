@@ -151,7 +151,8 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
         _check_server_tables(url)
     # No ``pool_pre_ping`` on server databases: it would ping at every connection checkout, i.e. at each of
     # the ~30 storage calls of a trial. A call that meets a dropped connection fails, the connection is
-    # invalidated, and ``_with_retry`` runs the call again on a fresh one (tested with a restarted server).
+    # invalidated, and ``hpo.store.call_with_retry`` runs the call again on a fresh one (tested with a
+    # restarted server).
     try:
         storage = RetryingRDBStorage.connect(open_url, engine_kwargs, readonly)
     except Exception as e:

@@ -8,7 +8,7 @@ into Optuna's private attributes.
 
 This module owns:
 - every private Optuna name hpo uses (``study._storage``, ``trial._trial_id``, ``study._study_id``, the
-  RDB models and session helper, ``_get_stale_trial_ids``): Optuna has no public form of them. hence the
+  RDB models and session helper, ``_get_stale_trial_ids``): Optuna has no public form of them, hence the
   ``optuna>=5.0,<6`` pin in pyproject.toml;
 - all SQL hpo runs on Optuna's tables (which trials count towards ``n_trials``, grid points taken);
 - all retries: ``RetryingRDBStorage`` waits out a lost connection, names a fault of the storage itself

@@ -5,6 +5,7 @@ and PostgreSQL (skipped where no server can be started), in milliseconds."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 from pathlib import Path
@@ -16,16 +17,29 @@ from optuna.trial import TrialState
 from hpo.accounting import A_DISCARDED, A_REASON, A_REQUEUED, A_RETRY_OF, counted
 from hpo.ledger import A_HOST, A_PID, HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.storage import open_storage
-from hpo.store import InMemoryStudyStore, RDBStudyStore, StudyStore, study_store
+from hpo.store import InMemoryStudyStore, RDBStudyStore, RetryingRDBStorage, StudyStore, study_store
 
 DIST = {"x": optuna.distributions.FloatDistribution(0.0, 2.0)}
 
 
+@pytest.fixture(scope="module")
+def opened() -> dict[str, optuna.storages.BaseStorage]:
+    return {}
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> optuna.storages.BaseStorage:
-    if request.param == "postgres":
-        return open_storage(str(request.getfixturevalue("postgres_url")), create=True)
-    return open_storage("memory" if request.param == "memory" else f"sqlite:///{tmp_path}/a.db", create=True)
+def storage(
+    request: pytest.FixtureRequest, opened: dict[str, optuna.storages.BaseStorage], tmp_path: Path
+) -> optuna.storages.BaseStorage:
+    """One storage of each kind for the whole module (creating Optuna's tables takes a second); every test
+    makes its own study in it, and everything here is counted per study."""
+    if request.param not in opened:
+        if request.param == "postgres":
+            url = str(request.getfixturevalue("postgres_url"))
+        else:
+            url = "memory" if request.param == "memory" else f"sqlite:///{tmp_path}/a.db"
+        opened[request.param] = open_storage(url, create=True)
+    return opened[request.param]
 
 
 def _study(storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
@@ -255,3 +269,27 @@ def test_a_trial_closed_elsewhere_is_not_requeued_twice(storage: optuna.storages
 )
 def test_reasons_keep_their_stored_sentences(reason: Reason, kind: ReasonKind, text: str) -> None:
     assert (reason.kind, str(reason), reason.not_run) == (kind, text, text.startswith("not run"))
+
+
+# Storage calls that do no I/O (or, for schema upgrades, are run by hand): no retry policy needed.
+NO_IO = {
+    "check_trial_is_updatable",
+    "get_failed_trial_callback",
+    "get_heartbeat_interval",
+    "get_heartbeat_stale_trial_callback",
+    "remove_session",
+    "upgrade",
+    "get_current_version",
+    "get_head_version",
+    "get_all_versions",
+}
+
+
+def test_every_storage_call_has_its_retry_policy() -> None:
+    # The policies are listed, not applied by rewriting methods at import time: a call a new Optuna adds
+    # must be listed too, or it would go unretried without anyone noticing.
+    public = {n for n, f in inspect.getmembers(optuna.storages.RDBStorage, inspect.isfunction) if n[0] != "_"}
+    listed = set(RetryingRDBStorage.__dict__)
+    assert public - NO_IO <= listed, sorted(public - NO_IO - listed)
+    for name in ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids"):
+        assert name in listed, name  # the private calls Optuna's cached storage and the ledger make

@@ -5,7 +5,7 @@ into Optuna's tables in one transaction: ``study.add_trials`` costs ~60 ms a tri
 10 000), then a window of trials is driven through hpo's real ``Orchestrator`` code paths without worker
 processes: a stand-in worker takes the run config, and the orchestrator gets the messages a worker would
 send (4 evals with train logs, then "done"). Each window trial pays exactly what a trial pays in
-``hpo run``: ``budget_left``, ``_launch`` (ask on the quickstart's 4-parameter space, ``_not_needed``,
+``hpo run``: ``ledger.budget_left``, ``_launch`` (ask on the quickstart's 4-parameter space, ``ledger.not_needed``,
 run config, user attrs, heartbeat), report + ``should_prune`` per eval (median pruner), the finishing
 attrs + tell + curve flush + best trial, and housekeeping.
 
@@ -56,7 +56,7 @@ PHASES = {
     "sampler": "sampler (infer/sample/before/after)",
     "pruner": "pruner.prune",
     "ask": "study.ask storage (create trial, set params, queue)",
-    "scans": "hpo scans: budget_left + _not_needed",
+    "scans": "hpo scans: ledger.budget_left + not_needed",
     "launch": "_launch rest: run config, 4 user attrs, heartbeat",
     "eval": "report (+ should_prune storage side)",
     "finish": "finish: ~9 user attrs, tell, get_trial",
@@ -188,8 +188,8 @@ def instrument(orch: Any, ph: Phases) -> None:
         ph.wrap(study.sampler, name, "sampler")
     ph.wrap(study.pruner, "prune", "pruner")
     ph.wrap(study, "ask", "ask")
-    ph.wrap(orch, "budget_left", "scans")
-    ph.wrap(orch, "_not_needed", "scans")
+    ph.wrap(orch.ledger, "budget_left", "scans")
+    ph.wrap(orch.ledger, "not_needed", "scans")
     ph.wrap(orch, "_launch", "launch")
     ph.wrap(orch, "_on_eval", "eval")
     ph.wrap(orch, "_on_done", "finish")
@@ -197,7 +197,7 @@ def instrument(orch: Any, ph: Phases) -> None:
     ph.wrap(orch.curves, "flush", "curves")
     ph.wrap(orch, "_handle", "other")
     ph.wrap(orch, "_housekeeping", "other")
-    ph.count_sql(study._storage._backend.engine)
+    ph.count_sql(orch.store.backend.engine)  # an RDBStudyStore: the benchmark measures SQL storages
     if orch.curves.engine is not None:
         ph.count_sql(orch.curves.engine)
 
@@ -208,7 +208,7 @@ def one_trial(orch: Any) -> str:
 
     summary = RunSummary(orch.study, created=False)
     w = orch.workers[0]
-    if orch.budget_left() < 1:
+    if orch.ledger.budget_left() < 1:
         raise RuntimeError("study budget exhausted")
     orch._launch(w)
     number = w.trial
@@ -245,15 +245,17 @@ def bulk_fill(storage: Any, study_name: str, n: int, rng: random.Random) -> floa
     """Append ``n`` finished trials (60% COMPLETE, 40% PRUNED at step 20) with hpo's user attrs, in one
     transaction, straight into Optuna's tables. Returns seconds taken."""
     from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
     from sqlalchemy import func, insert, select
 
     from hpo.config import validate_study
     from hpo.space import to_distributions
+    from hpo.store import rdb_backend
+    from hpo.store import rdb_models as models
 
     dists = to_distributions(validate_study(study_dict("x", "memory", 1, {"name": "random"})).search_space)
     djson = {k: distribution_to_json(d) for k, d in dists.items()}
-    backend = storage._backend if hasattr(storage, "_backend") else storage
+    backend = rdb_backend(storage)
+    assert backend is not None
     engine = backend.engine
     t0 = time.perf_counter()
     tt = models.TrialModel.__table__
@@ -355,10 +357,13 @@ def bulk_fill(storage: Any, study_name: str, n: int, rng: random.Random) -> floa
 
 
 def count_trials(storage: Any, study_name: str) -> int:
-    from optuna.storages._rdb import models
     from sqlalchemy import func, select
 
-    backend = storage._backend if hasattr(storage, "_backend") else storage
+    from hpo.store import rdb_backend
+    from hpo.store import rdb_models as models
+
+    backend = rdb_backend(storage)
+    assert backend is not None
     tt = models.TrialModel.__table__
     with backend.engine.connect() as conn:
         sid = conn.execute(

@@ -37,6 +37,7 @@ from hpo.config import StudyConfig, load_study_file
 from hpo.errors import HpoError, StorageError
 from hpo.record import TrialRecord
 from hpo.storage import load_existing, redact, scrub_password
+from hpo.store import study_store
 
 A_STUDY_NOTE_VER = "hpo:study_note_ver"  # study system attr: the note version hpo wrote last
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -65,9 +66,8 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     """
     from optuna_dashboard import get_note, save_note
 
-    storage = study._storage
-    sid = study._study_id
-    attrs = storage.get_study_system_attrs(sid)
+    store = study_store(study)
+    attrs = store.study_system_attrs()
     config = study.user_attrs.get("hpo:config") or cfg.model_dump(mode="json")
     text = study_note(config, study_file, redact(cfg.storage_url))
     named = False
@@ -80,15 +80,17 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     version = int(attrs.get(_note_ver_key(None), 0))
     if version in (0, attrs.get(A_STUDY_NOTE_VER)) and get_note(study) != text:
         save_note(study, text)
-        storage.set_study_system_attr(sid, A_STUDY_NOTE_VER, version + 1)
+        store.set_study_system_attr(A_STUDY_NOTE_VER, version + 1)
         wrote_study = True
     # A plain sampler for the Trial handles save_note needs: building one calls sampler.before_trial.
-    handle_study = optuna.Study(study.study_name, storage, sampler=optuna.samplers.RandomSampler())
-    missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if _note_ver_key(t._trial_id) not in attrs]
+    handle_study = optuna.Study(study.study_name, store.storage, sampler=optuna.samplers.RandomSampler())
+    missing = [
+        t for t in study.get_trials(deepcopy=False, states=FINISHED) if _note_ver_key(store.trial_id(t)) not in attrs
+    ]
     todo = missing if limit is None else missing[:limit]
     for t in todo:
         body = trial_note(TrialRecord.from_trial(t), cfg.objective.metric, cfg.fidelity.max_steps)
-        save_note(optuna.Trial(handle_study, t._trial_id), body)
+        save_note(store.handle(handle_study, t), body)
     return NotesWritten(wrote_study, len(todo), named, len(missing) - len(todo))
 
 
@@ -237,7 +239,8 @@ class Dashboard:
             except StorageError as e:  # e.g. a read-only file system: the dashboard can still show the study
                 raise StorageError(f"{e}; --no-notes shows the study without writing notes") from None
         password = make_url(cfg.storage_url).password if cfg.storage_url != "memory" else None
-        app = wsgi(study._storage)
+        store = study_store(study)
+        app = wsgi(store.storage)
         server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
         try:
             self.server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
@@ -251,7 +254,7 @@ class Dashboard:
         hosts = allowed_hosts(host, self.port)
         self.server.set_app(Guard(app, hosts, allow_edits, str(password) if password else None))
         self.url = _url(host, self.port) + "/dashboard/"
-        self.study_url = f"{_url(host, self.port)}/dashboard/studies/{study._study_id}"
+        self.study_url = f"{_url(host, self.port)}/dashboard/studies/{store.study_id}"
         self.public = host not in ("127.0.0.1", "localhost", "::1")
         self._stop = threading.Event()
         self._notes_thread: threading.Thread | None = None

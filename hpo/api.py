@@ -11,7 +11,6 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from hpo.accounting import rdb_backend
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
 from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
@@ -30,6 +29,7 @@ from hpo.storage import (
     redact,
     storage_exists,
 )
+from hpo.store import study_store
 from hpo.worker import TrainerRunner, WorkerHandle, WorkerSpec, close_all, mp_context
 
 # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
@@ -88,13 +88,14 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
         curves = CurveStore(cfg.storage_url, cfg.study.name)
         orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
         # One source for every count shown: the header, the progress bar and the final line.
-        done, left = orch.counted(), orch.budget_left()
-        counts = fmt_counts(done, cfg.study.n_trials, orch.grid_points)
+        ledger = orch.ledger
+        done, left = ledger.counted(), ledger.budget_left()
+        counts = fmt_counts(done, cfg.study.n_trials, ledger.grid_points)
         header = _header(cfg, specs, created, counts, others)
         display.start(cfg.study.name, cfg.objective.metric, done, done + left, header)
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created
-        summary.counted, summary.n_trials, summary.grid_points = orch.counted(), cfg.study.n_trials, orch.grid_points
+        summary.counted, summary.n_trials, summary.grid_points = ledger.counted(), ledger.n_trials, ledger.grid_points
         return summary
     except WorkerSetupError as e:
         # A mistake only a worker could see (a dirty data row, a model that does not load): name the file
@@ -121,16 +122,15 @@ def _refuse_changed(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> N
 def _drop_if_empty(study: optuna.Study, new_file_url: str | None) -> None:
     """Delete a study this run created when it failed before any trial, so the name stays free; and the
     SQLite file this run created, when nothing else is in it."""
-    storage = study._storage
+    store = study_store(study)
+    storage = store.storage
     try:
         if study.get_trials(deepcopy=False):
             return
         optuna.delete_study(study_name=study.study_name, storage=storage)
         if new_file_url is None or optuna.study.get_all_study_names(storage):
             return
-        backend = rdb_backend(storage)
-        if isinstance(backend, optuna.storages.RDBStorage):
-            backend.engine.dispose()
+        store.dispose()
         db = make_url(new_file_url).database
         if db:
             for suffix in ("", "-wal", "-shm"):

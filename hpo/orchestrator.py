@@ -3,8 +3,10 @@
 Workers run the trials (``hpo.worker``); the orchestrator asks the sampler for parameters, sends resolved
 run configs, turns each eval into ``trial.report`` + a pruning decision, and tells the study the outcome.
 Every way a trial can end is recorded: COMPLETE, PRUNED (pruner, non-finite loss), FAIL with the reason
-(crash, worker died, interrupted). Trials a dead or interrupted run leaves behind are re-queued with the
-same parameters, so a study always resumes to its ``n_trials`` total.
+(a ``hpo.ledger.Reason``: crash, worker died, interrupted). Trials a dead or interrupted run leaves behind
+are re-queued with the same parameters, so a study always resumes to its ``n_trials`` total. What counts
+towards that total, and what is re-queued or discarded, is the ledger's (``hpo.ledger.TrialLedger``); the
+storage is reached through its adapter (``hpo.store``). This module is the loop: launch, judge, finish.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import math
 import os
 import queue
-import socket
 import threading
 import time
 import warnings
@@ -24,19 +25,18 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.accounting import A_REASON, A_REQUEUED, counted, rdb_backend
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
-from hpo.record import A_HOST, A_PID, TrialAttrs, better
+from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
+from hpo.record import A_REASON, TrialAttrs, better
 from hpo.space import to_distributions
-from hpo.storage import HEARTBEAT_INTERVAL, RETRY_FOR
+from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
 from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, close_all, mp_context
 
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
 
-HOSTNAME = socket.gethostname()
 # A main loop silent this long is stuck, not waiting on storage (busy timeout 60 s, then up to RETRY_FOR of
 # retries): its heartbeats stop, so other processes re-queue its trials.
 STALL = RETRY_FOR + 120.0
@@ -54,7 +54,7 @@ class Running:
     started: float
     step: int = 0
     last_eval_step: int = -1
-    reason: str | None = None  # prune reason once decided
+    reason: Reason | None = None  # prune reason once decided
     stop_sent: int = 0
 
 
@@ -128,8 +128,8 @@ class _Heartbeat:
     stops beating, so other processes can re-queue its trials.
     """
 
-    def __init__(self, storage: Any, trial_ids: Callable[[], list[int]], interval: float, stall: float) -> None:
-        self._storage = storage
+    def __init__(self, store: StudyStore, trial_ids: Callable[[], list[int]], interval: float, stall: float) -> None:
+        self._store = store
         self._trial_ids = trial_ids
         self._interval = interval
         self._stall = stall
@@ -142,12 +142,11 @@ class _Heartbeat:
         self.loop_at = time.monotonic()
 
     def beat(self, ids: list[int]) -> None:
-        for trial_id in ids:
-            self._storage.record_heartbeat(trial_id)
+        self._store.record_heartbeat(ids)
         self.last_ok = time.monotonic()
 
     def start(self) -> None:
-        if hasattr(self._storage, "record_heartbeat") and self._thread is None:
+        if self._store.heartbeat_interval is not None and self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
             self._thread.start()
@@ -166,16 +165,6 @@ class _Heartbeat:
                 self.beat(self._trial_ids())
             except Exception as e:  # the main loop meets the same storage and reports it
                 _log.debug("heartbeat failed: %s", e)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Orchestrator:
@@ -205,14 +194,12 @@ class Orchestrator:
         self.running: dict[int, Running] = {}
         self.curves = curves if curves is not None else CurveStore(None, study.study_name)
         self.max_retries = cfg.resources.max_retries
-        interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)() or HEARTBEAT_INTERVAL
-        self._beat = _Heartbeat(study._storage, self._running_ids, interval / 2, STALL)
+        self.store = study_store(study)
+        self.ledger = TrialLedger.for_study(cfg, study, self.store)  # counting, re-queues, orphans
+        interval = self.store.heartbeat_interval or HEARTBEAT_INTERVAL
+        self._beat = _Heartbeat(self.store, self._running_ids, interval / 2, STALL)
         self._last_orphan_check = 0.0
         self._last_best_read = -math.inf
-        self._grid_size = self.grid_points = self._grid_points()  # None unless the grid sampler
-        rdb = rdb_backend(study._storage)
-        # SQL counting and batched attribute writes: hpo's own storage (tests may pass other storages).
-        self._rdb = rdb if hasattr(rdb, "count_counted") else None
         if isinstance(study.pruner, optuna.pruners.PercentilePruner):  # MedianPruner is one too
             study.pruner = _SnapshotPruner(study.pruner, study)
 
@@ -221,7 +208,7 @@ class Orchestrator:
         return WorkerHandle(spec, self.runner, self.results, self._ctx)
 
     def _running_ids(self) -> list[int]:
-        return [r.trial._trial_id for r in tuple(self.running.values())]
+        return [self.store.trial_id(r.trial) for r in tuple(self.running.values())]
 
     def close(self) -> None:
         self._beat.stop()
@@ -230,67 +217,6 @@ class Orchestrator:
 
     def _idle(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.ready and w.trial is None and w.alive()]
-
-    # --------------------------------------------------------------------------------------- accounting
-    def _grid_points(self) -> int | None:
-        if self.cfg.sampler.name != "grid":
-            return None
-        grid = self.cfg.grid()
-        assert grid is not None  # validation guarantees it
-        return math.prod(len(v) for v in grid.values())
-
-    def counted(self) -> int:
-        """Trials that count towards n_trials (all processes on this study)."""
-        if self._rdb is not None:
-            return int(self._rdb.count_counted(self.study._study_id))  # type: ignore[attr-defined]
-        return sum(1 for t in self.study.get_trials(deepcopy=False) if counted(t))
-
-    def budget_left(self) -> int:
-        """Trials still to start: n_trials (or the grid's size) minus counted trials."""
-        return max(0, self._total() - self.counted())
-
-    def _total(self) -> int:
-        """The study's trial total: n_trials, or the grid's size when that is smaller."""
-        n = self.cfg.study.n_trials
-        return n if self._grid_size is None else min(n, self._grid_size)
-
-    # --------------------------------------------------------------------------------------- lifecycle
-    def recover_orphans(self) -> int:
-        """Fail and re-queue RUNNING trials whose process is gone (same host, dead pid) or went silent."""
-        storage = self.study._storage
-        stale: set[int] = set()
-        if isinstance(storage, optuna.storages.RDBStorage) or hasattr(storage, "_backend"):
-            backend = getattr(storage, "_backend", storage)
-            if isinstance(backend, optuna.storages.RDBStorage):
-                stale = set(backend._get_stale_trial_ids(self.study._study_id))
-        mine = {r.trial._trial_id for r in self.running.values()}
-        n = 0
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t._trial_id in mine:
-                continue
-            pid = t.user_attrs.get(A_PID)
-            dead_here = t.user_attrs.get(A_HOST) == HOSTNAME and isinstance(pid, int) and not _pid_alive(pid)
-            if t._trial_id in stale or dead_here:
-                why = "orphaned: its hpo process died" if dead_here else "orphaned: no heartbeat"
-                if self._fail_and_requeue(t, why):
-                    n += 1
-        return n
-
-    def _fail_and_requeue(self, t: optuna.trial.FrozenTrial, reason: str) -> bool:
-        storage = self.study._storage
-        try:
-            storage.set_trial_user_attr(t._trial_id, A_REASON, reason)
-            storage.set_trial_user_attr(t._trial_id, A_REQUEUED, True)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            return False  # another process got there first
-        self._requeue(t.number, t.params, t.user_attrs)
-        return True
-
-    def _requeue(self, number: int, params: dict[str, Any], attrs: dict[str, Any]) -> None:
-        a = TrialAttrs.from_user_attrs(attrs)
-        line = TrialAttrs(retry_of=number if a.retry_of is None else a.retry_of, retries=(a.retries or 0) + 1)
-        self.study.enqueue_trial(params, user_attrs=line.to_user_attrs())
 
     def run(self, timeout: float | None = None, should_stop: Callable[[], bool] | None = None) -> RunSummary:
         """Run trials until n_trials is reached (counting earlier runs), the timeout passes, or Ctrl-C."""
@@ -316,7 +242,7 @@ class Orchestrator:
         return summary
 
     def _loop(self, summary: RunSummary, deadline: float | None, should_stop: Callable[[], bool] | None) -> None:
-        self.recover_orphans()
+        self.ledger.recover_orphans(self._running_ids())
         while True:
             accepting = not (deadline is not None and time.monotonic() >= deadline) and not (
                 should_stop is not None and should_stop()
@@ -324,12 +250,12 @@ class Orchestrator:
             if accepting:
                 idle = self._idle()
                 if idle:
-                    for w in idle[: self.budget_left()]:
+                    for w in idle[: self.ledger.budget_left()]:
                         self._launch(w)
             if not self.running:
                 if not accepting:
                     return
-                if self.budget_left() == 0 and not self._foreign_running():
+                if self.ledger.budget_left() == 0 and not self._foreign_running():
                     return
                 # Otherwise: workers are still starting, or other processes' trials are still running
                 # (they may turn out orphaned and be re-queued here).
@@ -348,23 +274,22 @@ class Orchestrator:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self._rdb is not None:  # a deleted or replaced SQLite file: stop before results go into it
-            self._rdb.check_file()  # type: ignore[attr-defined]
+        self.store.check_file()  # a deleted or replaced SQLite file: stop before results go into it
         self._beat.tick()  # heartbeats come from the `_Heartbeat` thread while this loop keeps coming round
         if now - self._last_orphan_check > 15.0:
             self._last_orphan_check = now
             if self._foreign_running():
-                self.recover_orphans()
+                self.ledger.recover_orphans(self._running_ids())
 
     # ---------------------------------------------------------------------------------------- trials
     def _launch(self, worker: WorkerHandle) -> None:
         for _ in range(20):
             trial = self.study.ask(self.distributions)
-            why = self._not_needed(trial)
+            why = self.ledger.not_needed(trial)
             if why is None:
                 break
-            self._discard(trial, why)
-            if why.startswith("n_trials"):
+            self.ledger.discard(trial, why)
+            if why.kind is ReasonKind.N_TRIALS_REACHED:
                 return
         else:
             return  # could not get a fresh grid point: other processes are taking them all
@@ -372,7 +297,7 @@ class Orchestrator:
         try:
             run = self.cfg.trial_run(params)
         except Exception as e:
-            trial.set_user_attr(A_REASON, f"invalid configuration: {str(e).splitlines()[0]}")
+            trial.set_user_attr(A_REASON, str(Reason.invalid_config(str(e).splitlines()[0])))
             self.study.tell(trial, state=TrialState.FAIL)
             self.display.trial_finished(trial.number, "FAIL", None, 0, "invalid configuration")
             return
@@ -383,49 +308,10 @@ class Orchestrator:
         spec = worker.spec
         where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
         self._set_attrs(trial, where.to_user_attrs())
-        if hasattr(self.study._storage, "record_heartbeat"):
-            self._beat.beat([trial._trial_id])
-
-    def _not_needed(self, trial: optuna.Trial) -> str | None:
-        """Why a just-asked trial must not run: the study's total is reached, or its grid point is taken.
-
-        Other processes (other machines) ask concurrently; the storage numbers trials atomically, so a
-        trial runs only if fewer than n_trials counted trials come before it.
-        """
-        total, rdb = self._total(), self._rdb
-        if rdb is not None:
-            before = rdb.count_counted(self.study._study_id, before=trial.number)  # type: ignore[attr-defined]
-        else:
-            others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
-            before = sum(1 for t in others if t.number < trial.number and counted(t))
-        if before >= total:
-            return "n_trials reached by other processes"
-        if self._grid_size is not None:
-            gid = self.study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
-            if rdb is not None:
-                taken = rdb.grid_point_taken(self.study._study_id, gid, trial._trial_id)  # type: ignore[attr-defined]
-            else:
-                taken = any(t.system_attrs.get("grid_id") == gid for t in others if counted(t))
-            if taken:
-                return "grid point taken by another process"
-        return None
+        self._beat.beat([self.store.trial_id(trial)])
 
     def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-        """Several user attributes in one storage write where the storage can (one commit, not one each)."""
-        if self._rdb is not None:
-            self._rdb.set_trial_user_attrs(trial._trial_id, attrs)  # type: ignore[attr-defined]
-        else:
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-
-    def _discard(self, trial: optuna.Trial, why: str) -> None:
-        self._set_attrs(trial, TrialAttrs(reason=f"not run: {why}", discarded=True).to_user_attrs())
-        a = TrialAttrs.from_user_attrs(trial.user_attrs)
-        self.study.tell(trial, state=TrialState.FAIL)
-        if a.retry_of is not None:  # a re-queued trial popped here: put its parameters back in the queue
-            self.study.enqueue_trial(
-                trial.params, user_attrs=TrialAttrs(retry_of=a.retry_of, retries=a.retries).to_user_attrs()
-            )
+        self.ledger.set_attrs(trial, attrs)
 
     def _handle(self, msg: tuple[Any, ...], summary: RunSummary) -> None:
         kind, wid = msg[0], msg[1]
@@ -451,10 +337,10 @@ class Orchestrator:
             self._on_done(r, msg[3], summary)
         elif kind == "nonfinite":
             # A diverged run is informative for the sampler (this region is bad): PRUNED, not FAIL.
-            self._finish(r, TrialState.PRUNED, summary, reason=msg[3])
+            self._finish(r, TrialState.PRUNED, summary, reason=Reason.non_finite(msg[3]))
         elif kind == "oom":
             state = TrialState.PRUNED if msg[4] == "prune" else TrialState.FAIL
-            self._finish(r, state, summary, reason="oom", attrs={"oom_detail": msg[3]})
+            self._finish(r, state, summary, reason=Reason.oom(), attrs={"oom_detail": msg[3]})
         elif kind == "error":
             attrs = {"traceback": msg[4][-4000:]}
             key = msg[5] if len(msg) > 5 else None  # a study-file setting the trainer named (ConfigError)
@@ -462,9 +348,9 @@ class Orchestrator:
                 # Interrupted, and the trial broke while stopping: e.g. a multi-process trial whose ranks
                 # got the scheduler's SIGTERM too. Its parameters deserve another run like any interrupted one.
                 attrs["error"] = msg[3]
-                self._finish(r, TrialState.FAIL, summary, reason="interrupted", attrs=attrs, requeue=True)
+                self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)
             else:
-                reason = f"error: {key + ': ' if key else ''}{msg[3]}"
+                reason = Reason.error(msg[3], key)
                 self._finish(r, TrialState.FAIL, summary, reason=reason, attrs=attrs)
                 summary.failures.append((key, msg[3]))
 
@@ -481,7 +367,7 @@ class Orchestrator:
             return
         r.last_eval_step = step
         if not math.isfinite(value):
-            r.reason = f"non-finite {self.metric} at step {step}"
+            r.reason = Reason.non_finite(f"non-finite {self.metric} at step {step}")
             self._stop(r, STOP_PRUNE)
             return
         try:
@@ -493,7 +379,7 @@ class Orchestrator:
             return
         self.display.trial_eval(r.trial.number, step, value)
         if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
-            r.reason = f"pruned by {self.cfg.pruner.name} pruner at step {step} ({self.metric}={value:.4g})"
+            r.reason = Reason.pruned(self.cfg.pruner.name, step, self.metric, value)
             self._stop(r, STOP_PRUNE)
 
     def _stop(self, r: Running, code: int) -> None:
@@ -518,11 +404,11 @@ class Orchestrator:
         ).to_user_attrs()
         stopped = result.get("stopped")
         if stopped == "interrupted" or r.stop_sent == STOP_INTERRUPT:
-            self._finish(r, TrialState.FAIL, summary, reason="interrupted", attrs=attrs, requeue=True)
+            self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)
         elif stopped == "pruned" or r.stop_sent == STOP_PRUNE:
-            self._finish(r, TrialState.PRUNED, summary, reason=r.reason or "pruned", attrs=attrs)
+            self._finish(r, TrialState.PRUNED, summary, reason=r.reason or Reason.pruned(), attrs=attrs)
         elif self.metric not in result["metrics"]:
-            self._finish(r, TrialState.FAIL, summary, reason=f"no {self.metric} reported", attrs=attrs)
+            self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(self.metric), attrs=attrs)
         else:
             self._finish(r, TrialState.COMPLETE, summary, value=result["metrics"][self.metric], attrs=attrs)
 
@@ -532,14 +418,16 @@ class Orchestrator:
         state: TrialState,
         summary: RunSummary,
         value: float | None = None,
-        reason: str | None = None,
+        reason: Reason | None = None,
         attrs: dict[str, Any] | None = None,
         requeue: bool = False,
     ) -> None:
         trial = r.trial
         del self.running[trial.number]
         r.worker.trial = None
-        end = TrialAttrs(duration=round(time.monotonic() - r.started, 3), reason=reason or None, requeued=requeue)
+        end = TrialAttrs(
+            duration=round(time.monotonic() - r.started, 3), reason=str(reason) if reason else None, requeued=requeue
+        )
         attrs = {**(attrs or {}), **end.to_user_attrs()}
         try:
             self._set_attrs(trial, attrs)
@@ -555,13 +443,13 @@ class Orchestrator:
             summary.states["DROPPED"] = summary.states.get("DROPPED", 0) + 1
             return
         if requeue:
-            self._requeue(trial.number, r.params, trial.user_attrs if hasattr(trial, "user_attrs") else {})
+            self.ledger.requeue(trial.number, r.params, trial.user_attrs if hasattr(trial, "user_attrs") else {})
         self.curves.flush()
         summary.ran += 1
         summary.states[state.name] = summary.states.get(state.name, 0) + 1
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = self.store.trial(trial)
         shown = value if value is not None else (frozen.value if frozen.value is not None else None)
-        self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), reason or "")
+        self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), str(reason or ""))
         if state == TrialState.COMPLETE and value is not None:
             best = self.display.best
             if best is None or better(value, best[1], self.cfg.direction):
@@ -575,7 +463,7 @@ class Orchestrator:
         longer than the heartbeat grace: another process's orphan check failed and re-queued the trial, so
         its parameters run again and nothing is lost by dropping this late result.
         """
-        frozen = self.study._storage.get_trial(r.trial._trial_id)
+        frozen = self.store.trial(r.trial)
         if not frozen.state.is_finished():
             return False
         silent = time.monotonic() - self._beat.last_ok
@@ -621,7 +509,7 @@ class Orchestrator:
                     r,
                     TrialState.FAIL,
                     summary,
-                    reason=f"worker process died (exit code {code})" + ("; re-queued" if again else ""),
+                    reason=Reason.worker_died(code, again),
                     requeue=again,
                 )
 
@@ -640,4 +528,4 @@ class Orchestrator:
             if msg[0] in ("done", "error", "nonfinite"):
                 self._handle(msg, summary)
         for r in list(self.running.values()):
-            self._finish(r, TrialState.FAIL, summary, reason="interrupted", requeue=True)
+            self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), requeue=True)

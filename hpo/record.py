@@ -16,7 +16,7 @@ wrong type (a user's own attribute of the same name) is not trusted but kept as 
 Two rules live here because every reader needs the same answer:
 - :func:`counts`: a trial counts towards ``n_trials`` when it is finished or running, unless it is a FAIL
   that was re-queued (its parameters ran again as a new trial) or discarded (asked, then found not
-  needed). ``hpo.accounting`` asks the same question in SQL; tests/test_accounting.py keeps the two equal.
+  needed). ``hpo.store`` asks the same question in SQL; tests/test_ledger.py keeps the two equal.
 - :func:`rank_trials` / :func:`best_of` / :func:`running_best`: complete trials with a value, best first for
   the study's direction, ties to the earlier trial; pruned trials (their value is the last one reported,
   not a result) are never best.
@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-# Stored keys that code outside the record needs as strings: the SQL of hpo.accounting, and the single
+# Stored keys that code outside the record needs as strings: the SQL of hpo.store, and the single
 # attribute writes of hpo.orchestrator. Each is the name of a TrialAttrs field (tests/test_record.py).
 A_REASON = "reason"
 A_REQUEUED = "requeued"
@@ -62,7 +62,7 @@ def _str(v: Any) -> str | None:
 
 
 def _flag(v: Any) -> bool:
-    # Exactly ``true``, as the SQL form compares it (hpo.accounting): a truthy 1 or "yes" is not a marker.
+    # Exactly ``true``, as the SQL form compares it (hpo.store): a truthy 1 or "yes" is not a marker.
     return v is True
 
 

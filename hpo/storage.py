@@ -1,55 +1,38 @@
-"""Opening the study's storage, creating or resuming the study, and guarding it against a changed file."""
+"""Opening the study's storage, creating or resuming the study, and guarding it against a changed file.
+
+What hpo does with an open storage (counting, batched writes, heartbeats, retries) is ``hpo.store``'s.
+"""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
-import logging
 import os
 import sqlite3
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy import event
 from sqlalchemy import inspect as sql_inspect
 from sqlalchemy.engine import URL, make_url
 
-from hpo import accounting
 from hpo.config import StudyConfig
 from hpo.errors import HpoWarning, StorageError, StudyMismatchError
+
+# Naming, faults, retries and every private Optuna call live in the storage adapter (``hpo.store``).
+from hpo.store import ANY_OPTUNA_TABLE as _ANY_OPTUNA_TABLE
+from hpo.store import OPTUNA_TABLES as _OPTUNA_TABLES
+from hpo.store import SQLITE_FAULTS as _SQLITE_FAULTS
+from hpo.store import RetryingRDBStorage, redact, storage_fault, study_store, where
+from hpo.store import sqlite_path as _sqlite_path
 
 # Study attributes hpo writes (user attrs, so optuna-dashboard shows them).
 ATTR_FINGERPRINT = "hpo:fingerprint"
 ATTR_SECTIONS = "hpo:fingerprints"
 ATTR_CONFIG = "hpo:config"
 ATTR_N_TRIALS = "hpo:n_trials"
-
-HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
-GRACE_PERIOD = 40  # a RUNNING trial without heartbeat for this long belonged to a dead process
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden: safe for logs, reports and exports."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return "<storage>"
-    return u.render_as_string(hide_password=True) if u.password else url
-
-
-def _sqlite_path(url: str) -> Path | None:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
 
 
 def storage_exists(url: str) -> bool:
@@ -58,198 +41,10 @@ def storage_exists(url: str) -> bool:
     return path is None or path.exists()
 
 
-_log = logging.getLogger("hpo.storage")
-
-# How long a storage call keeps retrying while the database is unreachable (e.g. PostgreSQL restarting).
-RETRY_FOR = 120.0
-
-_NO_RETRY = {"remove_session", "upgrade", "get_current_version", "get_head_version", "get_all_versions"}
-
-# SQLite results (``sqlite_errorname`` prefixes) that describe the file or the disk, not a passing
-# condition: retrying cannot help, so they end the command at once with the cause.
-_SQLITE_FAULTS = {
-    "SQLITE_FULL": "the disk is full",
-    "SQLITE_READONLY": "the database is read-only (a read-only file, folder or file system)",
-    "SQLITE_CANTOPEN": "cannot open the database file (missing or read-only folder, or no permission)",
-    "SQLITE_CORRUPT": "the database file is damaged (database disk image is malformed)",
-    "SQLITE_NOTADB": "the file is not an SQLite database",
-    "SQLITE_IOERR": "disk I/O error (the file was removed, or the disk or file system failed)",
-    "SQLITE_PERM": "no permission to access the database file",
-}
-# PostgreSQL SQLSTATEs of the same kind: disk full, read-only transaction, I/O errors, corrupt data.
-_PG_FAULTS = {
-    "53100": "the database server's disk is full",
-    "25006": "the database is read-only",
-    "58030": "the database server has an I/O error",
-    "XX001": "the database reports corrupt data",
-    "XX002": "the database reports a corrupt index",
-}
-
-
-def storage_fault(e: BaseException) -> str | None:
-    """The cause, when ``e`` is a fault of the storage itself (disk full, read-only, damaged file)."""
-    cause: BaseException | None = e
-    while cause is not None:
-        orig = getattr(cause, "orig", None)
-        for err in (cause, orig):
-            name = getattr(err, "sqlite_errorname", None)
-            if isinstance(name, str):
-                for prefix, why in _SQLITE_FAULTS.items():
-                    if name.startswith(prefix):
-                        return why
-            state = getattr(err, "sqlstate", None)
-            if isinstance(state, str) and state in _PG_FAULTS:
-                return _PG_FAULTS[state]
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-def _transient(e: BaseException) -> bool:
-    """A lost or refused connection, as opposed to a logical error (a finished trial, a missing study) or a
-    fault of the storage itself (``storage_fault``)."""
-    if storage_fault(e) is not None:
-        return False
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
-            return True
-        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
-            return True
-        cause = cause.__cause__
-    return False
-
-
-def where(url: str) -> str:
-    """How errors name a storage: the SQLite file's path, or the URL with its password hidden."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return redact(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
-        return _uri_path(u.database)
-    path = _sqlite_path(url)
-    return str(path) if path is not None else redact(url)
-
-
-def _with_retry(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        delay, waited = 0.5, 0.0
-        while True:
-            try:
-                return fn(self, *args, **kwargs)
-            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-                fault = storage_fault(e)
-                if fault is not None:
-                    raise StorageError(f"{where(self.url)}: {fault}") from e
-                if not _transient(e) or waited >= RETRY_FOR:
-                    raise
-                _log.warning("storage unreachable (%s); retrying in %.1fs", type(e).__name__, delay)
-                time.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 10.0)
-
-    return call
-
-
-class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """RDBStorage whose calls wait out a briefly unreachable database (retries with backoff) instead of
-    failing the run. Transactions roll back on failure, so a retried call starts clean. A fault of the
-    storage itself (disk full, read-only, damaged file) is not retried: it raises ``StorageError`` naming
-    the file and the cause.
-
-    It adds the few calls the orchestrator makes per trial that Optuna has no single call for.
-    """
-
-    # (device, inode) of the SQLite file when it was opened: a file deleted or replaced during a run would
-    # otherwise take every later result with it (the open connections keep writing to the unlinked file).
-    file_identity: tuple[str, tuple[int, int]] | None = None
-
-    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Several user attributes in one transaction (Optuna commits each ``set_user_attr`` alone)."""
-        with _create_scoped_session(self.scoped_session, True) as session:
-            for key, value in attrs.items():
-                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
-
-    def set_study_user_attrs(self, study_id: int, attrs: dict[str, Any]) -> None:
-        """Several study user attributes in one transaction: a study is never left half-described."""
-        with _create_scoped_session(self.scoped_session, True) as session:
-            study = models.StudyModel.find_or_raise_by_id(study_id, session)
-            for key, value in attrs.items():
-                row = models.StudyUserAttributeModel.find_by_study_and_key(study, key, session)
-                if row is None:
-                    row = models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value))
-                    session.add(row)
-                else:
-                    row.value_json = json.dumps(value)
-
-    def count_counted(self, study_id: int, before: int | None = None) -> int:
-        return accounting.count_counted(self, study_id, before)
-
-    def grid_point_taken(self, study_id: int, grid_id: Any, trial_id: int) -> bool:
-        return accounting.grid_point_taken(self, study_id, grid_id, trial_id)
-
-    def check_file(self) -> None:
-        """Raise ``StorageError`` when the SQLite file was deleted or replaced since it was opened."""
-        if self.file_identity is None:
-            return
-        path, identity = self.file_identity
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise StorageError(f"{path}: the study database was deleted during the run; stopping") from None
-        except OSError as e:
-            raise StorageError(f"{path}: cannot check the study database: {e.strerror}") from None
-        if (st.st_dev, st.st_ino) != identity:
-            raise StorageError(f"{path}: the study database was replaced during the run; stopping")
-
-
-def _named_faults(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A storage fault raised by ``fn`` as ``StorageError`` naming the file and the cause (no retry)."""
-
-    @functools.wraps(fn)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            fault = storage_fault(e)
-            if fault is not None:
-                raise StorageError(f"{where(self.url)}: {fault}") from e
-            raise
-
-    return call
-
-
-# Private calls Optuna's cached storage makes (``study.ask`` creates trials through ``_create_new_trial``):
-# not retried, as before (a retried insert could create a trial twice), but their faults are named too.
-_PRIVATE_CALLS = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"}
-
-for _name, _fn in inspect.getmembers(RetryingRDBStorage, inspect.isfunction):
-    if _name in _PRIVATE_CALLS:
-        setattr(RetryingRDBStorage, _name, _named_faults(_fn))
-    elif (
-        (not _name.startswith("_") or _name == "_get_stale_trial_ids")
-        and _name not in _NO_RETRY
-        and _name != "check_file"
-    ):
-        setattr(RetryingRDBStorage, _name, _with_retry(_name, _fn))
-
-
-# Tables every Optuna RDB storage has: their absence means the file is not a study database.
-_OPTUNA_TABLES = {"studies", "trials", "version_info"}
-_ANY_OPTUNA_TABLE = set(models.BaseModel.metadata.tables) | {"alembic_version"}
-
-
 def _writable(path: Path) -> bool:
     """Whether SQLite may write the file and its folder (where its -wal and -shm files live). False on a
     read-only file system, a read-only file, or a folder the user cannot write."""
     return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
-
-
-def _uri_path(database: str) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(database).path)
 
 
 def _sqlite_uri(path: Path, writable: bool) -> str:
@@ -356,9 +151,10 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
         _check_server_tables(url)
     # No ``pool_pre_ping`` on server databases: it would ping at every connection checkout, i.e. at each of
     # the ~30 storage calls of a trial. A call that meets a dropped connection fails, the connection is
-    # invalidated, and ``_with_retry`` runs the call again on a fresh one (tested with a restarted server).
+    # invalidated, and ``hpo.store.call_with_retry`` runs the call again on a fresh one (tested with a
+    # restarted server).
     try:
-        storage = _construct(open_url, engine_kwargs, readonly)
+        storage = RetryingRDBStorage.connect(open_url, engine_kwargs, readonly)
     except Exception as e:
         fault = storage_fault(e)
         if fault is not None:
@@ -373,28 +169,6 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
         st = path.stat()
         storage.file_identity = (str(path), (st.st_dev, st.st_ino))
     return storage
-
-
-def _construct(url: str, engine_kwargs: dict[str, Any], readonly: bool) -> RetryingRDBStorage:
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
-                return RetryingRDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_INTERVAL,
-                    grace_period=GRACE_PERIOD,
-                    skip_table_creation=readonly,
-                )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as e:
-            # Processes starting together on a new database (a SLURM array) race to create Optuna's tables
-            # and version rows; the loser sees "already exists" or a duplicate row, and simply opens again.
-            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
-            if not racing or attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 def _check_server_tables(url: str) -> None:
@@ -492,13 +266,8 @@ def _describe(cfg: StudyConfig, study: optuna.Study) -> bool:
         ATTR_CONFIG: stored_config(cfg),
         ATTR_N_TRIALS: cfg.study.n_trials,
     }
-    backend = getattr(study._storage, "_backend", study._storage)
     try:
-        if isinstance(backend, RetryingRDBStorage):
-            backend.set_study_user_attrs(study._study_id, attrs)
-        else:
-            for k, v in attrs.items():
-                study.set_user_attr(k, v)
+        study_store(study).set_study_attrs(attrs)
     except sqlalchemy.exc.IntegrityError:
         return False  # written at the same moment by another process: check that it is the same study
     return True

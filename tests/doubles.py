@@ -110,14 +110,14 @@ def _fail_and_requeue(url: str, study_name: str, number: int) -> None:
     """What an orphan check in another process does to a RUNNING trial whose heartbeat stopped."""
     import optuna
 
+    from hpo.ledger import Reason, TrialLedger
     from hpo.storage import open_storage
+    from hpo.store import study_store
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(url, create=False))
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    study._storage.set_trial_user_attr(trial._trial_id, "reason", "orphaned: no heartbeat")
-    study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)
-    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": number, "retries": 1})
+    ledger = TrialLedger(study, study_store(study), n_trials=0, grid_points=None)
+    assert ledger.fail_and_requeue(trial, Reason.orphaned(process_died=False))
 
 
 def _wait(cond: Any, timeout: float = 10.0) -> None:

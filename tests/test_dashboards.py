@@ -32,6 +32,7 @@ from hpo.cli import app
 from hpo.curves import CurvePoint, CurveStore
 from hpo.record import TrialAttrs, TrialRecord
 from hpo.storage import redact
+from hpo.store import study_store
 
 runner = CliRunner()
 
@@ -545,10 +546,10 @@ def test_dashboard_serves_the_study_with_notes(tmp_path: Path) -> None:
     d = _serve(path)
     try:
         assert d.notes.study and d.notes.trials == 5 and d.notes.metric_name
-        assert d.study_url == f"http://127.0.0.1:{d.port}/dashboard/studies/{d.study._study_id}"
+        assert d.study_url == f"http://127.0.0.1:{d.port}/dashboard/studies/{study_store(d.study).study_id}"
         studies = _get(f"http://127.0.0.1:{d.port}/api/studies")["study_summaries"]
         assert [s["study_name"] for s in studies] == ["alpha"]
-        detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{d.study._study_id}")
+        detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{study_store(d.study).study_id}")
         assert detail["note"]["body"].startswith("## alpha")
         notes = [t["note"]["body"].splitlines()[0] for t in detail["trials"]]
         assert notes[1] == "### Trial 1: pruned, perplexity = 30 (last reported)"
@@ -585,7 +586,7 @@ def test_dashboard_without_notes_writes_nothing(tmp_path: Path) -> None:
     path = sqlite_study_file(tmp_path, "alpha")
     d = _serve(path, notes=False)
     try:
-        attrs = d.study._storage.get_study_system_attrs(d.study._study_id)
+        attrs = study_store(d.study).study_system_attrs()
         assert not any(k.startswith("dashboard:") for k in attrs)
         assert d.study.metric_names is None
     finally:
@@ -614,7 +615,7 @@ def test_dashboard_keeps_working_while_another_process_writes(tmp_path: Path) ->
         seen = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{d.study._study_id}")
+            detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{study_store(d.study).study_id}")
             seen.append(len(detail["trials"]))
             if writer.poll() is not None and seen[-1] == 11:
                 break
@@ -622,7 +623,7 @@ def test_dashboard_keeps_working_while_another_process_writes(tmp_path: Path) ->
         assert writer.wait(30) == 0
         assert seen[-1] == 11 and seen == sorted(seen)  # every answer was served, trials only ever added
         time.sleep(0.6)  # the note refresher picks up the new trials
-        detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{d.study._study_id}")
+        detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{study_store(d.study).study_id}")
         assert all(t["note"]["body"] for t in detail["trials"])
     finally:
         d.shutdown()
@@ -685,7 +686,7 @@ def test_a_big_backlog_of_notes_is_written_in_the_background(tmp_path: Path, mon
         assert (d.notes.trials, d.notes.pending) == (2, 3)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{d.study._study_id}")
+            detail = _get(f"http://127.0.0.1:{d.port}/api/studies/{study_store(d.study).study_id}")
             if all(t["note"]["body"] for t in detail["trials"]):
                 break
             time.sleep(0.1)

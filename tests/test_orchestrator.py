@@ -20,7 +20,8 @@ from rich.console import Console
 from hpo.config import StudyConfig, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StudyMismatchError
-from hpo.orchestrator import HOSTNAME, Orchestrator
+from hpo.ledger import HOSTNAME
+from hpo.orchestrator import Orchestrator
 from hpo.record import A_HOST, A_PID, A_REASON, A_REQUEUED, counted
 from hpo.storage import create_or_resume, open_storage
 from hpo.worker import WorkerSpec
@@ -244,17 +245,17 @@ def test_heartbeats_go_on_while_the_main_loop_waits(storage_url: str) -> None:
     # The main loop can wait on the storage for minutes (busy timeout, retries on a lost connection). Other
     # processes must not find its trials without heartbeat meanwhile. Here: a 1 s heartbeat, a 2 s grace,
     # and a main loop that stalls 4 s while a trial runs.
-    from hpo.storage import RetryingRDBStorage
+    from hpo.store import RetryingRDBStorage, study_store
 
-    storage = RetryingRDBStorage(storage_url, heartbeat_interval=1, grace_period=2)
+    storage = RetryingRDBStorage.connect(storage_url, {}, readonly=False, heartbeat=(1, 2))
     cfg = validate_study(study_dict(study={"n_trials": 1}))
     study, _ = create_or_resume(cfg, storage)
-    stale: list[list[int]] = []
+    stale: list[set[int]] = []
 
     def stall() -> bool:
         if not stale and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             time.sleep(4.0)  # as in a storage call that waits
-            stale.append(storage._get_stale_trial_ids(study._study_id))
+            stale.append(study_store(study).stale_trial_ids())
         return False
 
     display = RunDisplay(console=Console(file=io.StringIO()), live=False)
@@ -263,7 +264,7 @@ def test_heartbeats_go_on_while_the_main_loop_waits(storage_url: str) -> None:
         orch.run(should_stop=stall)
     finally:
         orch.close()
-    assert stale == [[]]
+    assert stale == [set()]
     assert states(study) == {"COMPLETE": 1}
 
 

@@ -21,12 +21,12 @@ from typer.testing import CliRunner
 from dashboards import data as D
 from dashboards.notes import trial_note
 from hpo import api, record
-from hpo.accounting import count_counted, rdb_backend
 from hpo.cli import app
 from hpo.config import load_study_file
 from hpo.export import ranked_trials
 from hpo.record import ATTR_KEYS, TrialAttrs, TrialRecord, best_of, counted, rank_trials, running_best
 from hpo.storage import load_existing, open_storage
+from hpo.store import RDBStudyStore, study_store
 
 DIST = {"x": FloatDistribution(0.0, 1.0)}
 
@@ -233,8 +233,8 @@ def test_every_reader_counts_alike(tmp_path: Path) -> None:
     sd = D.collect(study, importances=False)
     assert sum(t.counted for t in sd.trials) == want
     assert [t.counted for t in sd.trials] == [counted(t) for t in trials]
-    backend = rdb_backend(study._storage)
-    assert backend is not None and count_counted(backend, study._study_id) == want  # the SQL form
+    store = study_store(study)
+    assert isinstance(store, RDBStudyStore) and store.count_counted() == want  # the SQL form
 
 
 def test_a_discarded_trial_says_so_in_its_note() -> None:

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from hpo.cli import app
 from hpo.config import load_study_file
 from hpo.storage import ATTR_CONFIG, create_or_resume, open_storage
+from hpo.store import StudyStore, study_store
 
 runner = CliRunner()
 SECRET = "s3cret-Pw-41x"
@@ -85,7 +86,7 @@ def test_the_storage_password_is_in_nothing_hpo_writes_or_serves(tmp_path: Path,
     # The dashboard, even one that writes nothing (--no-notes), serves no password...
     d = _serve(path, notes=False)
     try:
-        served = _served(d.port, d.study._study_id)
+        served = _served(d.port, study_store(d.study).study_id)
     finally:
         d.shutdown()
     assert not any(SECRET.encode() in b for b in served)
@@ -111,7 +112,7 @@ def test_the_storage_password_is_in_nothing_hpo_writes_or_serves(tmp_path: Path,
     d = _serve(path, notes_every=0)  # writes the study note and the trial notes
     try:
         assert d.notes.study and d.notes.trials == 5
-        served = _served(d.port, d.study._study_id)
+        served = _served(d.port, study_store(d.study).study_id)
     finally:
         d.shutdown()
     written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "pg.yaml"]
@@ -127,7 +128,7 @@ def test_the_storage_password_is_in_nothing_hpo_writes_or_serves(tmp_path: Path,
 
 
 def _trial_id(study: optuna.Study, number: int) -> int:
-    return next(t._trial_id for t in study.get_trials() if t.number == number)
+    return next(StudyStore.trial_id(t) for t in study.get_trials() if t.number == number)
 
 
 def test_the_dashboard_is_read_only_and_answers_only_its_own_address(tmp_path: Path) -> None:
@@ -135,13 +136,13 @@ def test_the_dashboard_is_read_only_and_answers_only_its_own_address(tmp_path: P
     d = _serve(path, notes=False)
     url = load_study_file(path).storage_url
     try:
-        port, sid = d.port, d.study._study_id
+        port, sid = d.port, study_store(d.study).study_id
         running = d.study.ask()  # a trial a forged `tell` could finish with any value
         before = [(t.state, t.value) for t in d.study.get_trials()]
         forged = [
             ("DELETE", f"/api/studies/{sid}", None),
             ("POST", "/api/studies", {"study_name": "new", "directions": ["minimize"]}),
-            ("POST", f"/api/trials/{running._trial_id}/tell", {"state": "Complete", "values": [-1.0]}),
+            ("POST", f"/api/trials/{StudyStore.trial_id(running)}/tell", {"state": "Complete", "values": [-1.0]}),
             ("POST", f"/api/trials/{_trial_id(d.study, 0)}/user-attrs", {"user_attrs": {"x": 1}}),
             ("PUT", f"/api/studies/{sid}/note", {"version": 1, "body": "forged"}),
             ("POST", f"/api/studies/{sid}/rename", {"study_name": "renamed"}),
@@ -167,10 +168,10 @@ def test_the_dashboard_is_read_only_and_answers_only_its_own_address(tmp_path: P
 
     d = _serve(path, notes=False, allow_edits=True)
     try:
-        port, sid = d.port, d.study._study_id
+        port, sid = d.port, study_store(d.study).study_id
         status, _ = _request(port, "PUT", f"/api/studies/{sid}/note", {"version": 1, "body": "my words"})
         assert status == 204
-        status, _ = _request(port, "POST", f"/api/trials/{running._trial_id}/tell", {"state": "Fail"})
+        status, _ = _request(port, "POST", f"/api/trials/{StudyStore.trial_id(running)}/tell", {"state": "Fail"})
         assert status == 204
         assert _request(port, "GET", f"/api/studies/{sid}", host=f"evil.example:{port}")[0] == 403  # still
     finally:

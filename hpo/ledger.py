@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -26,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyConfig
 from hpo.record import TrialAttrs
-from hpo.store import StudyStore, TrialRef
+from hpo.store import GRACE_PERIOD, StudyStore, TrialRef
 
 HOSTNAME = socket.gethostname()
 
@@ -82,6 +83,10 @@ class Reason:
         return cls(ReasonKind.ORPHANED, "orphaned: " + ("its hpo process died" if process_died else "no heartbeat"))
 
     @classmethod
+    def unclaimed(cls) -> Reason:
+        return cls(ReasonKind.ORPHANED, "orphaned: no process recorded running it")
+
+    @classmethod
     def worker_died(cls, exit_code: int | None, requeued: bool) -> Reason:
         text = f"worker process died (exit code {exit_code})" + ("; re-queued" if requeued else "")
         return cls(ReasonKind.WORKER_DIED, text)
@@ -119,6 +124,11 @@ def grid_points(cfg: StudyConfig) -> int | None:
     grid = cfg.grid()
     assert grid is not None  # validation guarantees it
     return math.prod(len(v) for v in grid.values())
+
+
+def _older_than(t: FrozenTrial, seconds: float) -> bool:
+    # Optuna stamps datetime_start with the local clock (naive), as ``datetime.now()`` reads it.
+    return t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > seconds
 
 
 def pid_alive(pid: int) -> bool:
@@ -216,5 +226,12 @@ class TrialLedger:
             dead_here = a.host == HOSTNAME and pid is not None and not pid_alive(pid)
             if tid in stale or dead_here:
                 if self.fail_and_requeue(t, Reason.orphaned(process_died=dead_here)):
+                    n += 1
+            elif a.host is None and _older_than(t, GRACE_PERIOD):
+                # An orchestrator records where a trial runs right after asking for it; a trial without that
+                # record after the grace period was asked by a process that stopped in between, or created
+                # twice by an ask retried over a lost connection. It has no heartbeat, so nothing else would
+                # ever close it (and every process would wait for it at the end).
+                if self.fail_and_requeue(t, Reason.unclaimed()):
                     n += 1
         return n

@@ -209,9 +209,9 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
     raises ``StorageError`` naming the file and the cause.
 
     Every storage call is listed here, each with its policy (a subclass, not methods rewritten at import
-    time): the public calls are retried; the private calls Optuna's cached storage makes (``study.ask``
-    creates trials through ``_create_new_trial``) only have their faults named, as a retried insert could
-    create a trial twice. Calls that do no I/O are inherited as they are.
+    time): the public calls and the private reads and trial creation of Optuna's cached storage are retried
+    (see the comment at ``_create_new_trial``); a private parameter write only has its faults named. Calls
+    that do no I/O are inherited as they are.
     """
 
     # (device, inode) of the SQLite file when it was opened: a file deleted or replaced during a run would
@@ -297,11 +297,15 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
     # Heartbeats.
     record_heartbeat = _retried(optuna.storages.RDBStorage.record_heartbeat)
     _get_stale_trial_ids = _retried(optuna.storages.RDBStorage._get_stale_trial_ids)
-    # Private calls of Optuna's cached storage: faults named, not retried.
-    _create_new_trial = _faults_named(optuna.storages.RDBStorage._create_new_trial)
+    # Private calls of Optuna's cached storage. Reads are retried like the public ones. Creating a trial is
+    # retried too, so an ask survives a restarting server: if the lost answer hid a committed insert, the
+    # extra trial stays RUNNING with no process recorded on it, and the ledger re-queues it after the grace
+    # period (``TrialLedger.recover_orphans``). A parameter write is not retried (a second insert of the
+    # same row would fail on its unique key): its faults are named.
+    _create_new_trial = _retried(optuna.storages.RDBStorage._create_new_trial)
     _set_trial_param = _faults_named(optuna.storages.RDBStorage._set_trial_param)
-    _get_best_trial_id = _faults_named(optuna.storages.RDBStorage._get_best_trial_id)
-    _get_trials = _faults_named(optuna.storages.RDBStorage._get_trials)
+    _get_best_trial_id = _retried(optuna.storages.RDBStorage._get_best_trial_id)
+    _get_trials = _retried(optuna.storages.RDBStorage._get_trials)
 
 
 def rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:

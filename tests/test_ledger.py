@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.record import A_DISCARDED, A_HOST, A_PID, A_REASON, A_REQUEUED, A_RETRY_OF, counted
 from hpo.storage import open_storage
-from hpo.store import InMemoryStudyStore, RDBStudyStore, RetryingRDBStorage, StudyStore, study_store
+from hpo.store import GRACE_PERIOD, InMemoryStudyStore, RDBStudyStore, RetryingRDBStorage, StudyStore, study_store
 
 DIST = {"x": optuna.distributions.FloatDistribution(0.0, 2.0)}
 
@@ -296,3 +297,36 @@ def test_every_storage_call_has_its_retry_policy() -> None:
     assert public - NO_IO <= listed, sorted(public - NO_IO - listed)
     for name in ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids"):
         assert name in listed, name  # the private calls Optuna's cached storage and the ledger make
+
+
+def test_a_trial_no_process_ever_claimed_is_requeued_after_the_grace_period(
+    storage: optuna.storages.BaseStorage,
+) -> None:
+    # What a process killed between `ask` and recording where the trial runs leaves behind (or an ask
+    # retried over a lost connection whose first insert was committed): RUNNING, no host, no heartbeat.
+    study = _study(storage)
+    ledger = _ledger(study)
+    long_ago = datetime.now() - timedelta(seconds=GRACE_PERIOD + 5)
+    study.add_trial(
+        optuna.trial.FrozenTrial(
+            number=0,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=long_ago,
+            datetime_complete=None,
+            params={"x": 0.5},
+            distributions=DIST,
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=0,
+        )
+    )
+    fresh = study.ask(DIST)  # just asked: its orchestrator is about to record itself on it
+    assert ledger.recover_orphans() == 1
+    assert ledger.recover_orphans() == 0
+    unclaimed = study.get_trials(deepcopy=False)[0]
+    assert unclaimed.state == TrialState.FAIL
+    assert unclaimed.user_attrs[A_REASON] == "orphaned: no process recorded running it"
+    assert study_store(study).trial(fresh).state == TrialState.RUNNING
+    assert _queued(study) == [({"x": 0.5}, {A_RETRY_OF: 0, "retries": 1})]

@@ -15,12 +15,13 @@ import optuna
 import pytest
 from doubles import CurveRunner, final_loss
 from optuna.trial import TrialState
+from orchestrators import Orchestrator
 from rich.console import Console
 
 from hpo.config import StudyConfig, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StudyMismatchError
-from hpo.orchestrator import A_HOST, A_PID, A_REASON, A_REQUEUED, HOSTNAME, Orchestrator, counted
+from hpo.orchestrator import A_HOST, A_PID, A_REASON, A_REQUEUED, HOSTNAME, counted
 from hpo.storage import create_or_resume, open_storage
 from hpo.worker import WorkerSpec
 

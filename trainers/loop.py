@@ -252,10 +252,7 @@ def train(
             log_loss, log_n, log_tokens, log_t = saved["log"]
             for _ in range(step * t.gradient_accumulation_steps):  # the batch order goes on where it stopped
                 next(batches)
-    on_start = getattr(reporter, "on_start", None)
-    on_step = getattr(reporter, "on_step", None)
-    if on_start is not None:
-        on_start(step, steps)
+    reporter.on_start(step, steps)
 
     def loop_state() -> dict[str, Any]:
         return {
@@ -314,8 +311,7 @@ def train(
             eval_time += time.perf_counter() - te
             evals.append((step, metrics))
             reporter.on_eval(step, metrics)
-        if on_step is not None:
-            on_step(step)
+        reporter.on_step(step)
         if ckpt is not None and (step == steps or step % (save_every or eval_every) == 0):
             # The finished run too: if saving the model fails (disk full), the next run only saves.
             ckpt.save(step, loop_state())

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any
 
+from hpo.protocol import TrialResult
+
 
 class SleepRunner:
     """Runs a "trial" by sleeping ``seconds`` in all, reporting an eval every ``eval_every`` steps.
@@ -27,7 +29,7 @@ class SleepRunner:
     def setup(self, spec: Any) -> None:
         pass
 
-    def __call__(self, run: dict[str, Any], reporter: Any) -> dict[str, Any]:
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
         lr = float(run["training"]["learning_rate"])
         steps = int(run["training"]["max_steps"])
         every = int(run["training"]["eval_steps"])
@@ -46,19 +48,18 @@ class SleepRunner:
             metrics = {"eval_loss": loss, "perplexity": math.exp(loss)}
             reporter.on_eval(done, metrics)
         took = time.perf_counter() - t0
-        return {
-            "metrics": metrics,
-            "steps": done,
-            "train_time": took,
-            "eval_time": 0.0,
-            "setup_time": 0.0,
-            "tokens": done,
-            "tokens_per_s": done / took if took else 0.0,
-            "device": "cpu",
-            "precision": "no",
-            "stopped": stopped if stopped is not None else reporter.stop_reason(),
-            "evals": [],
-        }
+        return TrialResult(
+            metrics=metrics,
+            steps=done,
+            train_time=took,
+            eval_time=0.0,
+            setup_time=0.0,
+            tokens=done,
+            tokens_per_s=done / took if took else 0.0,
+            device="cpu",
+            precision="no",
+            stopped=stopped if stopped is not None else reporter.stop_reason(),
+        )
 
 
 def study_dict(name: str, url: str, n_trials: int, sampler: dict[str, Any], evals: int = 4) -> dict[str, Any]:

@@ -32,9 +32,6 @@ from hpo.storage import (
 from hpo.store import study_store
 from hpo.worker import TrainerRunner, WorkerHandle, WorkerSpec, close_all, mp_context
 
-# Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 def cache_dir() -> str:
     """Where tokenised data and trained tokenizers are cached (shared by all studies)."""

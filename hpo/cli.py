@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import optuna
 import typer
 from rich import box
 from rich.console import Console
@@ -79,6 +80,8 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+    # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @app.command()
@@ -366,6 +369,9 @@ def train(
 ) -> None:
     """Train a full run of an exported config: progress, periodic eval, resumable checkpoints, saved model."""
     from hpo.train import METRICS, is_main, train_file
+    from trainers.base import quiet_libraries
+
+    quiet_libraries()  # this command's process trains: transformers' and accelerate's chatter is noise here
 
     res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err)
     r = res.result

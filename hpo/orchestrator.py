@@ -30,10 +30,11 @@ from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
+from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
-from hpo.worker import STOP_INTERRUPT, STOP_PRUNE, WorkerHandle, WorkerSpec, close_all, mp_context
+from hpo.worker import WorkerHandle, WorkerSpec, close_all, mp_context
 
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
 
@@ -41,9 +42,6 @@ BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other pro
 # retries): its heartbeats stop, so other processes re-queue its trials.
 STALL = RETRY_FOR + 120.0
 _log = logging.getLogger("hpo.orchestrator")
-
-# hpo drives heartbeats itself (ask/tell); Optuna's hint that they are meant for Study.optimize is noise.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 @dataclass
@@ -55,7 +53,7 @@ class Running:
     step: int = 0
     last_eval_step: int = -1
     reason: Reason | None = None  # prune reason once decided
-    stop_sent: int = 0
+    stop_sent: Stop = Stop.NONE
 
 
 @dataclass
@@ -231,9 +229,9 @@ class Orchestrator:
             what, again = ("SIGTERM", "a second signal") if isinstance(e, Terminated) else ("Ctrl-C", "Ctrl-C again")
             self.display.message(f"[yellow]interrupted ({what}): stopping running trials ({again} to force)[/]")
             try:
-                self._drain(STOP_INTERRUPT, summary, wait=60.0)
+                self._drain(Stop.INTERRUPT, summary, wait=60.0)
             except KeyboardInterrupt:
-                self._drain(STOP_INTERRUPT, summary, wait=0.0)
+                self._drain(Stop.INTERRUPT, summary, wait=0.0)
         finally:
             self._beat.stop()
             summary.wall_time = time.monotonic() - t0
@@ -284,7 +282,10 @@ class Orchestrator:
     # ---------------------------------------------------------------------------------------- trials
     def _launch(self, worker: WorkerHandle) -> None:
         for _ in range(20):
-            trial = self.study.ask(self.distributions)
+            with warnings.catch_warnings():
+                # hpo drives heartbeats itself (ask/tell); Optuna's hint that they are for Study.optimize is noise.
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = self.study.ask(self.distributions)
             why = self.ledger.not_needed(trial)
             if why is None:
                 break
@@ -313,52 +314,45 @@ class Orchestrator:
     def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         self.ledger.set_attrs(trial, attrs)
 
-    def _handle(self, msg: tuple[Any, ...], summary: RunSummary) -> None:
-        kind, wid = msg[0], msg[1]
-        worker = self.workers[wid]
-        if kind == "ready":
-            worker.ready = True
-            self.display.workers_ready(sum(w.ready for w in self.workers), len(self.workers))
-            return
-        if kind == "fatal":
-            raise WorkerSetupError(msg[3], *msg[4:6])
-        number = msg[2]
-        r = self.running.get(number)
+    def _handle(self, event: Event, summary: RunSummary) -> None:
+        match event:
+            case Ready(worker=wid):
+                self.workers[wid].ready = True
+                self.display.workers_ready(sum(w.ready for w in self.workers), len(self.workers))
+                return
+            case Fatal(worker=wid, error=error):
+                message = error.line if error.key else f"worker {wid} failed to start: {error.line}"
+                raise WorkerSetupError(message, error.key, error.traceback)
+        r = self.running.get(event.trial)
         if r is None:
             return  # a late message of a trial already closed (e.g. after its worker was replaced)
-        if kind == "log":
-            r.step = msg[3]
-            self.curves.add(number, msg[3], "train", msg[4])
-            self.display.trial_step(number, r.step)
-        elif kind == "eval":
-            self.curves.add(number, msg[3], "eval", msg[4])
-            self._on_eval(r, msg[3], msg[4])
-        elif kind == "done":
-            self._on_done(r, msg[3], summary)
-        elif kind == "nonfinite":
-            # A diverged run is informative for the sampler (this region is bad): PRUNED, not FAIL.
-            self._finish(r, TrialState.PRUNED, summary, reason=Reason.non_finite(msg[3]))
-        elif kind == "oom":
-            state = TrialState.PRUNED if msg[4] == "prune" else TrialState.FAIL
-            self._finish(r, state, summary, reason=Reason.oom(), attrs={"oom_detail": msg[3]})
-        elif kind == "error":
-            attrs = {"traceback": msg[4][-4000:]}
-            key = msg[5] if len(msg) > 5 else None  # a study-file setting the trainer named (ConfigError)
-            if r.stop_sent == STOP_INTERRUPT:
-                # Interrupted, and the trial broke while stopping: e.g. a multi-process trial whose ranks
-                # got the scheduler's SIGTERM too. Its parameters deserve another run like any interrupted one.
-                attrs["error"] = msg[3]
-                self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)
-            else:
-                reason = Reason.error(msg[3], key)
-                self._finish(r, TrialState.FAIL, summary, reason=reason, attrs=attrs)
-                summary.failures.append((key, msg[3]))
-
-    def _on_eval(self, r: Running, step: int, metrics: dict[str, float]) -> None:
-        try:
-            self._judge(r, step, metrics)
-        finally:
-            r.worker.ack(r.trial.number, step)
+        match event:
+            case Log(step=step, metrics=metrics):
+                r.step = step
+                self.curves.add(r.trial.number, step, "train", metrics)
+                self.display.trial_step(r.trial.number, step)
+            case Eval(step=step, metrics=metrics):
+                self.curves.add(r.trial.number, step, "eval", metrics)
+                self._judge(r, step, metrics)
+            case Done(result=result):
+                self._on_done(r, result, summary)
+            case NonFinite(message=message):
+                # A diverged run is informative for the sampler (this region is bad): PRUNED, not FAIL.
+                self._finish(r, TrialState.PRUNED, summary, reason=Reason.non_finite(message))
+            case Oom(message=message, policy=policy):
+                state = TrialState.PRUNED if policy == "prune" else TrialState.FAIL
+                self._finish(r, state, summary, reason=Reason.oom(), attrs={"oom_detail": message})
+            case Error(error=error):
+                attrs = {"traceback": error.traceback[-4000:]}
+                if r.stop_sent == Stop.INTERRUPT:
+                    # Interrupted, and the trial broke while stopping: e.g. a multi-process trial whose ranks
+                    # got the scheduler's SIGTERM too. Its parameters deserve another run like any interrupted one.
+                    attrs["error"] = error.line
+                    self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)
+                else:
+                    # A study-file setting the trainer named (ConfigError) is reported as `key: message`.
+                    self._finish(r, TrialState.FAIL, summary, reason=Reason.error(error.line, error.key), attrs=attrs)
+                    summary.failures.append((error.key, error.line))
 
     def _judge(self, r: Running, step: int, metrics: dict[str, float]) -> None:
         value = metrics.get(self.metric)
@@ -368,49 +362,49 @@ class Orchestrator:
         r.last_eval_step = step
         if not math.isfinite(value):
             r.reason = Reason.non_finite(f"non-finite {self.metric} at step {step}")
-            self._stop(r, STOP_PRUNE)
+            self._stop(r, Stop.PRUNE)
             return
         try:
             r.trial.report(value, step)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another process closed the trial (it found no heartbeat): its result will be dropped, so
             # there is no point training on; `_finish` says so when the worker returns.
-            self._stop(r, STOP_PRUNE)
+            self._stop(r, Stop.PRUNE)
             return
         self.display.trial_eval(r.trial.number, step, value)
         if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
             r.reason = Reason.pruned(self.cfg.pruner.name, step, self.metric, value)
-            self._stop(r, STOP_PRUNE)
+            self._stop(r, Stop.PRUNE)
 
-    def _stop(self, r: Running, code: int) -> None:
+    def _stop(self, r: Running, code: Stop) -> None:
         r.stop_sent = code
         r.worker.request_stop(r.trial.number, code)
 
-    def _on_done(self, r: Running, result: dict[str, Any], summary: RunSummary) -> None:
-        summary.compute_time += result["train_time"] + result["eval_time"]
-        multi, oom = result.get("processes", 1) > 1, bool(result.get("oom_retries"))
+    def _on_done(self, r: Running, result: TrialResult, summary: RunSummary) -> None:
+        summary.compute_time += result.train_time + result.eval_time
+        multi, oom = result.processes > 1, bool(result.oom_retries)
         attrs = TrialAttrs(
-            metrics=result["metrics"],
-            steps=result["steps"],
-            train_time=round(result["train_time"], 3),
-            eval_time=round(result["eval_time"], 3),
-            setup_time=round(result["setup_time"], 3),
-            tokens_per_s=round(result["tokens_per_s"], 1),
-            precision=result["precision"],
-            processes=result["processes"] if multi else None,
-            rank_steps=tuple(result.get("rank_steps", [])) if multi else None,
-            oom_retries=result["oom_retries"] if oom else None,
-            micro_batch=tuple(result["micro_batch"]) if oom else None,  # [per-device batch, accumulation] it ran with
+            metrics=result.metrics,
+            steps=result.steps,
+            train_time=round(result.train_time, 3),
+            eval_time=round(result.eval_time, 3),
+            setup_time=round(result.setup_time, 3),
+            tokens_per_s=round(result.tokens_per_s, 1),
+            precision=result.precision,
+            processes=result.processes if multi else None,
+            rank_steps=tuple(result.rank_steps) if multi else None,
+            oom_retries=result.oom_retries if oom else None,
+            micro_batch=tuple(result.micro_batch) if oom and result.micro_batch else None,  # [batch, accumulation]
         ).to_user_attrs()
-        stopped = result.get("stopped")
-        if stopped == "interrupted" or r.stop_sent == STOP_INTERRUPT:
+        stopped = result.stopped
+        if stopped == Stop.INTERRUPT.reason or r.stop_sent == Stop.INTERRUPT:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)
-        elif stopped == "pruned" or r.stop_sent == STOP_PRUNE:
+        elif stopped == Stop.PRUNE.reason or r.stop_sent == Stop.PRUNE:
             self._finish(r, TrialState.PRUNED, summary, reason=r.reason or Reason.pruned(), attrs=attrs)
-        elif self.metric not in result["metrics"]:
+        elif self.metric not in result.metrics:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(self.metric), attrs=attrs)
         else:
-            self._finish(r, TrialState.COMPLETE, summary, value=result["metrics"][self.metric], attrs=attrs)
+            self._finish(r, TrialState.COMPLETE, summary, value=result.metrics[self.metric], attrs=attrs)
 
     def _finish(
         self,
@@ -513,7 +507,7 @@ class Orchestrator:
                     requeue=again,
                 )
 
-    def _drain(self, code: int, summary: RunSummary, wait: float) -> None:
+    def _drain(self, code: Stop, summary: RunSummary, wait: float) -> None:
         """Ask running trials to stop, wait for their results, and record every one of them (in ``summary``)."""
         for r in self.running.values():
             self._stop(r, code)
@@ -525,7 +519,7 @@ class Orchestrator:
             except queue.Empty:
                 self._check_workers(summary)
                 continue
-            if msg[0] in ("done", "error", "nonfinite"):
+            if isinstance(msg, TRIAL_ENDS):
                 self._handle(msg, summary)
         for r in list(self.running.values()):
             self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), requeue=True)

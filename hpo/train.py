@@ -70,7 +70,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-class ProgressReporter:
+class ProgressReporter(Reporter):
     """A rich progress bar over the run's steps, eval lines above it, and Ctrl-C as a graceful stop."""
 
     def __init__(self, console: Console | None = None, show: bool = True) -> None:
@@ -271,9 +271,6 @@ def train_file(
     to_remove = _check_out_dir(out, tf, force)
     run = tf.run_config()
     main = is_main()
-    from trainers.base import quiet_libraries
-
-    quiet_libraries()
     try:
         data = prepare(run, cache_dir())
         # Now, not after hours of training: the tokenizer the saved model ships with must load.

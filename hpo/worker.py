@@ -1,9 +1,9 @@
 """Worker processes: import the libraries once, keep data and base weights in memory, run trial after trial.
 
-The orchestrator sends ``(trial_number, run_config_dict)`` on a worker's task queue; the worker trains and
-sends events back on the shared result queue. Prune and interrupt decisions come back through a small
-shared array the trainer polls between optimizer steps, so a worker never waits for the storage: reporting
-is asynchronous and the decision lands at most one step later.
+The orchestrator sends ``RunTrial`` commands on a worker's task queue; the worker trains and sends events
+back on the shared result queue (the messages are ``hpo.protocol``'s). Prune and interrupt decisions come
+back through a small shared array the trainer polls between optimizer steps, so a worker never waits for
+the storage: reporting is asynchronous and the decision lands at most one step later.
 
 This module is imported by every worker at start: keep its top level free of torch and Optuna.
 """
@@ -13,16 +13,30 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainers.config import RunConfig
 
-# Codes in the shared stop array.
-STOP_NONE, STOP_PRUNE, STOP_INTERRUPT = 0, 1, 2
-STOP_REASONS = {STOP_PRUNE: "pruned", STOP_INTERRUPT: "interrupted"}
+from hpo.protocol import (
+    Close,
+    Done,
+    Error,
+    ErrorInfo,
+    Eval,
+    Fatal,
+    Log,
+    NonFinite,
+    Oom,
+    Ready,
+    RunTrial,
+    Stop,
+    TrialEnded,
+    TrialResult,
+)
+from trainers.base import Reporter
 
 
 @dataclass
@@ -36,44 +50,54 @@ class WorkerSpec:
     processes: int = 1  # > 1: each trial runs as this many data-parallel ranks
 
 
-class QueueReporter:
+class QueueReporter(Reporter):
     """The trainer's reporter inside a worker: events go to the orchestrator, stops come from shared memory."""
 
     def __init__(self, worker_id: int, trial: int, results: Any, stop: Any) -> None:
         self.worker_id = worker_id
         self.trial = trial
         self.results = results
-        self.stop = stop  # mp.Array('q', 4): [trial to stop, reason code, trial decided, step decided]
+        self.stop = stop  # mp.Array('q', 2): [trial to stop, Stop code]
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        self.results.put(("log", self.worker_id, self.trial, step, metrics))
+        self.results.put(Log(self.worker_id, self.trial, step, metrics))
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        self.results.put(("eval", self.worker_id, self.trial, step, metrics))
-
-    def decided(self, step: int) -> bool:
-        """Whether the orchestrator has handled this trial's eval at ``step`` (for deterministic doubles)."""
-        return bool(self.stop[2] == self.trial and self.stop[3] >= step)
+        self.results.put(Eval(self.worker_id, self.trial, step, metrics))
 
     def stop_reason(self) -> str | None:
         # Lock-free read: two aligned int64 loads; a torn read only delays the stop by one step.
         if self.stop[0] == self.trial:
-            return STOP_REASONS.get(int(self.stop[1]), "stopped")
+            return Stop(int(self.stop[1])).reason or "stopped"
         return None
+
+
+TrainFn = Callable[..., Any]  # trainers.loop.train's signature: (run, reporter, cache_dir, data=...) -> TrainResult
 
 
 class TrainerRunner:
     """Runs trials with the real trainer (``trainers.loop.train``); what a worker calls per trial.
 
     ``setup`` runs once per worker process: imports, thread count, and the study's tokenised data (and
-    pretrained weights) loaded into memory before the first trial arrives.
+    pretrained weights) loaded into memory before the first trial arrives. ``train_fn`` replaces the
+    training function of one-process trials (same signature as ``trainers.loop.train``; it travels to the
+    worker process, so a module-level function or a ``functools.partial`` of one).
     """
 
-    def __init__(self, cache_dir: str, warm_run: RunConfig | None = None, oom: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str,
+        warm_run: RunConfig | None = None,
+        oom: dict[str, Any] | None = None,
+        train_fn: TrainFn | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.warm_run = warm_run
         self.oom = oom or {"policy": "retry", "retries": 3}
+        self.train_fn = train_fn
         self._data: dict[str, Any] = {}
+        self._processes = 1  # set by `setup` from the worker's spec
+        self._cpu = True
 
     def setup(self, spec: WorkerSpec) -> None:
         self._processes = spec.processes
@@ -81,9 +105,6 @@ class TrainerRunner:
         import torch
 
         torch.set_num_threads(spec.threads)
-        from trainers.base import quiet_libraries
-
-        quiet_libraries()
         import trainers.loop  # noqa: F401 - import accelerate & co now, not in the first trial
 
         if self.warm_run is not None:
@@ -106,7 +127,7 @@ class TrainerRunner:
             self._data[key] = prepare(run, self.cache_dir)
         return self._data[key]
 
-    def __call__(self, run_dict: dict[str, Any], reporter: Any) -> dict[str, Any]:
+    def __call__(self, run_dict: dict[str, Any], reporter: Any) -> TrialResult:
         import torch
 
         from trainers.config import RunConfig
@@ -114,20 +135,18 @@ class TrainerRunner:
 
         run = RunConfig.model_validate(run_dict)
         data = self._prepare(run)
-        if getattr(self, "_processes", 1) > 1:
+        if self._processes > 1:
             from hpo.rank import launch
 
             return launch(run.model_dump(mode="json"), self.cache_dir, self._processes, reporter, self._cpu)
+        train_fn = self.train_fn or train
         retries = 0
         while True:
             try:
-                _inject_oom(run)
-                result = train(run, reporter, self.cache_dir, data=data).to_dict()
-                result["oom_retries"] = retries
-                if retries:
-                    t = run.training
-                    result["micro_batch"] = [t.per_device_train_batch_size, t.gradient_accumulation_steps]
-                return result
+                done = train_fn(run, reporter, self.cache_dir, data=data)
+                t = run.training
+                micro_batch = [t.per_device_train_batch_size, t.gradient_accumulation_steps] if retries else None
+                return TrialResult.from_train(done, oom_retries=retries, micro_batch=micro_batch)
             except torch.OutOfMemoryError as e:
                 _free_memory()
                 t = run.training
@@ -155,15 +174,6 @@ class TrialOutOfMemory(RuntimeError):
     def __init__(self, policy: str, retries: int, micro_batch: int) -> None:
         self.policy = policy
         super().__init__(f"out of memory at micro-batch {micro_batch} after {retries} retries")
-
-
-def _inject_oom(run: Any) -> None:
-    """Test hook: HPO_TEST_OOM_ABOVE_BATCH=N makes micro-batches above N raise an out-of-memory error."""
-    limit = os.environ.get("HPO_TEST_OOM_ABOVE_BATCH")
-    if limit and run.training.per_device_train_batch_size > int(limit):
-        import torch
-
-        raise torch.OutOfMemoryError(f"injected: micro-batch {run.training.per_device_train_batch_size} > {limit}")
 
 
 def _free_memory() -> None:
@@ -197,37 +207,32 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.update(spec.env)  # before torch is imported: thread pools and visible GPUs are read then
-    from trainers.base import ConfigError, NonFiniteLoss
+    from trainers.base import NonFiniteLoss, quiet_libraries
 
+    quiet_libraries()  # this process's own settings: it is the entry point
     try:
         runner.setup(spec)
     except BaseException as e:
-        tb = traceback.format_exc(limit=-12)
-        if isinstance(e, ConfigError):  # a setting of the study file: reported as FILE: key: message
-            results.put(("fatal", spec.worker_id, None, e.message.splitlines()[0], e.key, tb))
-        else:
-            msg = f"{type(e).__name__}: {e}".splitlines()[0]
-            results.put(("fatal", spec.worker_id, None, f"worker {spec.worker_id} failed to start: {msg}", None, tb))
+        results.put(Fatal(spec.worker_id, ErrorInfo.from_exception(e, limit=-12)))
         return
-    results.put(("ready", spec.worker_id, os.getpid()))
+    results.put(Ready(spec.worker_id, os.getpid()))
     while True:
-        msg = tasks.get()
-        if msg is None:
+        command = tasks.get()
+        if isinstance(command, Close):
             return
-        trial, run_dict = msg
+        assert isinstance(command, RunTrial)
+        trial = command.trial
         reporter = QueueReporter(spec.worker_id, trial, results, stop)
         try:
-            results.put(("done", spec.worker_id, trial, runner(run_dict, reporter)))
+            results.put(Done(spec.worker_id, trial, runner(command.run, reporter)))
+        except TrialEnded as e:  # the ranks of a multi-process trial said how it ended
+            results.put(replace(e.event, worker=spec.worker_id, trial=trial))
         except NonFiniteLoss as e:
-            results.put(("nonfinite", spec.worker_id, trial, str(e)))
+            results.put(NonFinite(spec.worker_id, trial, str(e)))
         except TrialOutOfMemory as e:
-            results.put(("oom", spec.worker_id, trial, str(e), e.policy))
-        except ConfigError as e:
-            tb = traceback.format_exc(limit=-8)
-            results.put(("error", spec.worker_id, trial, e.message.splitlines()[0], tb, e.key))
+            results.put(Oom(spec.worker_id, trial, str(e), e.policy))
         except BaseException as e:
-            tb = traceback.format_exc(limit=-8)
-            results.put(("error", spec.worker_id, trial, f"{type(e).__name__}: {e}".splitlines()[0], tb))
+            results.put(Error(spec.worker_id, trial, ErrorInfo.from_exception(e)))
 
 
 class WorkerHandle:
@@ -237,7 +242,7 @@ class WorkerHandle:
         self.spec = spec
         self.runner = runner
         self.tasks = ctx.Queue()
-        self.stop = ctx.Array("q", [-1, STOP_NONE, -1, -1], lock=False)
+        self.stop = ctx.Array("q", [-1, Stop.NONE], lock=False)
         self.process = ctx.Process(
             target=worker_main,
             args=(spec, runner, self.tasks, results, self.stop),
@@ -251,16 +256,11 @@ class WorkerHandle:
 
     def send(self, trial: int, run: dict[str, Any]) -> None:
         self.trial = trial
-        self.tasks.put((trial, run))
+        self.tasks.put(RunTrial(trial, run))
 
-    def request_stop(self, trial: int, code: int) -> None:
-        self.stop[1] = code
+    def request_stop(self, trial: int, code: Stop) -> None:
+        self.stop[1] = code  # the code before the trial: a reader that sees the trial sees its code
         self.stop[0] = trial
-
-    def ack(self, trial: int, step: int) -> None:
-        """Record that the eval of ``trial`` at ``step`` has been reported and judged."""
-        self.stop[3] = step
-        self.stop[2] = trial
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -271,7 +271,7 @@ class WorkerHandle:
             return
         self._closing = True
         try:
-            self.tasks.put(None)
+            self.tasks.put(Close())
         except (OSError, ValueError):
             pass
 

@@ -1,8 +1,10 @@
 """Deterministic stand-ins for the trainer, run inside real worker processes.
 
 ``CurveRunner`` replaces ``hpo.worker.TrainerRunner``: no torch, no data, a loss curve computed from the
-learning rate, and a wait for the orchestrator's decision after each eval so pruning is deterministic.
-It lives in its own module so spawned workers can import it by name.
+learning rate. Run by ``orchestrators.Orchestrator``, it waits after each eval until the orchestrator has
+judged it (``Verdicts``), so pruning is deterministic. ``train_oom_above`` is a training function for
+``TrainerRunner(train_fn=...)`` that runs out of memory above a micro-batch. They live in their own module
+so spawned workers can import them by name.
 """
 
 from __future__ import annotations
@@ -13,7 +15,42 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpo.protocol import TrialResult
+from hpo.worker import mp_context
 from trainers.base import NonFiniteLoss
+
+
+class Verdicts:
+    """Which evals the orchestrator has judged, in memory shared with the worker processes.
+
+    The test's channel, not the product's: a real trainer never waits for a verdict (a prune lands at most
+    one step late), but a double that trains in microseconds would finish before any prune arrived.
+    ``armed`` is set by ``orchestrators.Orchestrator``; a runner under any other orchestrator never waits.
+    """
+
+    SLOTS = 1024  # trial numbers modulo this: far more than a test has running at once
+
+    def __init__(self) -> None:
+        ctx = mp_context()
+        self._trial = ctx.RawArray("q", [-1] * self.SLOTS)
+        self._step = ctx.RawArray("q", [-1] * self.SLOTS)
+        self._armed = ctx.RawValue("b", 0)
+
+    def arm(self) -> None:
+        self._armed.value = 1
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._armed.value)
+
+    def judged(self, trial: int, step: int) -> None:
+        slot = trial % self.SLOTS
+        self._step[slot] = step  # the step before the trial: a reader that sees the trial sees its step
+        self._trial[slot] = trial
+
+    def decided(self, trial: int, step: int) -> bool:
+        slot = trial % self.SLOTS
+        return bool(self._trial[slot] == trial and self._step[slot] >= step)
 
 
 def final_loss(lr: float) -> float:
@@ -54,11 +91,12 @@ class CurveRunner:
         self.block = block
         self.step_sleep = step_sleep
         self.close_elsewhere = close_elsewhere
+        self.verdicts = Verdicts()
 
     def setup(self, spec: Any) -> None:
         pass
 
-    def __call__(self, run: dict[str, Any], reporter: Any) -> dict[str, Any]:
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
         lr = float(run["training"]["learning_rate"])
         steps = int(run["training"]["max_steps"])
         every = int(run["training"]["eval_steps"])
@@ -88,22 +126,37 @@ class CurveRunner:
                 v = curve(lr, step)
                 metrics = {"eval_loss": v, "perplexity": math.exp(v)}
                 reporter.on_eval(step, metrics)
-                _wait(lambda s=step: reporter.decided(s))  # type: ignore[misc]
+                if self.verdicts.armed:
+                    _wait(lambda s=step: self.verdicts.decided(reporter.trial, s))  # type: ignore[misc]
                 if self.block:
                     _wait(lambda: reporter.stop_reason() is not None, timeout=30.0)
-        return {
-            "metrics": metrics,
-            "steps": done,
-            "train_time": 0.001 * done,
-            "eval_time": 0.0,
-            "setup_time": 0.0,
-            "tokens": done,
-            "tokens_per_s": 1000.0,
-            "device": "cpu",
-            "precision": "no",
-            "stopped": stopped if stopped is not None else reporter.stop_reason(),
-            "evals": [],
-        }
+        return TrialResult(
+            metrics=metrics,
+            steps=done,
+            train_time=0.001 * done,
+            eval_time=0.0,
+            setup_time=0.0,
+            tokens=done,
+            tokens_per_s=1000.0,
+            device="cpu",
+            precision="no",
+            stopped=stopped if stopped is not None else reporter.stop_reason(),
+        )
+
+
+def train_oom_above(limit: int, run: Any, reporter: Any, cache_dir: str, data: Any = None) -> Any:
+    """``trainers.loop.train``, except that micro-batches above ``limit`` run out of memory (on CPU too).
+
+    For ``TrainerRunner(train_fn=functools.partial(train_oom_above, N))``.
+    """
+    import torch
+
+    from trainers.loop import train
+
+    batch = run.training.per_device_train_batch_size
+    if batch > limit:
+        raise torch.OutOfMemoryError(f"injected: micro-batch {batch} > {limit}")
+    return train(run, reporter, cache_dir, data=data)
 
 
 def _fail_and_requeue(url: str, study_name: str, number: int) -> None:
@@ -130,11 +183,11 @@ def run_orchestrator(url: str, study: dict[str, Any], workers: int) -> None:
     """Entry point of a separate process running its own orchestrator on a shared storage."""
     import io
 
+    from orchestrators import Orchestrator
     from rich.console import Console
 
     from hpo.config import validate_study
     from hpo.display import RunDisplay
-    from hpo.orchestrator import Orchestrator
     from hpo.storage import create_or_resume, open_storage
     from hpo.worker import WorkerSpec
 

@@ -3,12 +3,14 @@ accumulation, or pruned / failed with reason "oom", per the study's policy. The 
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from doubles import train_oom_above
 from rich.console import Console
 
 from hpo.config import validate_study
@@ -39,8 +41,9 @@ def study(policy: str, retries: int) -> dict[str, Any]:
 def run(tmp_path: Path, policy: str, retries: int = 3) -> dict[int, optuna.trial.FrozenTrial]:
     cfg = validate_study(study(policy, retries))
     st, _ = create_or_resume(cfg, open_storage(f"sqlite:///{tmp_path}/oom.db", create=True))
-    runner = TrainerRunner(str(tmp_path / "cache"), oom=cfg.oom)
-    spec = WorkerSpec(0, 1, {"HPO_TEST_OOM_ABOVE_BATCH": "4"}, "cpu")  # micro-batches above 4 "run out"
+    # Micro-batches above 4 "run out" of memory.
+    runner = TrainerRunner(str(tmp_path / "cache"), oom=cfg.oom, train_fn=functools.partial(train_oom_above, 4))
+    spec = WorkerSpec(0, 1, {}, "cpu")
     display = RunDisplay(console=Console(file=io.StringIO()), live=False)
     orch = Orchestrator(cfg, st, [spec], runner, display)
     try:

@@ -15,13 +15,13 @@ import optuna
 import pytest
 from doubles import CurveRunner, final_loss
 from optuna.trial import TrialState
+from orchestrators import Orchestrator
 from rich.console import Console
 
 from hpo.config import StudyConfig, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StudyMismatchError
 from hpo.ledger import HOSTNAME
-from hpo.orchestrator import Orchestrator
 from hpo.record import A_HOST, A_PID, A_REASON, A_REQUEUED, counted
 from hpo.storage import create_or_resume, open_storage
 from hpo.worker import WorkerSpec

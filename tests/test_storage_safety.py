@@ -25,6 +25,7 @@ import pytest
 import yaml
 from dash_fixtures import sqlite_study_file, study_yaml
 from doubles import CurveRunner
+from orchestrators import Orchestrator
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -32,7 +33,6 @@ from hpo.cli import app
 from hpo.config import load_study_file, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StorageError, StudyMismatchError
-from hpo.orchestrator import Orchestrator
 from hpo.storage import (
     ATTR_CONFIG,
     ATTR_FINGERPRINT,

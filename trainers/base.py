@@ -8,13 +8,18 @@ these into ``trial.report`` / ``should_prune`` decisions.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 
-class Reporter(Protocol):
-    """What a trainer talks to. Optional hooks, called only when a reporter defines them (``hpo train``'s
-    progress bar does): ``on_start(step, total_steps)`` once before the first step (``step`` > 0 after a
-    resume) and ``on_step(step)`` after every optimizer step."""
+class Reporter:
+    """What a trainer talks to. Every hook does nothing here: a reporter subclasses this and overrides the
+    hooks it needs, and the trainer calls all of them."""
+
+    def on_start(self, step: int, total_steps: int) -> None:
+        """Once before the first optimizer step (``step`` > 0 after a resume from a checkpoint)."""
+
+    def on_step(self, step: int) -> None:
+        """After every optimizer step."""
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         """Training curves: train loss, learning rate, tokens/s (every ``logging_steps``)."""
@@ -24,19 +29,11 @@ class Reporter(Protocol):
 
     def stop_reason(self) -> str | None:
         """A reason to stop now (pruned, interrupted), or None to go on."""
-
-
-class NullReporter:
-    """Reporter for runs nobody watches step by step (``hpo train`` without a display, tests)."""
-
-    def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def stop_reason(self) -> str | None:
         return None
+
+
+class NullReporter(Reporter):
+    """Reporter for runs nobody watches step by step (``hpo train`` without a display, tests)."""
 
 
 class ConfigError(ValueError):
@@ -125,14 +122,24 @@ class TrainResult:
 
 
 def quiet_libraries() -> None:
-    """Silence library chatter (per run, per process) that says nothing about the user's study."""
+    """Silence library chatter that says nothing about the user's study (warnings, transformers' logs and
+    progress bars, accelerate's logs).
+
+    This changes the whole process: call it from a process's entry point only (the ``hpo train`` command, a
+    worker process, a rank), never from library code. It imports nothing: transformers and huggingface_hub
+    read their environment variables when imported (a process's own ``TRANSFORMERS_VERBOSITY`` wins).
+    """
     import logging
+    import os
+    import sys
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:  # imported already: its environment was read then
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)

@@ -366,10 +366,7 @@ def train(
         if resume and ckpt.load_latest():
             resumed_from = state.step
     batches = _micro_batches(accelerator, loader, order, state.batches)
-    on_start = getattr(reporter, "on_start", None)
-    on_step = getattr(reporter, "on_step", None)
-    if on_start is not None:
-        on_start(state.step, steps)
+    reporter.on_start(state.step, steps)
 
     try:
         while state.step < steps:
@@ -423,8 +420,7 @@ def train(
                 state.eval_time += time.perf_counter() - te
                 state.evals.append((step, state.metrics))
                 reporter.on_eval(step, state.metrics)
-            if on_step is not None:
-                on_step(step)
+            reporter.on_step(step)
             if ckpt is not None and (step == steps or step % (save_every or eval_every) == 0):
                 # The finished run too: if saving the model fails (disk full), the next run only saves.
                 ckpt.save(step)

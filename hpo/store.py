@@ -164,9 +164,7 @@ def call_with_retry(url: str, fn: Callable[[], _T]) -> _T:
         try:
             return fn()
         except _DB_ERRORS as e:
-            fault = storage_fault(e)
-            if fault is not None:
-                raise StorageError(f"{where(url)}: {fault}") from e
+            _raise_if_fault(url, e)
             if not _transient(e) or waited >= RETRY_FOR:
                 raise
             _log.warning("storage unreachable (%s); retrying in %.1fs", type(e).__name__, delay)
@@ -180,10 +178,15 @@ def call_naming_faults(url: str, fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except _DB_ERRORS as e:
-        fault = storage_fault(e)
-        if fault is not None:
-            raise StorageError(f"{where(url)}: {fault}") from e
+        _raise_if_fault(url, e)
         raise
+
+
+def _raise_if_fault(url: str, e: BaseException) -> None:
+    """A fault of the storage itself (disk full, read-only, damaged) as one line naming the file."""
+    fault = storage_fault(e)
+    if fault is not None:
+        raise StorageError(f"{where(url)}: {fault}") from e
 
 
 def _retried(fn: Callable[..., _T]) -> Callable[..., _T]:

@@ -5,9 +5,11 @@ What hpo does with an open storage (counting, batched writes, heartbeats, retrie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -142,8 +144,7 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
             # persistent in the file. busy timeout: concurrent writers wait instead of failing with
             # "database is locked".
             try:
-                with sqlite3.connect(path, timeout=60) as con:
-                    con.execute("PRAGMA journal_mode=WAL")
+                _wal_mode(path)
             except sqlite3.Error as e:
                 raise StorageError(f"{path}: {storage_fault(e) or e}") from None
         engine_kwargs["connect_args"] = {"timeout": 60}
@@ -169,6 +170,22 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
         st = path.stat()
         storage.file_identity = (str(path), (st.st_dev, st.st_ino))
     return storage
+
+
+def _wal_mode(path: Path) -> None:
+    """Switch the file to WAL (persistent: once per file). The switch needs the file to itself and SQLite
+    may answer "database is locked" at once instead of waiting (processes starting together on a new
+    file, a SLURM array): try again for a while."""
+    for attempt in range(30):
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
+                if str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    con.execute("PRAGMA journal_mode=WAL")
+                return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == 29:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _check_server_tables(url: str) -> None:

@@ -99,3 +99,19 @@ def postgres_url(postgres_server: PgServer) -> str:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{postgres_server.url}/{name}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_host_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs started by the tests plan their workers on this session's own registry of live hpo runs
+    (``hpo.hostload``): another `hpo run` on the machine (a user's, another test session's) must not take
+    cores from tests that wait for two workers. Subprocesses inherit it through the environment."""
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("xdg"))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = old

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
-from doubles import CurveRunner, final_loss
+from doubles import CloseTogether, CurveRunner, final_loss
 from optuna.trial import TrialState
 from orchestrators import Orchestrator
 from rich.console import Console
@@ -340,14 +340,18 @@ def test_postgres_restart_during_a_study_is_waited_out(
     assert "storage unreachable" in caplog.text  # the outage really happened mid-study, and was retried
 
 
-def test_close_all_stops_every_worker_in_parallel() -> None:
+def test_close_all_stops_every_worker_in_parallel(tmp_path: Path) -> None:
+    """Every worker is told to close before the first is waited for: each worker's exit waits until all
+    have been told (``CloseTogether``), so a one-by-one close would leave the first killed, not exited 0."""
     from hpo.worker import WorkerHandle, close_all, mp_context
 
     ctx = mp_context()
     results = ctx.Queue()
-    workers = [WorkerHandle(WorkerSpec(i, 1, {}, "cpu"), CurveRunner(), results, ctx) for i in range(3)]
+    runner = CloseTogether(str(tmp_path), group=3)
+    workers = [WorkerHandle(WorkerSpec(i, 1, {}, "cpu"), runner, results, ctx) for i in range(3)]
     assert all(w.alive() for w in workers)
     close_all(workers)
     assert not any(w.alive() for w in workers)
-    assert all(w.process.exitcode == 0 for w in workers)  # they exited on request, not killed
+    assert [w.process.exitcode for w in workers] == [0, 0, 0]  # each exited once all were told, not killed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["closing-0", "closing-1", "closing-2"]
     close_all(workers)  # closing again is harmless

@@ -206,7 +206,8 @@ def test_sampler_cases_cover_the_registry() -> None:
 def test_sampler_seed_is_passed_through() -> None:
     def first_draws(seed: int) -> list[float]:
         sampler = SAMPLERS.validate_python({"name": "random", "seed": seed}).build()
-        return list(sampler._rng.rng.random_sample(3))
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
 
     assert first_draws(7) == first_draws(7)
     assert first_draws(7) != first_draws(8)

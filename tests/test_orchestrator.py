@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from orchestrators import Orchestrator
 from rich.console import Console
 
+import studies
 from hpo.config import StudyConfig, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StudyMismatchError
@@ -28,20 +29,14 @@ from hpo.worker import WorkerSpec
 
 
 def study_dict(**over: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "study": {"name": "t", "n_trials": 6},
-        "task": "causal_lm",
-        "objective": {"metric": "eval_loss"},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": 20, "eval_every": 5},
-        "model": {"from_config": {"model_type": "gpt2"}, "tokenizer": {"train_vocab_size": 256}},
-        "data": {"builtin": "pydoc_topics"},
-        "search_space": {
+    """``studies.curve`` with dropout searched too; a section given is merged into the base's (one level),
+    except ``search_space``, which is replaced."""
+    d = studies.curve(
+        search_space={
             "training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        },
-    }
+        }
+    )
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) and k != "search_space" else v
     return d

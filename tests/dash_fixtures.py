@@ -11,6 +11,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+import studies
 from hpo.config import load_study_file
 from hpo.curves import CurveStore
 from hpo.space import to_distributions
@@ -93,24 +94,20 @@ def fixed_study(name: str = "fixed", rows: list[Any] | None = None) -> optuna.St
 
 
 def study_yaml(tmp_path: Path, name: str = "dash", storage: str | None = None, sampler: str = "tpe") -> dict[str, Any]:
-    return {
-        "study": {"name": name, "n_trials": 5, "storage": storage or f"sqlite:///{tmp_path}/runs/{name}.db"},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": sampler, "seed": 0},
-        "pruner": {"name": "median"},
-        "fidelity": {"max_steps": 100, "eval_every": 50},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32},
-        "search_space": {
+    return studies.causal_lm(
+        name,
+        5,
+        storage or f"sqlite:///{tmp_path}/runs/{name}.db",
+        sampler={"name": sampler, "seed": 0},
+        pruner={"name": "median"},
+        fidelity={"max_steps": 100, "eval_every": 50},
+        data={"builtin": "pydoc_topics", "max_length": 32},
+        search_space={
             "training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
             "training.per_device_train_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
         },
-    }
+    )
 
 
 def sqlite_study_file(

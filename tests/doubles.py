@@ -3,12 +3,14 @@
 ``CurveRunner`` replaces ``hpo.worker.TrainerRunner``: no torch, no data, a loss curve computed from the
 learning rate. Run by ``orchestrators.Orchestrator``, it waits after each eval until the orchestrator has
 judged it (``Verdicts``), so pruning is deterministic. ``train_oom_above`` is a training function for
-``TrainerRunner(train_fn=...)`` that runs out of memory above a micro-batch. They live in their own module
+``TrainerRunner(train_fn=...)`` that runs out of memory above a micro-batch. ``CloseTogether`` is a runner
+whose workers can only exit once all of them have been told to close. They live in their own module
 so spawned workers can import them by name.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import time
@@ -199,3 +201,33 @@ def run_orchestrator(url: str, study: dict[str, Any], workers: int) -> None:
         orch.run()
     finally:
         orch.close()
+
+
+class CloseTogether:
+    """A runner whose worker, on its way out, waits until every worker of its group has been told to close.
+
+    Each worker, once its loop has taken ``Close`` (its interpreter is exiting), drops a marker file and
+    waits for the markers of all ``group`` workers. Closing them in parallel (every ``Close`` sent before the
+    first worker is waited for) lets them all exit 0; closing them one after another leaves the first one
+    waiting for markers that never come until ``close`` kills it. No timing is measured.
+    """
+
+    def __init__(self, folder: str, group: int, wait: float = 30.0) -> None:
+        self.folder = folder
+        self.group = group
+        self.wait = wait  # longer than ``close``'s timeout: a serial close kills the first worker
+
+    def setup(self, spec: Any) -> None:
+        atexit.register(self._barrier, spec.worker_id)  # spawn's children run atexit after the target
+
+    def _barrier(self, worker_id: int) -> None:
+        folder = Path(self.folder)
+        (folder / f"closing-{worker_id}").write_text("1")
+        deadline = time.monotonic() + self.wait
+        while len(list(folder.glob("closing-*"))) < self.group:
+            if time.monotonic() > deadline:
+                os._exit(3)  # not all were told: a non-zero exit the test sees
+            time.sleep(0.01)
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
+        raise AssertionError("CloseTogether runs no trials")

@@ -11,34 +11,29 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import studies
 from hpo.cli import app
 
 runner = CliRunner()
 
 
 def tiny(tmp_path: Path, **over: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "study": {"name": "e2e", "n_trials": 3, "storage": f"sqlite:///{tmp_path}/runs/e2e.db"},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-        "pruner": {"name": "median", "n_startup_trials": 1},
-        "fidelity": {"max_steps": 16, "eval_every": 8, "eval_batches": 2},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 16, "max_eval_samples": 4},
-        "training": {"per_device_eval_batch_size": 8},
-        "search_space": {
+    """``studies.causal_lm`` as ``hpo run`` runs it end to end: TPE, median pruning, four parameters."""
+    d = studies.causal_lm(
+        "e2e",
+        3,
+        f"sqlite:///{tmp_path}/runs/e2e.db",
+        sampler={"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        pruner={"name": "median", "n_startup_trials": 1},
+        training={"per_device_eval_batch_size": 8},
+        search_space={
             "training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
             "training.per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
             "training.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
         },
-    }
-    d.update(over)
-    return d
+    )
+    return d | over  # a section given replaces the base's
 
 
 def write(tmp_path: Path, data: Any, name: str = "study.yaml") -> Path:

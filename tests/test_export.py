@@ -22,6 +22,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import studies
 from hpo.cli import app
 from hpo.config import validate_study
 from hpo.errors import HpoError
@@ -43,26 +44,20 @@ runner = CliRunner()
 
 
 def tiny(root: Path, name: str = "ex") -> dict[str, Any]:
-    return {
-        "study": {"name": name, "n_trials": 3, "storage": f"sqlite:///{root}/runs/{name}.db"},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": "random", "seed": 3},
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": 16, "eval_every": 8, "eval_batches": 2},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 24, "max_eval_samples": 4},
-        "training": {"per_device_eval_batch_size": 8, "max_steps": 24, "warmup_ratio": 0.1},
-        "search_space": {
+    return studies.causal_lm(
+        name,
+        3,
+        f"sqlite:///{root}/runs/{name}.db",
+        sampler={"name": "random", "seed": 3},
+        data={"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 24, "max_eval_samples": 4},
+        training={"per_device_eval_batch_size": 8, "max_steps": 24, "warmup_ratio": 0.1},
+        search_space={
             "training.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
             "training.per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]},
             "model.dropout": {"type": "float", "low": 0.1, "high": 0.3},  # > 0: resuming must restore RNG
         },
-        "resources": {"workers": 1},
-    }
+        resources={"workers": 1},
+    )
 
 
 def write(path: Path, data: Any) -> Path:

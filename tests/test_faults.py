@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
+import studies
 from hpo.record import TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,21 +26,13 @@ pytestmark = pytest.mark.slow
 
 def study_file(tmp_path: Path, n_trials: int = 4) -> tuple[Path, str]:
     storage = f"sqlite:///{tmp_path}/faults.db"
-    spec: dict[str, Any] = {
-        "study": {"name": "faults", "n_trials": n_trials, "storage": storage},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": 400, "eval_every": 50, "eval_batches": 1},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 16, "max_eval_samples": 4},
-        "search_space": {"training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
-        "resources": {"workers": 2, "threads_per_worker": 1},
-    }
+    spec = studies.causal_lm(
+        "faults",
+        n_trials,
+        storage,
+        fidelity={"max_steps": 400, "eval_every": 50, "eval_batches": 1},
+        resources={"workers": 2, "threads_per_worker": 1},
+    )
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path, storage

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import studies
 from hpo.cli import app
 
 
@@ -20,19 +21,14 @@ def test_two_rank_trials_report_and_stop_together(tmp_path: Path, monkeypatch: p
         pytest.skip("needs 2 cores")
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
     storage = f"sqlite:///{tmp_path}/mp.db"
-    spec = {
-        "study": {"name": "mp", "n_trials": 2, "storage": storage},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": "grid"},
-        "pruner": {"name": "threshold", "upper": 250.0},  # lr 1e-5 is far above it at step 20: pruned
-        "fidelity": {"max_steps": 60, "eval_every": 20, "eval_batches": 1},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 16, "max_eval_samples": 4},
-        "search_space": {
+    spec = studies.causal_lm(
+        "mp",
+        2,
+        storage,
+        sampler={"name": "grid"},
+        pruner={"name": "threshold", "upper": 250.0},  # lr 1e-5 is far above it at step 20: pruned
+        fidelity={"max_steps": 60, "eval_every": 20, "eval_batches": 1},
+        search_space={
             "training.learning_rate": {
                 "type": "float",
                 "low": 1.0e-5,
@@ -41,8 +37,8 @@ def test_two_rank_trials_report_and_stop_together(tmp_path: Path, monkeypatch: p
                 "grid": [1.0e-5, 3.0e-3],
             }
         },
-        "resources": {"gpus_per_trial": 2, "devices": "cpu"},
-    }
+        resources={"gpus_per_trial": 2, "devices": "cpu"},
+    )
     path = tmp_path / "mp.yaml"
     path.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["run", str(path)])

@@ -13,6 +13,7 @@ import pytest
 from doubles import train_oom_above
 from rich.console import Console
 
+import studies
 from hpo.config import validate_study
 from hpo.display import RunDisplay
 from hpo.orchestrator import Orchestrator
@@ -21,21 +22,15 @@ from hpo.worker import TrainerRunner, WorkerSpec
 
 
 def study(policy: str, retries: int) -> dict[str, Any]:
-    return {
-        "study": {"name": "oom", "n_trials": 3},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": "grid"},
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": 4, "eval_every": 2, "eval_batches": 1},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 12, "max_eval_samples": 4},
-        "search_space": {"training.per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16]}},
-        "resources": {"oom_policy": policy, "oom_retries": retries},
-    }
+    return studies.causal_lm(
+        "oom",
+        3,
+        sampler={"name": "grid"},
+        fidelity={"max_steps": 4, "eval_every": 2, "eval_batches": 1},
+        data={"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 12, "max_eval_samples": 4},
+        search_space={"training.per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16]}},
+        resources={"oom_policy": policy, "oom_retries": retries},
+    )
 
 
 def run(tmp_path: Path, policy: str, retries: int = 3) -> dict[int, optuna.trial.FrozenTrial]:

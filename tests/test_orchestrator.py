@@ -13,11 +13,12 @@ from typing import Any
 
 import optuna
 import pytest
-from doubles import CurveRunner, final_loss
+from doubles import CloseTogether, CurveRunner, final_loss
 from optuna.trial import TrialState
 from orchestrators import Orchestrator
 from rich.console import Console
 
+import studies
 from hpo.config import StudyConfig, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StudyMismatchError
@@ -28,20 +29,14 @@ from hpo.worker import WorkerSpec
 
 
 def study_dict(**over: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "study": {"name": "t", "n_trials": 6},
-        "task": "causal_lm",
-        "objective": {"metric": "eval_loss"},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": 20, "eval_every": 5},
-        "model": {"from_config": {"model_type": "gpt2"}, "tokenizer": {"train_vocab_size": 256}},
-        "data": {"builtin": "pydoc_topics"},
-        "search_space": {
+    """``studies.curve`` with dropout searched too; a section given is merged into the base's (one level),
+    except ``search_space``, which is replaced."""
+    d = studies.curve(
+        search_space={
             "training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        },
-    }
+        }
+    )
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) and k != "search_space" else v
     return d
@@ -340,14 +335,18 @@ def test_postgres_restart_during_a_study_is_waited_out(
     assert "storage unreachable" in caplog.text  # the outage really happened mid-study, and was retried
 
 
-def test_close_all_stops_every_worker_in_parallel() -> None:
+def test_close_all_stops_every_worker_in_parallel(tmp_path: Path) -> None:
+    """Every worker is told to close before the first is waited for: each worker's exit waits until all
+    have been told (``CloseTogether``), so a one-by-one close would leave the first killed, not exited 0."""
     from hpo.worker import WorkerHandle, close_all, mp_context
 
     ctx = mp_context()
     results = ctx.Queue()
-    workers = [WorkerHandle(WorkerSpec(i, 1, {}, "cpu"), CurveRunner(), results, ctx) for i in range(3)]
+    runner = CloseTogether(str(tmp_path), group=3)
+    workers = [WorkerHandle(WorkerSpec(i, 1, {}, "cpu"), runner, results, ctx) for i in range(3)]
     assert all(w.alive() for w in workers)
     close_all(workers)
     assert not any(w.alive() for w in workers)
-    assert all(w.process.exitcode == 0 for w in workers)  # they exited on request, not killed
+    assert [w.process.exitcode for w in workers] == [0, 0, 0]  # each exited once all were told, not killed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["closing-0", "closing-1", "closing-2"]
     close_all(workers)  # closing again is harmless

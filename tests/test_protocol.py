@@ -21,6 +21,7 @@ import pytest
 from optuna.trial import TrialState
 from rich.console import Console
 
+import studies
 from hpo.config import validate_study
 from hpo.display import RunDisplay
 from hpo.errors import WorkerSetupError
@@ -52,18 +53,7 @@ UNSET = -1  # worker and trial of a scripted event: the fake worker puts in its 
 
 
 def study_dict(n_trials: int, pruner: dict[str, Any] | None = None, policy: str = "retry") -> dict[str, Any]:
-    return {
-        "study": {"name": "proto", "n_trials": n_trials},
-        "task": "causal_lm",
-        "objective": {"metric": "eval_loss"},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": pruner or {"name": "none"},
-        "fidelity": {"max_steps": 20, "eval_every": 5},
-        "model": {"from_config": {"model_type": "gpt2"}, "tokenizer": {"train_vocab_size": 256}},
-        "data": {"builtin": "pydoc_topics"},
-        "search_space": {"training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True}},
-        "resources": {"oom_policy": policy},
-    }
+    return studies.curve("proto", n_trials, pruner=pruner or {"name": "none"}, resources={"oom_policy": policy})
 
 
 def result(steps: int = 20, loss: float | None = 1.5, stopped: str | None = None, **extra: Any) -> TrialResult:

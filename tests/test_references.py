@@ -21,10 +21,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import studies
 from hpo.cli import app
 from hpo.config import load_study_file, validate_study
 from hpo.errors import StudyMismatchError
 from hpo.storage import ATTR_FINGERPRINT, create_or_resume, load_existing, open_storage
+from studies import sentiment_rows, write_csv, write_sentiment_csv
 from trainers.base import ConfigError
 from trainers.data import load_records
 
@@ -32,29 +34,12 @@ runner = CliRunner()
 
 Study = dict[str, Any]
 
-POS = "good great fine lovely superb".split()
-NEG = "bad awful poor dull boring".split()
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "sentence,label") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + "\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
-    return path
-
-
-def rows(n: int) -> list[tuple[str, str]]:
-    out = []
-    for i in range(n):
-        words = POS if i % 2 == 0 else NEG
-        out.append((" ".join(words[(i + k) % len(words)] for k in range(4)), "pos" if i % 2 == 0 else "neg"))
-    return out
-
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A study folder with its data, and a different working directory (empty) that the CLI runs in."""
     proj = tmp_path / "proj"
-    write_csv(proj / "data" / "train.csv", rows(40))
+    write_sentiment_csv(proj / "data" / "train.csv", 40)
     gpt2 = proj / "models" / "tiny-gpt2"
     gpt2.mkdir(parents=True)
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_positions": 64}))
@@ -69,28 +54,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def base_study() -> Study:
     """A small classification study on proj/data/train.csv, a BERT built from scratch."""
-    return {
-        "study": {"name": "refs", "n_trials": 2},
-        "task": "sequence_classification",
-        "objective": {"metric": "accuracy"},
-        "sampler": {"name": "random", "seed": 0},
-        "fidelity": {"max_steps": 4, "eval_every": 2},
-        "model": {
-            "from_config": {
-                "model_type": "bert",
-                "num_hidden_layers": 1,
-                "hidden_size": 32,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 64,
-            },
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"files": {"train": "data/train.csv"}, "text_column": "sentence", "max_length": 32},
-        "training": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4},
-        "search_space": {"training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
-        "resources": {"workers": 1},
-    }
+    return studies.classification("refs", 2)
 
 
 def write_study(proj: Path, data: Study, name: str = "study.yaml") -> Path:
@@ -141,7 +105,7 @@ def batch_search(d: Study, proj: Path) -> None:
 
 
 def json_data(d: Study, proj: Path) -> None:
-    records = [{"sentence": t, "lab": lab} for t, lab in rows(10)]
+    records = [{"sentence": t, "lab": lab} for t, lab in sentiment_rows(10)]
     (proj / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     d["data"]["files"] = {"train": "data/train.jsonl"}
 
@@ -254,8 +218,8 @@ def test_valid_model_config_keys_pass(project: Path) -> None:
 
 
 def test_empty_text_cell_names_the_file_and_row(tmp_path: Path) -> None:
-    a = write_csv(tmp_path / "a.csv", rows(4))
-    b = write_csv(tmp_path / "b.csv", [*rows(2), ("", "pos"), *rows(2)])
+    a = write_csv(tmp_path / "a.csv", sentiment_rows(4))
+    b = write_csv(tmp_path / "b.csv", [*sentiment_rows(2), ("", "pos"), *sentiment_rows(2)])
     data = validate_study(base_study()).data.model_copy(update={"files": {"train": [str(a), str(b)]}})
     with pytest.raises(ConfigError) as e:
         load_records(data, need_labels=True)
@@ -264,7 +228,7 @@ def test_empty_text_cell_names_the_file_and_row(tmp_path: Path) -> None:
 
 
 def test_empty_label_is_an_error_not_a_class(tmp_path: Path) -> None:
-    f = write_csv(tmp_path / "a.csv", [*rows(5), ("good fine", "")])
+    f = write_csv(tmp_path / "a.csv", [*sentiment_rows(5), ("good fine", "")])
     data = validate_study(base_study()).data.model_copy(update={"files": {"train": str(f)}})
     with pytest.raises(ConfigError) as e:
         load_records(data, need_labels=True)
@@ -301,7 +265,7 @@ def test_a_study_with_no_trials_takes_the_fixed_files_fingerprint(tmp_path: Path
 
 @pytest.mark.slow
 def test_dirty_row_at_run_time_is_one_line_leaves_no_study_and_debug_shows_the_worker(project: Path) -> None:
-    dirty = write_csv(project / "data" / "train.csv", [*rows(6), ("", "pos"), *rows(20)])
+    dirty = write_csv(project / "data" / "train.csv", [*sentiment_rows(6), ("", "pos"), *sentiment_rows(20)])
     path = write_study(project, base_study())
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 1, result.output
@@ -314,7 +278,7 @@ def test_dirty_row_at_run_time_is_one_line_leaves_no_study_and_debug_shows_the_w
     assert debug.exit_code != 0
     assert "worker traceback:" in debug.output and "trainers/data.py" in debug.output, debug.output
 
-    write_csv(dirty, rows(30))  # fixed: the same study name runs
+    write_csv(dirty, sentiment_rows(30))  # fixed: the same study name runs
     again = runner.invoke(app, ["run", str(path)])
     assert again.exit_code == 0, again.output
     study = optuna.load_study(study_name="refs", storage="sqlite:///runs/refs.db")
@@ -327,10 +291,7 @@ def test_batch_larger_than_the_tokenised_data_fails_every_trial_and_the_run_exit
     trained on one short batch recorded as the larger size), and a run whose trials all fail exits 1."""
     data = base_study()
     data.update(task="causal_lm", objective={"metric": "perplexity"})
-    data["model"] = {
-        "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-        "tokenizer": {"train_vocab_size": 300},
-    }
+    data["model"] = studies.tiny_gpt2()
     data["data"] = {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 1, "max_eval_samples": 2}
     data["training"]["per_device_train_batch_size"] = 512
     path = write_study(project, data)

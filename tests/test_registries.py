@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args
@@ -115,20 +116,15 @@ def test_union_tags_reads_a_new_member_without_a_list_to_update(union: Any, expe
     assert union_tags(union, "kind") == expected
 
 
-# (config, optuna type, attributes of the built object)
+# (config, optuna type, arguments hpo constructs it with: given or Optuna's defaults)
 SAMPLER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
-    ("random", {"name": "random", "seed": 3}, optuna.samplers.RandomSampler, {}),
-    (
-        "grid",
-        {"name": "grid", "seed": 3},
-        optuna.samplers.GridSampler,
-        {"_search_space": GRID, "_param_names": sorted(GRID), "_n_min_trials": 18},
-    ),
+    ("random", {"name": "random", "seed": 3}, optuna.samplers.RandomSampler, {"seed": 3}),
+    ("grid", {"name": "grid", "seed": 3}, optuna.samplers.GridSampler, {"search_space": GRID, "seed": 3}),
     (
         "tpe-defaults",
         {"name": "tpe"},
         optuna.samplers.TPESampler,
-        {"_n_startup_trials": 10, "_n_ei_candidates": 24, "_constant_liar": True, "_group": False},
+        {"n_startup_trials": 10, "n_ei_candidates": 24, "constant_liar": True, "group": False},
     ),
     (
         "tpe-args",
@@ -142,13 +138,20 @@ SAMPLER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
             "constant_liar": False,
         },
         optuna.samplers.TPESampler,
-        {"_n_startup_trials": 3, "_n_ei_candidates": 7, "_multivariate": True, "_group": True, "_constant_liar": False},
+        {
+            "seed": 1,
+            "n_startup_trials": 3,
+            "n_ei_candidates": 7,
+            "multivariate": True,
+            "group": True,
+            "constant_liar": False,
+        },
     ),
     (
         "gp",
         {"name": "gp", "seed": 2, "n_startup_trials": 4, "deterministic_objective": True},
         optuna.samplers.GPSampler,
-        {"_n_startup_trials": 4, "_deterministic": True},
+        {"seed": 2, "n_startup_trials": 4, "deterministic_objective": True},
     ),
     (
         "cmaes",
@@ -162,41 +165,69 @@ SAMPLER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
         },
         optuna.samplers.CmaEsSampler,
         {
-            "_n_startup_trials": 2,
-            "_popsize": 6,
-            "_use_separable_cma": True,
-            "_consider_pruned_trials": True,
-            "_warn_independent_sampling": False,
-            "_attr_prefix": "sepcma:",
+            "seed": 2,
+            "n_startup_trials": 2,
+            "popsize": 6,
+            "use_separable_cma": True,
+            "with_margin": False,
+            "consider_pruned_trials": True,
+            "warn_independent_sampling": False,
         },
     ),
     (
         "cmaes-margin",
         {"name": "cmaes", "with_margin": True},
         optuna.samplers.CmaEsSampler,
-        {"_with_margin": True, "_attr_prefix": "cmawm:", "_n_startup_trials": 1},
+        {"with_margin": True, "use_separable_cma": False, "n_startup_trials": 1},
     ),
     (
         "qmc",
         {"name": "qmc", "seed": 5, "qmc_type": "halton", "scramble": True},
         optuna.samplers.QMCSampler,
-        {"_qmc_type": "halton", "_scramble": True, "_seed": 5},
+        {"qmc_type": "halton", "scramble": True, "seed": 5},
     ),
     (
         "qmc-defaults",
         {"name": "qmc", "seed": 0},
         optuna.samplers.QMCSampler,
-        {"_qmc_type": "sobol", "_scramble": False},
+        {"qmc_type": "sobol", "scramble": False},
     ),
 ]
 
 
-@pytest.mark.parametrize(("config", "cls", "attrs"), [c[1:] for c in SAMPLER_CASES], ids=[c[0] for c in SAMPLER_CASES])
-def test_sampler_builds(config: dict[str, Any], cls: type, attrs: dict[str, Any]) -> None:
+@pytest.fixture
+def constructed(monkeypatch: pytest.MonkeyPatch) -> dict[type, dict[str, Any]]:
+    """The arguments (Optuna's defaults filled in) each Optuna sampler and pruner class of the tables was last
+    constructed with: what hpo asks of Optuna, read at the public constructor rather than from the private
+    attributes an Optuna release may rename."""
+    seen: dict[type, dict[str, Any]] = {}
+    for cls in {c[2] for c in SAMPLER_CASES + PRUNER_CASES}:
+        original = cls.__init__
+        signature = inspect.signature(original)
+
+        def spy(
+            self: Any, *args: Any, _cls: type = cls, _init: Any = original, _sig: Any = signature, **kw: Any
+        ) -> None:
+            bound = _sig.bind(self, *args, **kw)
+            bound.apply_defaults()
+            seen[_cls] = {k: v for k, v in bound.arguments.items() if k != "self"}
+            _init(self, *args, **kw)
+
+        monkeypatch.setattr(cls, "__init__", spy)
+    return seen
+
+
+def assert_built_with(args: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert {k: args.get(k, "<not an argument>") for k in expected} == expected
+
+
+@pytest.mark.parametrize(("config", "cls", "args"), [c[1:] for c in SAMPLER_CASES], ids=[c[0] for c in SAMPLER_CASES])
+def test_sampler_builds(
+    config: dict[str, Any], cls: type, args: dict[str, Any], constructed: dict[type, dict[str, Any]]
+) -> None:
     sampler = SAMPLERS.validate_python(config).build(GRID)
     assert isinstance(sampler, cls)
-    for name, value in attrs.items():
-        assert getattr(sampler, name) == value, name
+    assert_built_with(constructed[cls], args)
 
 
 def test_sampler_cases_cover_the_registry() -> None:
@@ -206,7 +237,8 @@ def test_sampler_cases_cover_the_registry() -> None:
 def test_sampler_seed_is_passed_through() -> None:
     def first_draws(seed: int) -> list[float]:
         sampler = SAMPLERS.validate_python({"name": "random", "seed": seed}).build()
-        return list(sampler._rng.rng.random_sample(3))
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
 
     assert first_draws(7) == first_draws(7)
     assert first_draws(7) != first_draws(8)
@@ -217,14 +249,14 @@ def test_grid_sampler_needs_the_grid() -> None:
         SAMPLERS.validate_python({"name": "grid"}).build(None)
 
 
-def test_grid_sampler_gets_the_studys_grid() -> None:
+def test_grid_sampler_gets_the_studys_grid(constructed: dict[type, dict[str, Any]]) -> None:
     cfg = quickstart({"name": "grid", "seed": 0}, grid=True)
     grid = cfg.grid()
     assert grid is not None
     sampler = cfg.sampler.build(grid)
     assert isinstance(sampler, optuna.samplers.GridSampler)
-    assert sampler._search_space == grid
-    assert sampler._n_min_trials == 3 * 3 * 2 * 3
+    assert constructed[optuna.samplers.GridSampler]["search_space"] == grid
+    assert math.prod(len(v) for v in grid.values()) == 3 * 3 * 2 * 3
 
 
 PRUNER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
@@ -233,19 +265,19 @@ PRUNER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
         "median",
         {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50, "interval_steps": 2, "n_min_trials": 3},
         optuna.pruners.MedianPruner,
-        {"_percentile": 50.0, "_n_startup_trials": 4, "_n_warmup_steps": 50, "_interval_steps": 2, "_n_min_trials": 3},
+        {"n_startup_trials": 4, "n_warmup_steps": 50, "interval_steps": 2, "n_min_trials": 3},
     ),
     (
         "median-defaults",
         {"name": "median"},
         optuna.pruners.MedianPruner,
-        {"_n_startup_trials": 5, "_n_warmup_steps": 0, "_interval_steps": 1, "_n_min_trials": 1},
+        {"n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1},
     ),
     (
         "percentile",
         {"name": "percentile", "percentile": 25.0, "n_startup_trials": 2},
         optuna.pruners.PercentilePruner,
-        {"_percentile": 25.0, "_n_startup_trials": 2},
+        {"percentile": 25.0, "n_startup_trials": 2},
     ),
     (
         "successive-halving",
@@ -257,54 +289,55 @@ PRUNER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
             "bootstrap_count": 2,
         },
         optuna.pruners.SuccessiveHalvingPruner,
-        {"_min_resource": 50, "_reduction_factor": 3, "_min_early_stopping_rate": 1, "_bootstrap_count": 2},
+        {"min_resource": 50, "reduction_factor": 3, "min_early_stopping_rate": 1, "bootstrap_count": 2},
     ),
     (
         "successive-halving-auto",
         {"name": "successive_halving"},
         optuna.pruners.SuccessiveHalvingPruner,
-        {"_min_resource": None, "_reduction_factor": 4},
+        {"min_resource": "auto", "reduction_factor": 4},
     ),
     (
         "hyperband",
         {"name": "hyperband", "min_resource": 10, "max_resource": 300, "reduction_factor": 2},
         optuna.pruners.HyperbandPruner,
-        {"_min_resource": 10, "_max_resource": 300, "_reduction_factor": 2},
+        {"min_resource": 10, "max_resource": 300, "reduction_factor": 2},
     ),
-    ("hyperband-auto", {"name": "hyperband"}, optuna.pruners.HyperbandPruner, {"_max_resource": "auto"}),
+    ("hyperband-auto", {"name": "hyperband"}, optuna.pruners.HyperbandPruner, {"max_resource": "auto"}),
     (
         "threshold",
         {"name": "threshold", "upper": 100.0, "n_warmup_steps": 10},
         optuna.pruners.ThresholdPruner,
-        {"_lower": -math.inf, "_upper": 100.0, "_n_warmup_steps": 10, "_interval_steps": 1},
+        {"lower": None, "upper": 100.0, "n_warmup_steps": 10, "interval_steps": 1},
     ),
     (
         "threshold-both",
         {"name": "threshold", "lower": 0.0, "upper": 1.0},
         optuna.pruners.ThresholdPruner,
-        {"_lower": 0.0, "_upper": 1.0},
+        {"lower": 0.0, "upper": 1.0},
     ),
     (
         "wilcoxon",
         {"name": "wilcoxon", "p_threshold": 0.05, "n_startup_steps": 3},
         optuna.pruners.WilcoxonPruner,
-        {"_p_threshold": 0.05, "_n_startup_steps": 3},
+        {"p_threshold": 0.05, "n_startup_steps": 3},
     ),
     (
         "patient-alone",
         {"name": "patient", "patience": 3, "min_delta": 0.01},
         optuna.pruners.PatientPruner,
-        {"_wrapped_pruner": None, "_patience": 3, "_min_delta": 0.01},
+        {"wrapped_pruner": None, "patience": 3, "min_delta": 0.01},
     ),
 ]
 
 
-@pytest.mark.parametrize(("config", "cls", "attrs"), [c[1:] for c in PRUNER_CASES], ids=[c[0] for c in PRUNER_CASES])
-def test_pruner_builds(config: dict[str, Any], cls: type, attrs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("config", "cls", "args"), [c[1:] for c in PRUNER_CASES], ids=[c[0] for c in PRUNER_CASES])
+def test_pruner_builds(
+    config: dict[str, Any], cls: type, args: dict[str, Any], constructed: dict[type, dict[str, Any]]
+) -> None:
     pruner = PRUNERS.validate_python(config).build()
     assert type(pruner) is cls
-    for name, value in attrs.items():
-        assert getattr(pruner, name) == value, name
+    assert_built_with(constructed[cls], args)
 
 
 def test_pruner_cases_cover_the_registry() -> None:
@@ -321,11 +354,13 @@ WRAPPED: list[tuple[dict[str, Any], type]] = [
 
 
 @pytest.mark.parametrize(("inner", "cls"), WRAPPED, ids=[w[0]["name"] for w in WRAPPED])
-def test_patient_pruner_builds_its_wrapped_pruner(inner: dict[str, Any], cls: type) -> None:
+def test_patient_pruner_builds_its_wrapped_pruner(
+    inner: dict[str, Any], cls: type, constructed: dict[type, dict[str, Any]]
+) -> None:
     pruner = PRUNERS.validate_python({"name": "patient", "patience": 2, "wrapped": inner}).build()
     assert type(pruner) is optuna.pruners.PatientPruner
-    assert type(pruner._wrapped_pruner) is cls
-    assert pruner._patience == 2
+    args = constructed[optuna.pruners.PatientPruner]
+    assert type(args["wrapped_pruner"]) is cls and args["patience"] == 2
 
 
 @pytest.mark.parametrize("inner", ["none", "wilcoxon", "patient"])

@@ -184,14 +184,29 @@ def test_the_dashboard_is_read_only_and_answers_only_its_own_address(tmp_path: P
 
 
 def test_dashboard_cli_says_whether_it_is_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `hpo dashboard` says is what its server does: an edit is refused, or allowed with --allow-edits."""
     from dashboards.launch import Dashboard
 
     path = sqlite_study_file(tmp_path, "alpha")
-    monkeypatch.setattr(Dashboard, "serve", lambda self: self.server.server_close())
+    real_serve = Dashboard.serve
+    edits: list[int] = []
+
+    def serve_one_edit(self: Any) -> None:  # the real server, for one edit, then shut down
+        server = threading.Thread(target=real_serve, args=(self,), daemon=True)
+        server.start()
+        body = {"study_name": f"edit{len(edits)}", "directions": ["minimize"]}
+        edits.append(_request(self.port, "POST", "/api/studies", body)[0])
+        self.shutdown()
+        server.join(10)
+
+    monkeypatch.setattr(Dashboard, "serve", serve_one_edit)
     result = runner.invoke(app, ["dashboard", str(path), "--port", "0"])
     assert result.exit_code == 0 and "read-only (edits: --allow-edits)" in result.output, result.output
     result = runner.invoke(app, ["dashboard", str(path), "--port", "0", "--allow-edits"])
     assert result.exit_code == 0 and "edits allowed" in result.output, result.output
+    assert edits[0] == 405 and 200 <= edits[1] < 300, edits
+    names = optuna.get_all_study_names(open_storage(load_study_file(path).storage_url, create=False))
+    assert sorted(names) == ["alpha", "edit1"]  # the refused edit changed nothing, the allowed one did
 
 
 def test_allowed_hosts_of_a_wildcard_bind_include_this_machine() -> None:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+import studies
 from hpo.record import TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,24 +196,18 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
 # --------------------------------------------------------------------------------------------- the study
 def write_study(folder: Path, storage: str, n_trials: int, max_steps: int) -> None:
     """The smallest real study: a tiny GPT-2 from scratch on the Python help topics, one worker per task."""
-    spec: dict[str, Any] = {
-        "study": {"name": STUDY, "n_trials": n_trials, "storage": storage},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "sampler": {"name": "tpe", "seed": 0},  # seeded, as a reproducible study is: processes must still differ
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": max_steps, "eval_every": 50, "eval_batches": 1},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 16, "max_eval_samples": 4},
-        "search_space": {
+    spec = studies.causal_lm(
+        STUDY,
+        n_trials,
+        storage,
+        sampler={"name": "tpe", "seed": 0},  # seeded, as a reproducible study is: processes must still differ
+        fidelity={"max_steps": max_steps, "eval_every": 50, "eval_batches": 1},
+        search_space={
             "training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
         },
-        "resources": {"workers": 1, "threads_per_worker": 1},
-    }
+        resources={"workers": 1, "threads_per_worker": 1},
+    )
     (folder / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 

@@ -29,6 +29,7 @@ from orchestrators import Orchestrator
 from rich.console import Console
 from typer.testing import CliRunner
 
+import studies
 from hpo.cli import app
 from hpo.config import load_study_file, validate_study
 from hpo.display import RunDisplay
@@ -220,17 +221,7 @@ def test_a_damaged_database_is_named_in_one_line(tmp_path: Path) -> None:
 
 
 def _study_dict(storage: str, name: str = "t", n_trials: int = 4) -> dict[str, Any]:
-    return {
-        "study": {"name": name, "n_trials": n_trials, "storage": storage},
-        "task": "causal_lm",
-        "objective": {"metric": "eval_loss"},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "fidelity": {"max_steps": 10, "eval_every": 5},
-        "model": {"from_config": {"model_type": "gpt2"}, "tokenizer": {"train_vocab_size": 256}},
-        "data": {"builtin": "pydoc_topics"},
-        "search_space": {"training.learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True}},
-    }
+    return studies.curve(name, n_trials, storage, fidelity={"max_steps": 10, "eval_every": 5})
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import studies
 from hpo.config import validate_study
 from trainers.base import NullReporter
 from trainers.config import RunConfig
@@ -20,23 +21,21 @@ from trainers.models import build_model
 
 
 def tiny_study(**model: Any) -> dict[str, Any]:
-    return {
-        "study": {"name": "tiny", "n_trials": 2},
-        "task": "causal_lm",
-        "objective": {"metric": "perplexity"},
-        "fidelity": {"max_steps": 6, "eval_every": 3, "eval_batches": 2},
-        "model": {
-            "from_config": {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32},
-            "tokenizer": {"train_vocab_size": 300},
-            **model,
-        },
-        "data": {"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 12, "max_eval_samples": 4},
-        "training": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 1.0e-3},
-        "search_space": {
+    """``studies.causal_lm`` for in-process training: 6 steps, hpo's default sampler and pruner."""
+    return studies.causal_lm(
+        "tiny",
+        2,
+        sampler=None,
+        pruner=None,
+        fidelity={"max_steps": 6, "eval_every": 3, "eval_batches": 2},
+        model=studies.tiny_gpt2() | model,
+        data={"builtin": "pydoc_topics", "max_length": 32, "max_train_samples": 12, "max_eval_samples": 4},
+        training={"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 1.0e-3},
+        search_space={
             "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
             "training.learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         },
-    }
+    )
 
 
 @pytest.fixture(scope="module")

@@ -363,11 +363,14 @@ def train(
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep OUTDIR/checkpoints after a finished run.")
     ] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="With model.peft: also save the merged model in OUTDIR/merged.")
+    ] = False,
 ) -> None:
     """Train a full run of an exported config: progress, periodic eval, resumable checkpoints, saved model."""
     from hpo.train import METRICS, is_main, train_file
 
-    res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err)
+    res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err, merge=merge)
     r = res.result
     if not is_main():
         if res.interrupted:

@@ -18,7 +18,7 @@ from test_export import one_line_error, pretrained_classifier, trials, write
 from typer.testing import CliRunner
 
 from hpo.cli import app
-from hpo.export import CONFIG_NAME, load_train_file
+from hpo.export import ADAPTER_NAME, CONFIG_NAME, load_train_file
 from hpo.train import MERGED, METRICS, OUT_CONFIG
 from trainers.base import NullReporter
 from trainers.config import RunConfig
@@ -148,6 +148,9 @@ def test_a_search_over_rank_alpha_targets_and_the_exported_adapter_and_merged_mo
 
     assert runner.invoke(app, ["export", str(path), "--trial-length", "-o", str(tmp_path / "b")]).exit_code == 0
     exported = load_train_file(tmp_path / "b" / CONFIG_NAME)
+    adapter = json.loads((tmp_path / "b" / ADAPTER_NAME).read_text())
+    assert (adapter["peft_type"], adapter["task_type"], adapter["r"]) == ("LORA", "CAUSAL_LM", best.params["r"])
+    assert adapter["lora_alpha"] == best.params["alpha"]
     assert exported.model.peft is not None and exported.model.peft.r == best.params["r"]
     result = runner.invoke(app, ["train", str(tmp_path / "b" / CONFIG_NAME), "--merge"])
     assert result.exit_code == 0, result.output

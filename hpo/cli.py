@@ -394,7 +394,10 @@ def train(
             highlight=False,
         )
     where = escape(str(res.out_dir))
-    out.print(f"saved model, tokenizer, {METRICS} and the config to {where}/", highlight=False, soft_wrap=True)
+    saved = "model"
+    if res.config.model.peft is not None:
+        saved = "LoRA adapter" + (" and merged model (merged/)" if merge else "")
+    out.print(f"saved {saved}, tokenizer, {METRICS} and the config to {where}/", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -244,3 +244,18 @@ def test_merge_without_an_adapter_or_with_a_quantised_base_is_refused(
     line = one_line_error(runner.invoke(app, ["train", str(path), "--merge"]))
     assert line.startswith(f"error: {path}: {message}"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.yaml"]
+
+
+def test_a_pretrained_models_layers_are_read_from_its_folder(tmp_path: Path) -> None:
+    spec = pretrained_classifier(tmp_path)
+    spec["model"]["peft"] = {"target_modules": "query,c_attn"}
+    spec["study"]["storage"] = f"sqlite:///{tmp_path}/runs/cls.db"
+    path = write(tmp_path / "s.yaml", spec)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = one_line_error(runner.invoke(app, ["run", str(path)]))
+    assert line == (
+        f"error: {path}: model.peft.target_modules: model_type 'bert' has no layer named 'c_attn' that LoRA can "
+        "adapt (it has: classifier, dense, key, position_embeddings, query, token_type_embeddings, value, "
+        "word_embeddings)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no runs/, no cache

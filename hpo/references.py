@@ -3,7 +3,8 @@
 The schema (``hpo.config``) checks a file on its own; this module opens what it names: data files and their
 columns, local model and tokenizer folders, the model's configuration keys, and sizes that must fit each
 other (sequence length vs the model's positions, batch size vs the training rows). It reads headers, first
-records and ``config.json`` files only: no tokenising, no weights. ``hpo validate`` and ``hpo run`` call it
+records and ``config.json`` files only: no tokenising, no weights (with ``model.peft``, the model is built on
+the meta device to read its layer names). ``hpo validate`` and ``hpo run`` call it
 before any database, cache or lock file exists, so a mistake costs nothing and leaves nothing behind.
 
 Relative paths in a study file are relative to the study file's folder: ``StudyConfig.base_run`` hands

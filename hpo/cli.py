@@ -366,6 +366,9 @@ def train(
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep OUTDIR/checkpoints after a finished run.")
     ] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="With model.peft: also save the merged model in OUTDIR/merged.")
+    ] = False,
 ) -> None:
     """Train a full run of an exported config: progress, periodic eval, resumable checkpoints, saved model."""
     from hpo.train import METRICS, is_main, train_file
@@ -373,7 +376,7 @@ def train(
 
     quiet_libraries()  # this command's process trains: transformers' and accelerate's chatter is noise here
 
-    res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err)
+    res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err, merge=merge)
     r = res.result
     if not is_main():
         if res.interrupted:
@@ -397,7 +400,10 @@ def train(
             highlight=False,
         )
     where = escape(str(res.out_dir))
-    out.print(f"saved model, tokenizer, {METRICS} and the config to {where}/", highlight=False, soft_wrap=True)
+    saved = "model"
+    if res.config.model.peft is not None:
+        saved = "LoRA adapter" + (" and merged model (merged/)" if merge else "")
+    out.print(f"saved {saved}, tokenizer, {METRICS} and the config to {where}/", highlight=False, soft_wrap=True)
 
 
 @app.command()

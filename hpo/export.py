@@ -43,6 +43,7 @@ CONFIG_NAME = "train.yaml"
 ARGS_NAME = "training_args.json"
 MODEL_NAME = "model_config.json"
 LAUNCH_NAME = "launch.sh"
+ADAPTER_NAME = "adapter_config.json"  # with model.peft: the LoRA adapter's peft LoraConfig
 BUNDLE = (CONFIG_NAME, ARGS_NAME, MODEL_NAME, LAUNCH_NAME)
 
 _VERSIONED = ("hpo", "torch", "transformers", "accelerate", "optuna", "tokenizers", "numpy")
@@ -454,6 +455,12 @@ def export(
             MODEL_NAME: json.dumps(model_overrides(run), indent=2) + "\n",
             LAUNCH_NAME: launch_script(cfg.study.name, t.number),
         }
+        if run.model.peft is not None:
+            from trainers.models import lora_config
+
+            # peft holds target module names as a set: written sorted, so the file is the same every time.
+            adapter = lora_config(run).to_dict()
+            contents[ADAPTER_NAME] = json.dumps(adapter, indent=2, sort_keys=True, default=sorted) + "\n"
         value = list(t.values) if len(study.directions) > 1 else t.value
         plans.append((Exported(t.number, value, out, what, [out / n for n in contents]), contents))
 

@@ -98,6 +98,9 @@ class TrialResult:
     rank_steps: list[int] = field(default_factory=list)  # the step each rank stopped at (multi-process)
     oom_retries: int = 0  # times the micro-batch was halved after running out of memory
     micro_batch: list[int] | None = None  # [per-device batch, accumulation] it ran with, after OOM retries
+    trainable_params: int | None = None  # parameters the optimizer updates (with LoRA: the adapter's)
+    total_params: int | None = None
+    peak_memory_mb: float | None = None  # see TrainResult.peak_memory_mb: what each device can measure
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:
@@ -112,6 +115,9 @@ class TrialResult:
             tokens=r.tokens,
             device=r.device,
             stopped=r.stopped,
+            trainable_params=r.trainable_params,
+            total_params=r.total_params,
+            peak_memory_mb=r.peak_memory_mb,
             **extra,
         )
 

@@ -3,7 +3,8 @@
 The schema (``hpo.config``) checks a file on its own; this module opens what it names: data files and their
 columns, local model and tokenizer folders, the model's configuration keys, and sizes that must fit each
 other (sequence length vs the model's positions, batch size vs the training rows). It reads headers, first
-records and ``config.json`` files only: no tokenising, no weights. ``hpo validate`` and ``hpo run`` call it
+records and ``config.json`` files only: no tokenising, no weights (with ``model.peft``, the model is built on
+the meta device to read its layer names). ``hpo validate`` and ``hpo run`` call it
 before any database, cache or lock file exists, so a mistake costs nothing and leaves nothing behind.
 
 Relative paths in a study file are relative to the study file's folder: ``StudyConfig.base_run`` hands
@@ -338,6 +339,8 @@ def _check_model(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, 
                 (key, f"`model.dropout` is not mapped for model_type {model_type!r}; search or set its dropout keys "
                  f"under model.config (mapped: {', '.join(sorted(DROPOUT_KEYS))})")
             )  # fmt: skip
+    if m.peft is not None and model_type is not None:
+        _check_peft(cfg, model_type, model_dir, problems)
     tok = m.tokenizer
     if tok.name_or_path is not None:
         _model_folder(tok.name_or_path, "model.tokenizer.name_or_path", base, problems, need="tokenizer")
@@ -353,6 +356,88 @@ def _check_model(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, 
                                                               f"{k} in {origin}")  # fmt: skip
             return int(over[k]), where
     return None
+
+
+def _adaptable_layers(cfg: StudyConfig, model_type: str, model_dir: Path | None) -> dict[str, str] | None:
+    """Module name -> layer class of the layers LoRA can adapt, from the model built on the meta device (no
+    weights, no memory); None when the model cannot be built here (a hub name: checked when it loads)."""
+    import torch
+    import transformers
+
+    m = cfg.model
+    try:
+        if m.from_config is not None:
+            extra = {k: v for k, v in m.from_config.items() if k != "model_type"}
+            config = transformers.AutoConfig.for_model(model_type, **extra)
+        elif model_dir is not None:
+            config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=m.trust_remote_code)
+        else:
+            return None
+        for k, v in m.config.items():
+            setattr(config, k, v)
+        auto = (
+            transformers.AutoModelForCausalLM
+            if cfg.task == "causal_lm"
+            else transformers.AutoModelForSequenceClassification
+        )
+        with torch.device("meta"):
+            model = auto.from_config(config, trust_remote_code=m.trust_remote_code)
+    except Exception:  # a bad key or model type is reported above; the run reports anything else
+        return None
+    # The layer types peft's LoRA wraps (transformers' Conv1D is GPT-2's linear layer).
+    kinds = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Conv3d", "Embedding", "MultiheadAttention")
+    return {n: type(mod).__name__ for n, mod in model.named_modules() if n and type(mod).__name__ in kinds}
+
+
+def _check_peft(cfg: StudyConfig, model_type: str, model_dir: Path | None, problems: list[tuple[str, str]]) -> None:
+    """``model.peft``: QLoRA needs CUDA and bitsandbytes; target module names must exist in the model."""
+    peft = cfg.model.peft
+    assert peft is not None
+    if peft.quantize is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "this machine has no CUDA device"
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            why = "bitsandbytes is not installed"
+        else:
+            why = "the quantised load is not built into hpo yet"
+        problems.append(
+            ("model.peft.quantize",
+             f"{peft.quantize} base weights (QLoRA) are unavailable: {why} (QLoRA needs bitsandbytes and a CUDA GPU)")
+        )  # fmt: skip
+    if importlib.util.find_spec("peft") is None:
+        problems.append(("model.peft", "the peft library is not installed (pip install 'hpo[peft]')"))
+        return
+    layers = _adaptable_layers(cfg, model_type, model_dir)
+    if layers is None:
+        return
+    has = sorted({n.rsplit(".", 1)[-1] for n in layers})
+    named: list[tuple[str, Any]] = [("model.peft.target_modules", peft.target_modules)]
+    spec = cfg.search_space.get("model.peft.target_modules")
+    if spec is not None and spec.type == "categorical":
+        named += [("search_space[model.peft.target_modules]", c) for c in spec.choices]
+    for key, value in named:
+        if value is None:
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+            if model_type not in defaults:
+                problems.append(
+                    (key, f"peft has no default target modules for model_type {model_type!r}: name them "
+                     f"(its layers LoRA can adapt: {', '.join(has)}), or all-linear")
+                )  # fmt: skip
+            continue
+        names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+        for name in names:
+            if name == "all-linear":
+                continue
+            # peft's rule: a target matches a module whose dotted name is it or ends with ".<it>".
+            if not any(n == name or n.endswith("." + name) for n in layers):
+                problems.append(
+                    (key, f"model_type {model_type!r} has no layer named {name!r} that LoRA can adapt "
+                     f"(it has: {', '.join(has)})")
+                )  # fmt: skip
+                break
 
 
 def _has_tokenizer(folder: Path) -> bool:

@@ -4,6 +4,9 @@ No pruning; a progress bar; periodic eval; checkpoints under ``OUTDIR/checkpoint
 an interruption (rerun the same command); at the end, ``save_pretrained`` of the model and tokenizer into
 ``OUTDIR``, ``metrics.json`` (final and periodic eval metrics, timings, provenance) and the config it ran
 (``train_config.yaml``). Under ``accelerate launch``, every process trains and the main one writes.
+With ``model.peft``, the saved model is the adapter (``adapter_config.json``, ``adapter_model.safetensors``)
+and, with ``merge``, the base model with the adapter merged in, under ``OUTDIR/merged`` (plain
+``from_pretrained`` loads it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trainers.base import CheckpointMismatch, CheckpointWriteError, ConfigError,
 OUT_CONFIG = "train_config.yaml"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
+MERGED = "merged"  # --merge: the adapter merged into the base model, with the tokenizer
 MANIFEST = ".hpo-train.json"  # the files this run put in OUTDIR, written before it puts them there
 STAGING = ".hpo-saving"  # the final save is written here, then moved into OUTDIR
 # What a final save writes into OUTDIR (save_pretrained of a model and tokenizer, and hpo's own files);
@@ -51,6 +55,9 @@ SAVED_NAMES = (
     "spiece.model",
     "sentencepiece.bpe.model",
     "chat_template.jinja",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    MERGED,
     OUT_CONFIG,
     METRICS,
 )
@@ -258,6 +265,7 @@ def train_file(
     reporter: Reporter | None = None,
     keep_checkpoints: bool = False,
     console: Console | None = None,
+    merge: bool = False,
 ) -> TrainOutcome:
     """Run the training a config file describes; resume from ``OUTDIR/checkpoints`` when they are there."""
     from transformers import AutoTokenizer
@@ -267,6 +275,13 @@ def train_file(
     from trainers.loop import train
 
     tf = load_train_file(config_path)  # a bad file stops here: nothing written
+    if merge and tf.model.peft is None:
+        raise StudyFileError(str(config_path), [("model.peft", "--merge merges a LoRA adapter, but none is set")])
+    if merge and tf.model.peft is not None and tf.model.peft.quantize is not None:
+        raise StudyFileError(
+            str(config_path),
+            [("model.peft.quantize", "--merge needs full-precision base weights: a quantised base cannot be merged")],
+        )
     out = Path(out_dir) if out_dir is not None else default_out_dir(config_path)
     to_remove = _check_out_dir(out, tf, force)
     run = tf.run_config()
@@ -326,7 +341,7 @@ def train_file(
     if outcome.interrupted:
         return outcome
     if main:
-        outcome.files = _save(out, tf, result, model, tokenizer, keep_checkpoints, force)
+        outcome.files = _save(out, tf, result, model, tokenizer, keep_checkpoints, force, merge)
     _wait_for_everyone()
     return outcome
 
@@ -339,7 +354,14 @@ def _wait_for_everyone() -> None:
 
 
 def _save(
-    out: Path, tf: TrainFile, result: TrainResult, model: Any, tokenizer: Any, keep_checkpoints: bool, force: bool
+    out: Path,
+    tf: TrainFile,
+    result: TrainResult,
+    model: Any,
+    tokenizer: Any,
+    keep_checkpoints: bool,
+    force: bool,
+    merge: bool = False,
 ) -> list[str]:
     """save_pretrained of the model and tokenizer, the config it ran, and metrics.json; the files written.
 
@@ -357,6 +379,12 @@ def _save(
         staging.mkdir()
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if tf.model.peft is not None:
+            (staging / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+            if merge:  # after the adapter is saved: merging changes the model in place
+                merged = model.merge_and_unload()
+                merged.save_pretrained(staging / MERGED)
+                tokenizer.save_pretrained(staging / MERGED)
         header = "# The configuration `hpo train` ran to produce this folder; `hpo train` accepts it as it is.\n"
         (staging / OUT_CONFIG).write_text(header + yamlio.dumps(tf.model_dump(mode="json")), encoding="utf-8")
         written = sorted({p.name for p in staging.iterdir()} | {METRICS})
@@ -374,6 +402,9 @@ def _save(
             "setup_time": round(result.setup_time, 3),
             "tokens": result.tokens,
             "tokens_per_s": round(result.tokens_per_s, 1),
+            "trainable_params": result.trainable_params,
+            "total_params": result.total_params,
+            "peak_memory_mb": result.peak_memory_mb,
             "device": result.device,
             "precision": result.precision,
             "resumed_from": result.resumed_from,

@@ -106,6 +106,12 @@ class TrainResult:
     stopped: str | None = None  # why the run ended early, if it did
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     resumed_from: int | None = None  # the checkpoint step the run resumed from, if it did
+    trainable_params: int | None = None  # parameters the optimizer updates (with LoRA: the adapter's)
+    total_params: int | None = None  # every parameter of the model (with LoRA: base + adapter)
+    # CUDA: the most memory torch allocated on the device during the run (torch.cuda.max_memory_allocated).
+    # CPU: the process's peak resident set size so far (getrusage ru_maxrss): process-wide and never
+    # lowered, so in a worker that ran earlier trials it is at least their peak.
+    peak_memory_mb: float | None = None
     # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
     # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
     model: Any = field(default=None, repr=False, compare=False)

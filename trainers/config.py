@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Task = Literal["causal_lm", "sequence_classification"]
 
@@ -58,6 +66,52 @@ class TokenizerConfig(_Strict):
         return self
 
 
+class PeftConfig(_Strict):
+    """A LoRA adapter trained with the ``peft`` library instead of every weight (``model.peft``).
+
+    Keys are peft's ``LoraConfig`` ones (``alpha`` is ``lora_alpha``, ``dropout`` is ``lora_dropout``).
+    ``target_modules`` is a list of module names, a comma-separated string of them (``"c_attn,c_proj"``: the
+    form a ``search_space`` categorical uses, since Optuna's choices are scalars) or ``all-linear``; unset:
+    peft's default for the architecture. For sequence classification, peft trains and saves the new head
+    too (``modules_to_save`` adds others).
+    """
+
+    type: Literal["lora"] = "lora"
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None  # names; ["all-linear"] is peft's every-linear-layer shorthand
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] | None = None
+    quantize: Literal["4bit", "8bit"] | None = None  # QLoRA: base weights in 4/8 bits (CUDA + bitsandbytes)
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, str):  # "c_attn,c_proj" or "all-linear": a categorical choice names a set
+            v = [n.strip() for n in v.split(",")]
+        if isinstance(v, list):
+            if not v or any(not isinstance(n, str) or not n for n in v):
+                raise ValueError("give module names (e.g. [c_attn, c_proj]), a string \"c_attn,c_proj\" or all-linear")
+            if "all-linear" in v and len(v) > 1:
+                raise ValueError("`all-linear` stands alone: it already targets every linear layer")
+        return v
+
+    def lora_kwargs(self) -> dict[str, Any]:
+        """peft ``LoraConfig`` arguments (without ``task_type``)."""
+        targets: str | list[str] | None = self.target_modules
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        return {
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": targets,
+            "bias": self.bias,
+            "modules_to_save": list(self.modules_to_save) if self.modules_to_save else None,
+        }
+
+
 class ModelConfig(_Strict):
     """The model: a pretrained one by hub name or local path, or one built from a config (from scratch)."""
 
@@ -68,6 +122,16 @@ class ModelConfig(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)  # any other model-config key, by its own name
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     trust_remote_code: bool = False  # off unless the study file turns it on
+    peft: PeftConfig | None = None  # train a LoRA adapter instead of every weight
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset `peft` is left out of every dump: the fingerprint (and export) of a file without it stays
+        # what it was before the section existed.
+        out: dict[str, Any] = handler(self)
+        if out.get("peft", 0) is None:
+            del out["peft"]
+        return out
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

@@ -25,7 +25,7 @@ from trainers.base import ConfigError, Diverged, NonFiniteLoss, Reporter, TrainR
 from trainers.checkpoints import Checkpoints
 from trainers.config import RunConfig
 from trainers.data import PreparedData, prepare
-from trainers.models import build_model
+from trainers.models import build_model, parameter_counts
 
 
 def mixed_precision(run: RunConfig, accelerator_type: str) -> str:
@@ -297,6 +297,17 @@ def f1_macro(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def _peak_memory_mb(device: torch.device) -> float:
+    """See ``TrainResult.peak_memory_mb``: what each device type can measure."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def _mean_over_ranks(accelerator: Any, value: float) -> float:
     if accelerator.num_processes == 1:
         return value
@@ -338,6 +349,9 @@ def train(
     _check_batch_fits(run, data, world)
     # 3. model, with the run's config overrides (dropout, ...).
     model = build_model(run, data)
+    trainable, total = parameter_counts(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     # 4. optimizer and schedule.
     steps = total_steps(run, len(data.train_ids), world)
     warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(t.warmup_ratio * steps)
@@ -442,5 +456,8 @@ def train(
         stopped=stopped,
         evals=state.evals,
         resumed_from=resumed_from,
+        trainable_params=trainable,
+        total_params=total,
+        peak_memory_mb=_peak_memory_mb(device),
         model=accelerator.unwrap_model(model),
     )

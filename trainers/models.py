@@ -3,6 +3,9 @@
 Pretrained weights are read from disk once per process and kept in memory; every run then builds its
 model from the (overridden) config and loads those weights. The first run and the hundredth take the same
 path, so a run's result does not depend on which worker ran it or what it ran before.
+
+With ``model.peft``, the built model is wrapped by peft (``get_peft_model``): only the LoRA adapter (and
+the modules peft saves with it, e.g. a new classification head) is trained; the base weights stay frozen.
 """
 
 from __future__ import annotations
@@ -114,8 +117,47 @@ def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:
     cfg = build_config(run, data)
     auto = _auto_class(run.task)
     if run.model.from_config is not None:
-        return auto.from_config(cfg)
-    weights = pretrained_weights(run, cfg)
-    model = auto.from_config(cfg, trust_remote_code=run.model.trust_remote_code)
-    model.load_state_dict(weights, strict=False)
+        model = auto.from_config(cfg)
+    else:
+        weights = pretrained_weights(run, cfg)
+        model = auto.from_config(cfg, trust_remote_code=run.model.trust_remote_code)
+        model.load_state_dict(weights, strict=False)
+    if run.model.peft is not None:
+        model = with_adapter(model, run)
     return model  # type: ignore[no-any-return]
+
+
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+
+
+def lora_config(run: RunConfig) -> Any:
+    """The peft ``LoraConfig`` of the run's ``model.peft``."""
+    from peft import LoraConfig
+
+    assert run.model.peft is not None
+    return LoraConfig(task_type=PEFT_TASK_TYPES[run.task], **run.model.peft.lora_kwargs())
+
+
+def with_adapter(model: Any, run: RunConfig) -> Any:
+    """``model`` wrapped by peft with the run's LoRA adapter; its base weights frozen."""
+    from peft import get_peft_model
+
+    assert run.model.peft is not None
+    if run.model.peft.quantize is not None:
+        # Validation refuses this without CUDA and bitsandbytes; the quantised load is not built yet.
+        raise ConfigError("model.peft.quantize", "4/8-bit base weights (QLoRA) are not supported in this version")
+    try:
+        return get_peft_model(model, lora_config(run))
+    except ValueError as e:  # a target module the model lacks: validation lists the ones it has
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError("model.peft.target_modules", first) from e
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters of a model; with an adapter, trainable is the adapter's (and saved heads')."""
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

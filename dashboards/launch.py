@@ -37,7 +37,7 @@ from hpo.config import StudyConfig, load_study_file
 from hpo.errors import HpoError, StorageError
 from hpo.record import TrialRecord
 from hpo.storage import load_existing, redact, scrub_password
-from hpo.store import study_store
+from hpo.store import study_store, url_password
 
 A_STUDY_NOTE_VER = "hpo:study_note_ver"  # study system attr: the note version hpo wrote last
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -221,7 +221,6 @@ class Dashboard:
         allow_edits: bool = False,
     ) -> None:
         from optuna_dashboard import wsgi
-        from sqlalchemy.engine import make_url
 
         self.cfg = cfg
         self.study = study
@@ -238,7 +237,7 @@ class Dashboard:
                 self.notes = refresh_notes(study, cfg, study_file, limit=FOREGROUND_NOTES)
             except StorageError as e:  # e.g. a read-only file system: the dashboard can still show the study
                 raise StorageError(f"{e}; --no-notes shows the study without writing notes") from None
-        password = make_url(cfg.storage_url).password if cfg.storage_url != "memory" else None
+        password = url_password(cfg.storage_url) if cfg.storage_url != "memory" else None
         store = study_store(study)
         app = wsgi(store.storage)
         server_class = _ThreadingServer6 if ":" in host else _ThreadingServer

@@ -18,7 +18,7 @@ import optuna
 import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy import inspect as sql_inspect
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from hpo.config import StudyConfig
 from hpo.errors import HpoWarning, StorageError, StudyMismatchError
@@ -27,7 +27,7 @@ from hpo.errors import HpoWarning, StorageError, StudyMismatchError
 from hpo.store import ANY_OPTUNA_TABLE as _ANY_OPTUNA_TABLE
 from hpo.store import OPTUNA_TABLES as _OPTUNA_TABLES
 from hpo.store import SQLITE_FAULTS as _SQLITE_FAULTS
-from hpo.store import RetryingRDBStorage, redact, storage_fault, study_store, where
+from hpo.store import RetryingRDBStorage, redact, storage_fault, study_store, url_password, where
 from hpo.store import sqlite_path as _sqlite_path
 
 # Study attributes hpo writes (user attrs, so optuna-dashboard shows them).
@@ -223,10 +223,7 @@ def scrub_password(study: optuna.Study, url: str) -> bool:
 
     Returns whether the attribute was rewritten.
     """
-    try:
-        password = make_url(url).password
-    except Exception:
-        return False
+    password = url_password(url)
     config = study.user_attrs.get(ATTR_CONFIG)
     if not password or not isinstance(config, dict) or str(password) not in json.dumps(config):
         return False

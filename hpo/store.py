@@ -61,12 +61,28 @@ _T = TypeVar("_T")
 
 # ------------------------------------------------------------------------------------- naming, faults
 def redact(url: str) -> str:
-    """The URL with its password hidden: safe for logs, reports and exports."""
+    """The URL with its password hidden (``user:***@host``, and a ``password=`` query argument, which libpq
+    accepts too): safe for logs, reports and exports."""
     try:
         u = make_url(url)
     except Exception:
         return "<storage>"
-    return u.render_as_string(hide_password=True) if u.password else url
+    if "password" in u.query:
+        u = u.update_query_dict({"password": "***"})
+    return u.render_as_string(hide_password=True) if u.password or "password" in u.query else url
+
+
+def url_password(url: str) -> str | None:
+    """The password a storage URL carries (``user:PASSWORD@host`` or ``?password=PASSWORD``), if any."""
+    try:
+        u = make_url(url)
+    except Exception:
+        return None
+    if u.password:
+        return str(u.password)
+    given = u.query.get("password")
+    value = given[0] if isinstance(given, tuple) else given
+    return str(value) if value else None
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -228,3 +228,21 @@ def test_urllib_reaches_the_dashboard_through_its_printed_url(tmp_path: Path) ->
             assert r.status == 200
     finally:
         d.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("postgresql+psycopg://hpo:s3cret-pw@db:5432/hpo", "s3cret-pw"),
+        ("postgresql+psycopg://hpo@db:5432/hpo?password=s3cret-pw&sslmode=require", "s3cret-pw"),  # libpq's form
+        ("postgresql+psycopg://hpo@db:5432/hpo", None),
+        ("sqlite:///runs/x.db", None),
+    ],
+)
+def test_a_password_in_either_place_of_the_url_is_found_and_hidden(url: str, password: str | None) -> None:
+    from hpo.store import redact, url_password
+
+    assert url_password(url) == password
+    shown = redact(url)
+    assert "s3cret-pw" not in shown
+    assert (shown == url) == (password is None)  # nothing else of the URL changes

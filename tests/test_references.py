@@ -312,6 +312,7 @@ def test_a_hub_name_offline_and_not_cached_is_named(project: Path, monkeypatch: 
     data = base_study()
     pretrained("someorg/no-such-model")(data, project)
     path = write_study(project, data)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # CI runs offline (.ci/run sets it)
     assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = runner.invoke(app, ["validate", str(path)])

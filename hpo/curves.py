@@ -149,13 +149,7 @@ def read_curves(url: str, study_name: str, trial_number: int | None = None) -> l
     try:
         if not inspect(engine).has_table(curves_table.name):
             return []
-        with engine.connect() as conn:
-            row = conn.execute(select(schema_table.c.value).where(schema_table.c.key == "curves_version")).first()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise StorageError(
-                    f"the curves table has schema version {row[0]}, newer than this hpo's {SCHEMA_VERSION}; "
-                    "upgrade hpo (`pip install -U hpo`)"
-                )
+        _check_schema(engine)
     finally:
         engine.dispose()
     store = CurveStore(None, study_name)
@@ -197,10 +191,15 @@ def ensure_schema(engine: Engine) -> None:
             if attempt == 2:
                 raise
             time.sleep(0.2)
+    _check_schema(engine)
+
+
+def _check_schema(engine: Engine) -> None:
+    """Refuse a curves table written by a newer hpo (its layout may differ from what this one reads)."""
     with engine.connect() as conn:
         row = conn.execute(select(schema_table.c.value).where(schema_table.c.key == "curves_version")).first()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the curves table has schema version {row[0]}, newer than this hpo's {SCHEMA_VERSION}; "
-                "upgrade hpo (`pip install -U hpo`)"
-            )
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
+        raise StorageError(
+            f"the curves table has schema version {row[0]}, newer than this hpo's {SCHEMA_VERSION}; "
+            "upgrade hpo (`pip install -U hpo`)"
+        )

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from hpo.curves import SCHEMA_VERSION, CurvePoint, CurveStore
+from hpo.errors import StorageError
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -49,7 +50,7 @@ def test_table_is_created_on_demand_and_versioned(tmp_path: Path) -> None:
             SCHEMA_VERSION
         )
         conn.execute(text("update hpo_schema set value='999' where key='curves_version'"))
-    with pytest.raises(RuntimeError, match="newer than this hpo"):
+    with pytest.raises(StorageError, match="newer than this hpo"):  # one line at the CLI, no traceback
         CurveStore(url, "s")
 
 

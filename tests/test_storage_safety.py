@@ -25,6 +25,7 @@ import pytest
 import yaml
 from dash_fixtures import sqlite_study_file, study_yaml
 from doubles import CurveRunner
+from fsfaults import small_fs
 from orchestrators import Orchestrator
 from rich.console import Console
 from typer.testing import CliRunner
@@ -114,20 +115,6 @@ def test_read_only_commands_refuse_a_file_that_is_not_a_study_database_and_leave
 
 
 @contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A small tmpfs at ``path``: a file system the test can fill, or remount read-only (root only; as root,
-    chmod does not stop writes)."""
-    path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()[:120]}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-@contextlib.contextmanager
 def _read_only_view(src: Path, path: Path) -> Iterator[Path]:
     """``src`` seen read-only at ``path`` (a read-only bind mount: as root, chmod does not stop writes)."""
     path.mkdir()
@@ -176,7 +163,7 @@ def test_a_read_only_file_system_is_read_by_read_only_commands_and_named_by_writ
 
 
 def test_a_full_disk_is_named_at_once(tmp_path: Path) -> None:
-    with _tmpfs(tmp_path / "full", "2m") as mnt:
+    with small_fs(tmp_path / "full", 2048) as mnt:
         path = sqlite_study_file(mnt, "alpha", curves=False)
         db = mnt / "runs" / "alpha.db"
         storage = open_storage(f"sqlite:///{db}", create=True)

@@ -231,3 +231,17 @@ class CloseTogether:
 
     def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
         raise AssertionError("CloseTogether runs no trials")
+
+
+def run_orchestrators(url: str, study: dict[str, Any], processes: int, workers: int) -> None:
+    """Run ``processes`` separate orchestrator processes (``run_orchestrator``) on one storage to the end;
+    each must exit cleanly (several `hpo worker`s, or a SLURM array's tasks, on one study)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=run_orchestrator, args=(url, study, workers)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * processes

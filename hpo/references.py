@@ -390,22 +390,22 @@ def _adaptable_layers(cfg: StudyConfig, model_type: str, model_dir: Path | None)
 
 
 def _check_peft(cfg: StudyConfig, model_type: str, model_dir: Path | None, problems: list[tuple[str, str]]) -> None:
-    """``model.peft``: QLoRA needs CUDA and bitsandbytes; target module names must exist in the model."""
+    """``model.peft``: QLoRA needs a working bitsandbytes; target module names must exist in the model."""
     peft = cfg.model.peft
     assert peft is not None
-    if peft.quantize is not None:
-        import torch
+    bits: list[tuple[str, Any]] = [("model.peft.quantize", peft.quantize)]
+    q_spec = cfg.search_space.get("model.peft.quantize")
+    if q_spec is not None and q_spec.type == "categorical":
+        bits += [("search_space[model.peft.quantize]", c) for c in q_spec.choices]
+    for key, b in bits:
+        if b in ("4bit", "8bit"):
+            from trainers.quantize import unavailable
 
-        if not torch.cuda.is_available():
-            why = "this machine has no CUDA device"
-        elif importlib.util.find_spec("bitsandbytes") is None:
-            why = "bitsandbytes is not installed"
-        else:
-            why = "the quantised load is not built into hpo yet"
-        problems.append(
-            ("model.peft.quantize",
-             f"{peft.quantize} base weights (QLoRA) are unavailable: {why} (QLoRA needs bitsandbytes and a CUDA GPU)")
-        )  # fmt: skip
+            # Probed on this machine: a worker elsewhere (hpo worker) meets the library's error when it builds.
+            why = unavailable(b)
+            if why is not None:
+                problems.append((key, f"{b} base weights (QLoRA) are unavailable: {why}"))
+                break
     if importlib.util.find_spec("peft") is None:
         problems.append(("model.peft", "the peft library is not installed (pip install 'hpo[peft]')"))
         return

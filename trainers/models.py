@@ -6,6 +6,7 @@ path, so a run's result does not depend on which worker ran it or what it ran be
 
 With ``model.peft``, the built model is wrapped by peft (``get_peft_model``): only the LoRA adapter (and
 the modules peft saves with it, e.g. a new classification head) is trained; the base weights stay frozen.
+With ``model.peft.quantize`` (QLoRA), the base is first re-loaded in 4 or 8 bits (``trainers.quantize``).
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:
         model = auto.from_config(cfg, trust_remote_code=run.model.trust_remote_code)
         model.load_state_dict(weights, strict=False)
     if run.model.peft is not None:
+        if run.model.peft.quantize is not None:
+            from trainers.quantize import quantised
+
+            model = quantised(model, run)
         model = with_adapter(model, run)
     return model  # type: ignore[no-any-return]
 
@@ -143,9 +148,6 @@ def with_adapter(model: Any, run: RunConfig) -> Any:
     from peft import get_peft_model
 
     assert run.model.peft is not None
-    if run.model.peft.quantize is not None:
-        # Validation refuses this without CUDA and bitsandbytes; the quantised load is not built yet.
-        raise ConfigError("model.peft.quantize", "4/8-bit base weights (QLoRA) are not supported in this version")
     try:
         return get_peft_model(model, lora_config(run))
     except ValueError as e:  # a target module the model lacks: validation lists the ones it has
@@ -155,9 +157,12 @@ def with_adapter(model: Any, run: RunConfig) -> Any:
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters of a model; with an adapter, trainable is the adapter's (and saved heads')."""
+    from trainers.quantize import parameter_numel
+
     trainable = total = 0
     for p in model.parameters():
-        total += p.numel()
+        n = parameter_numel(p)  # a 4-bit weight counts as the weights it holds, not its packed bytes
+        total += n
         if p.requires_grad:
-            trainable += p.numel()
+            trainable += n
     return trainable, total

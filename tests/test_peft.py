@@ -32,6 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 GPT2 = {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}
 
 
+# in + out of the tiny GPT-2's layers each target set adapts (n_embd 32): c_attn 32 -> 96, attn.c_proj 32 -> 32,
+# mlp.c_fc 32 -> 128, mlp.c_proj 128 -> 32; peft's all-linear leaves the output layer (lm_head) out.
+ADAPTED_WIDTHS = {"c_attn": 128, "c_attn,c_proj": 128 + 64 + 160, "all-linear": 128 + 64 + 160 + 160}
+
+
 def lm_study(root: Path, peft: dict[str, Any] | None = None, **space: Any) -> dict[str, Any]:
     return {
         "study": {"name": "lora", "n_trials": 3, "storage": f"sqlite:///{root}/runs/lora.db"},
@@ -143,11 +148,13 @@ def test_a_search_over_rank_alpha_targets_and_the_exported_adapter_and_merged_mo
     done = trials(path)
     assert len(done) == 3
     assert len({(t.params["r"], t.params["alpha"], t.params["target_modules"]) for t in done}) == 3
-    by_targets = {t.params["target_modules"]: t.user_attrs["trainable_params"] for t in done}
-    for t in done:  # trainable: r x (in + out) per adapted layer; total: the frozen base plus that
+    assert len({t.params["target_modules"] for t in done}) >= 2
+    base_total = {t.user_attrs["total_params"] - t.user_attrs["trainable_params"] for t in done}
+    assert len(base_total) == 1  # one frozen base
+    for t in done:  # each trial trained the adapter its parameters describe: r x (in + out) per adapted layer
         a = t.user_attrs
-        assert 0 < a["trainable_params"] < a["total_params"] and a["peak_memory_mb"] > 0 and a["tokens_per_s"] > 0
-    assert len(set(by_targets.values())) == len(by_targets)
+        assert a["trainable_params"] == t.params["r"] * ADAPTED_WIDTHS[t.params["target_modules"]], t.params
+        assert a["peak_memory_mb"] > 0 and a["tokens_per_s"] > 0
     best = done[0]
 
     assert runner.invoke(app, ["export", str(path), "--trial-length", "-o", str(tmp_path / "b")]).exit_code == 0
@@ -178,6 +185,56 @@ def test_a_search_over_rank_alpha_targets_and_the_exported_adapter_and_merged_mo
     adapted = PeftModel.from_pretrained(base, out)
     again = evaluate(adapted, data, run, torch.device("cpu"))
     assert again["eval_loss"] == pytest.approx(metrics["metrics"]["eval_loss"], rel=1e-9)
+
+
+def test_a_classifier_adapter_and_its_merged_model_load_and_give_the_reported_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hpo train --merge` of a sequence-classification LoRA whose head is in modules_to_save: the merged folder
+    loads with plain AutoModelForSequenceClassification, the adapter folder with PeftModel on the pretrained
+    base, and both give the metrics hpo train reported."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from trainers.data import prepare
+    from trainers.loop import evaluate
+
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    spec = pretrained_classifier(tmp_path)
+    peft = {"r": 2, "alpha": 8, "target_modules": "query,value", "modules_to_save": ["classifier"]}
+    run = {
+        "task": spec["task"],
+        "model": {**spec["model"], "peft": peft},
+        "data": spec["data"],
+        "training": {**spec["training"], "max_steps": 12, "learning_rate": 2.0e-2},
+    }
+    config = write(tmp_path / "train.yaml", run)
+    result = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "out"), "--merge"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    reported = json.loads((out / METRICS).read_text())["metrics"]
+    assert {"eval_loss", "accuracy", "f1_macro"} <= set(reported)
+    trained = load_train_file(out / OUT_CONFIG).run_config()
+    data = prepare(trained, os.environ["HPO_CACHE_DIR"])
+    cpu = torch.device("cpu")
+
+    merged = AutoModelForSequenceClassification.from_pretrained(out / MERGED)  # no peft
+    assert type(merged).__name__ == "BertForSequenceClassification"
+    assert not any("lora" in k or "modules_to_save" in k for k in merged.state_dict())
+    assert merged.config.id2label == {0: "0", 1: "1"}
+    again = evaluate(merged, data, trained, cpu)
+    assert again["eval_loss"] == pytest.approx(reported["eval_loss"], rel=1e-5)
+    assert (again["accuracy"], again["f1_macro"]) == (reported["accuracy"], reported["f1_macro"])
+
+    # The adapter folder holds the trained head (modules_to_save), so any base with the same encoder
+    # weights gives the same classifier: here the pretrained BERT with a fresh, random head.
+    base = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", num_labels=2)
+    fresh = base.classifier.weight.detach().clone()
+    assert not torch.allclose(fresh, merged.classifier.weight)
+    adapted = PeftModel.from_pretrained(base, out)
+    again = evaluate(adapted, data, trained, cpu)
+    assert again["eval_loss"] == pytest.approx(reported["eval_loss"], rel=1e-9)
+    assert (again["accuracy"], again["f1_macro"]) == (reported["accuracy"], reported["f1_macro"])
 
 
 def test_a_file_without_peft_dumps_no_peft_key() -> None:

@@ -10,7 +10,11 @@ fresh database under a temporary folder. Reports per study and seed: the best tr
 study's wall time, and the best trial's trainable / total parameters, tokens/s and peak memory (on CPU: the
 worker process's peak resident set size, see ``TrainResult.peak_memory_mb``).
 
-Usage: python benchmarks/lora_vs_full.py [--pair quickstart|bbc] [--trials 6] [--steps 150] [--seeds 0,1]
+With several seeds it ends with the median and range of each figure over the seeds, per study, and the load
+average before, between and after the studies (the machine is shared: wall times and tokens/s move with it).
+``--quick`` is 2 trials x 8 steps, one seed: the whole path in about a minute, for tests.
+
+Usage: python benchmarks/lora_vs_full.py [--pair quickstart|bbc] [--trials 6] [--steps 150] [--seeds 0,1] [--quick]
 Prints a line per study and writes JSON (default benchmarks/results/lora_vs_full-PAIR.json).
 """
 
@@ -21,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,19 +91,46 @@ def run_one(pair: str, kind: str, seed: int, trials: int, steps: int, work: Path
     }
 
 
+def spread(values: list[float]) -> str:
+    """Median [min, max] over seeds; the value alone for one seed."""
+    med = statistics.median(values)
+    return f"{med:.4g} [{min(values):.4g}, {max(values):.4g}]" if len(values) > 1 else f"{med:.4g}"
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per study: the best value, wall time, tokens/s and peak memory over the seeds."""
+    lines = [
+        f"{'study':6} {'seeds':>5} {'best (median [min, max])':>28} {'wall s':>22} {'tokens/s':>22} {'peak MB':>22}"
+    ]
+    for kind in ("full", "lora"):
+        rs = [r for r in rows if r["study"] == kind]
+        if not rs:
+            continue
+        lines.append(
+            f"{kind:6} {len(rs):>5} {spread([r['best'] for r in rs]):>28} {spread([r['wall_s'] for r in rs]):>22} "
+            f"{spread([r['tokens_per_s'] for r in rs]):>22} {spread([r['peak_memory_mb'] for r in rs]):>22}"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pair", choices=sorted(PAIRS), default="quickstart")
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--quick", action="store_true", help="2 trials x 8 steps, seed 0")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.quick:
+        args.trials, args.steps, args.seeds = 2, 8, "0"
     rows: list[dict[str, Any]] = []
+    load = [os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             for kind in ("full", "lora"):
                 rows.append(run_one(args.pair, kind, seed, args.trials, args.steps, Path(tmp)))
+                load.append(os.getloadavg())
                 r = rows[-1]
                 print(
                     f"{r['study']:5} seed {r['seed']}: best {r['objective']} {r['best']:.4g}, wall {r['wall_s']:.0f}s, "
@@ -106,10 +138,15 @@ def main() -> None:
                     f"{r['tokens_per_s']:.0f} tokens/s, peak RSS {r['peak_memory_mb']:.0f} MB",
                     flush=True,
                 )
+    print()
+    for line in summary(rows):
+        print(line)
+    print(f"load average (1 min) before / between / after the studies: {' '.join(f'{la[0]:.1f}' for la in load)}")
     out = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "load_at_end": os.getloadavg(),
+        "load": load,
+        "load_at_end": load[-1],
         "pair": args.pair,
         "trials": args.trials,
         "steps": args.steps,

@@ -271,9 +271,13 @@ def test_peft_without_a_default_for_the_model_type_asks_for_targets(tmp_path: Pa
     data = lm_study(tmp_path, {"r": 2}, **{"model.peft.r": {"type": "int", "low": 1, "high": 4}})
     data["model"]["from_config"] = {"model_type": "ctrl", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}
     path = write(tmp_path / "s.yaml", data)
-    line = one_line_error(runner.invoke(app, ["validate", str(path)]))
-    assert "model.peft.target_modules: peft has no default target modules for model_type 'ctrl'" in line
-    assert "(its layers LoRA can adapt: " in line and "Wq" in line
+    for cmd in ("validate", "run"):
+        line = one_line_error(runner.invoke(app, [cmd, str(path)]))
+        assert line.startswith(
+            f"error: {path}: model.peft.target_modules: peft has no default target modules for model_type 'ctrl'"
+        ), line
+        assert "(its layers LoRA can adapt: " in line and "Wq" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
 # The tiny GPT-2's linear layers: three are 32 values wide (n_embd), mlp.c_proj 128 (4 x n_embd).

@@ -24,7 +24,6 @@ from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
-from trainers.data import CACHE_VERSION
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
 
@@ -250,6 +249,8 @@ class StudyConfig(_Strict):
 
     def fingerprints(self) -> dict[str, str]:
         """A short hash of each section that must not change when a study is resumed."""
+        from trainers.data import CACHE_VERSION  # imports numpy: not needed to validate a file
+
         parts = {
             "task": self.task,
             "objective": self.objective.model_dump(),
@@ -355,7 +356,15 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
 
 
 def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:
-    """Build the sampler and pruner now: Optuna rejects some argument combinations only at construction."""
+    """What Optuna would refuse when the sampler and pruner are built (some argument combinations are checked
+    only in its constructors), told by the configs themselves: validating imports no Optuna (~0.1 s)."""
+    found = (("sampler", cfg.sampler.refused()), ("pruner", cfg.pruner.refused()))
+    return [(section, msg) for section, msg in found if msg is not None]
+
+
+def build_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """Build the sampler and pruner for real (``hpo run``, which imports Optuna anyway): a refusal that
+    ``refused()`` did not foresee is still a one-line error before anything is written."""
     problems: list[tuple[str, str]] = []
     # GPSampler's constructor imports torch (seconds) and checks nothing more; a grid without values is
     # reported per parameter already.

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo.budget import TrialLength
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
@@ -54,6 +55,7 @@ class Running:
     last_eval_step: int = -1
     reason: Reason | None = None  # prune reason once decided
     stop_sent: Stop = Stop.NONE
+    length: TrialLength | None = None  # steps, and the pruner's step of an eval (hpo/budget.py)
 
 
 @dataclass
@@ -303,9 +305,10 @@ class Orchestrator:
             self.display.trial_finished(trial.number, "FAIL", None, 0, "invalid configuration")
             return
         # Send first, bookkeeping after: the worker trains while these storage writes happen.
-        self.running[trial.number] = Running(trial, worker, params, time.monotonic())
+        length = self.cfg.fidelity.length(run)
+        self.running[trial.number] = Running(trial, worker, params, time.monotonic(), length=length)
         worker.send(trial.number, run.model_dump(mode="json"))
-        self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
+        self.display.trial_started(trial.number, params, worker.spec.device_label, length.max_steps)
         spec = worker.spec
         where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
         self._set_attrs(trial, where.to_user_attrs())
@@ -364,16 +367,19 @@ class Orchestrator:
             r.reason = Reason.non_finite(f"non-finite {self.metric} at step {step}")
             self._stop(r, Stop.PRUNE)
             return
+        length = r.length or self.cfg.fidelity.length(self.cfg.trial_run(r.params))
+        seen = length.report_step(step)  # the pruner compares trials at equal data seen
         try:
-            r.trial.report(value, step)
+            r.trial.report(value, seen)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another process closed the trial (it found no heartbeat): its result will be dropped, so
             # there is no point training on; `_finish` says so when the worker returns.
             self._stop(r, Stop.PRUNE)
             return
         self.display.trial_eval(r.trial.number, step, value)
-        if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
-            r.reason = Reason.pruned(self.cfg.pruner.name, step, self.metric, value)
+        if seen < length.budget and r.trial.should_prune():
+            at = str(step) if length.unit == "steps" else f"{step} ({seen} {length.unit})"
+            r.reason = Reason.pruned(self.cfg.pruner.name, at, self.metric, value)
             self._stop(r, Stop.PRUNE)
 
     def _stop(self, r: Running, code: Stop) -> None:

@@ -35,6 +35,7 @@ from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFi
 from hpo.record import A_REASON, TrialAttrs, better
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
+from hpo.tail import Busy, lend_idle_cores
 from hpo.worker import WorkerHandle, WorkerSpec, close_all, mp_context
 
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
@@ -250,8 +251,11 @@ class Orchestrator:
             if accepting:
                 idle = self._idle()
                 if idle:
-                    for w in idle[: self.ledger.budget_left()]:
+                    left = self.ledger.budget_left()
+                    for w in idle[:left]:
                         self._launch(w)
+                    if left < len(idle):  # nothing left to start for some: the tail
+                        self._lend_idle_cores()
             if not self.running:
                 if not accepting:
                     return
@@ -266,6 +270,22 @@ class Orchestrator:
                 self._check_workers(summary)
                 continue
             self._handle(msg, summary)
+
+    def _lend_idle_cores(self) -> None:
+        """The tail: CPU workers with nothing left to run lend their threads to the running trials."""
+        idle = [w for w in self._idle() if w.spec.device_label == "cpu" and w.spec.processes == 1]
+        if not idle or not self.running:
+            return
+        busy = []
+        for r in self.running.values():
+            spec = r.worker.spec
+            if spec.device_label == "cpu" and spec.processes == 1:
+                steps = r.length.max_steps if r.length is not None else r.step
+                busy.append(Busy(spec.worker_id, spec.threads, steps - r.step))
+        plan = lend_idle_cores(busy, sum(w.spec.threads for w in idle))
+        for w in self.workers:
+            if w.spec.worker_id in plan and hasattr(w, "threads"):
+                w.threads.value = plan[w.spec.worker_id]
 
     def _foreign_running(self) -> bool:
         """RUNNING trials of other processes: wait for them (or for them to be found orphaned)."""

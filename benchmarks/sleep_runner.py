@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from hpo.protocol import TrialResult
+from hpo.protocol import Fatal, Ready, TrialResult
 
 
 class SleepRunner:
@@ -98,10 +98,10 @@ def start_workers(n: int, runner: Any, timeout: float = 300.0) -> tuple[list[Any
     ready = 0
     while ready < n:
         msg = results.get(timeout=max(1.0, timeout - (time.monotonic() - t0)))
-        if msg[0] == "fatal":
-            raise RuntimeError(msg[3])
-        if msg[0] == "ready":
-            workers[msg[1]].ready = True
+        if isinstance(msg, Fatal):  # typed events (hpo.protocol) since the protocol rework
+            raise RuntimeError(msg.error.line)
+        if isinstance(msg, Ready):
+            workers[msg.worker].ready = True
             ready += 1
     return workers, results, time.monotonic() - t0
 

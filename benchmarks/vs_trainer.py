@@ -200,6 +200,8 @@ def baseline_child(setup_path: str) -> None:
         "storage": setup["storage"],
         "study_name": BASELINE_STUDY,
     }
+    if setup.get("load_if_exists"):  # several processes on one study (benchmarks/time_to_quality.py)
+        kwargs["load_if_exists"] = True
     if setup["pruner"] == "none":
         kwargs["pruner"] = optuna.pruners.NopPruner()
     # "default": no pruner given, so Optuna's create_study default (MedianPruner()) prunes at each eval.

@@ -11,14 +11,14 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
+from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, build_problems, load_study_file
 from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
 from hpo.orchestrator import Orchestrator, RunSummary
 from hpo.record import TrialRecord, best_of
-from hpo.references import check_references
+from hpo.references import validate_file
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import (
     ATTR_N_TRIALS,
@@ -43,8 +43,10 @@ def validate(path: str | Path) -> StudyConfig:
 
     Reads only headers and configs, and writes nothing: ``hpo run`` calls it before anything exists.
     """
-    cfg = load_study_file(path)
-    check_references(cfg, str(path))
+    cfg = validate_file(path)
+    problems = build_problems(cfg)  # Optuna's constructors, for real: hpo.api imports Optuna anyway
+    if problems:
+        raise StudyFileError(str(path), problems)
     return cfg
 
 
@@ -152,7 +154,7 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
         f"[bold]{cfg.study.name}[/] — {what}",
         f"  storage  {redact(cfg.storage_url)}",
         f"  task     {cfg.task}, objective {cfg.objective.metric} ({cfg.direction})",
-        f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.max_steps} steps/trial,"
+        f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.budget} {cfg.fidelity.unit}/trial,"
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
     ]

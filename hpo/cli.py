@@ -12,18 +12,21 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import optuna
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from hpo import api
 from hpo.display import fmt_counts, fmt_value, plural
 from hpo.errors import HpoError, HpoWarning, StudyFileError, Terminated
+
+if TYPE_CHECKING:
+    from hpo.api import TrialRow
+
+# Imports here are what `hpo --help` pays for (see tests/test_cli_imports.py): Optuna, SQLAlchemy, torch
+# and transformers are imported inside the commands that need them.
 
 app = typer.Typer(
     help="Hyperparameter search for fine-tuning transformer models: Optuna studies from a YAML file.",
@@ -80,18 +83,31 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+
+
+def _api() -> ModuleType:
+    """hpo.api, imported when a command needs it (it brings Optuna and SQLAlchemy, ~0.3 s)."""
+    import optuna
+
+    from hpo import api
+
     # Optuna's INFO lines ("A new study created ...") repeat what hpo's own display says.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return api
 
 
 @app.command()
 @_errors
 def validate(study_file: StudyFile) -> None:
     """Check a study file without running anything."""
-    cfg = api.validate(study_file)
+    from hpo.references import validate_file
+    from hpo.space import param_name
+
+    cfg = validate_file(study_file)  # api.validate's own call; hpo.api would bring Optuna and SQLAlchemy
+    names = [param_name(p, s) for p, s in cfg.search_space.items()]
     out.print(
         f"[green]ok[/] {study_file}: study {cfg.study.name!r}, task {cfg.task}, "
-        f"{len(cfg.search_space)} parameters ({', '.join(api.to_param_names(cfg))}), "
+        f"{len(cfg.search_space)} parameters ({', '.join(names)}), "
         f"sampler {cfg.sampler.name}, pruner {cfg.pruner.name}, n_trials {cfg.study.n_trials}",
         highlight=False,
         soft_wrap=True,
@@ -139,6 +155,7 @@ def _sigterm_as_ctrl_c() -> Iterator[list[Terminated]]:
 
 
 def _run(study_file: Path, join_only: bool) -> None:
+    api = _api()
     with _sigterm_as_ctrl_c() as terms:
         summary = api.run(study_file, join_only=join_only)
     status = api.status(study_file)
@@ -189,7 +206,7 @@ def _cell(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else escape(str(v))
 
 
-def _print_best(metric: str, row: api.TrialRow) -> None:
+def _print_best(metric: str, row: TrialRow) -> None:
     out.print(f"[bold]best trial {row.number}[/]: {metric} = {fmt_value(row.value)}", highlight=False)
     for k, v in row.params.items():
         out.print(f"  {k}: {v!r}", highlight=False)
@@ -202,7 +219,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show every trial: state, parameters, value, steps, duration, and why it was pruned or failed."""
-    st = api.status(study_file)
+    from rich import box
+    from rich.table import Table
+
+    st = _api().status(study_file)
     if as_json:
         out.print_json(
             json.dumps(
@@ -257,7 +277,7 @@ def best(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the best complete trial: value, parameters and metrics."""
-    cfg, t = api.best(study_file)
+    cfg, t = _api().best(study_file)
     if as_json:
         out.print_json(
             json.dumps(
@@ -294,7 +314,10 @@ def curves(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON points instead of a table.")] = False,
 ) -> None:
     """Show a trial's learning curves: train loss, learning rate, throughput and eval metrics per step."""
-    points = api.curves(study_file, trial)
+    from rich import box
+    from rich.table import Table
+
+    points = _api().curves(study_file, trial)
     if as_json:
         out.print_json(json.dumps([p.__dict__ for p in points]))
         return
@@ -315,7 +338,7 @@ def curves(
 @_errors
 def devices() -> None:
     """Show the accelerators and CPU cores workers can use."""
-    info = api.devices()
+    info = _api().devices()
     out.print(f"CPU cores: {info['cpu_cores']}")
     if not info["gpus"]:
         out.print("CUDA GPUs: none (trials run on CPU)")

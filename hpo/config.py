@@ -18,13 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from hpo import yamlio
+from hpo.budget import TrialLength, trial_length, with_length
 from hpo.errors import StudyFileError
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
-from trainers.data import CACHE_VERSION
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
 
@@ -54,18 +54,41 @@ class ObjectiveSection(_Strict):
 
 
 class FidelitySection(_Strict):
-    max_steps: int = Field(ge=1)  # optimizer steps per trial (the full run's length lives in `training`)
-    eval_every: int = Field(ge=1)  # report to the pruner every N steps
+    # A trial's length: one of optimizer steps, training samples, or tokens (hpo/budget.py: with samples or
+    # tokens, trials of every batch size see the same data and `eval_every` counts in the same unit).
+    max_steps: int | None = Field(default=None, ge=1)  # the full run's length lives in `training`
+    max_samples: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    eval_every: int = Field(ge=1)  # report to the pruner every N steps (samples, tokens)
     eval_batches: int | None = Field(default=None, ge=1)  # cap eval cost; the same batches every time
 
     @model_validator(mode="after")
     def _check(self) -> FidelitySection:
-        if self.eval_every > self.max_steps:
+        given = [k for k in ("max_steps", "max_samples", "max_tokens") if getattr(self, k) is not None]
+        if len(given) != 1:
             raise ValueError(
-                f"`eval_every <= max_steps` must hold, but got (eval_every={self.eval_every}, "
-                f"max_steps={self.max_steps})."
+                "give the trial length as one of `max_steps`, `max_samples` or `max_tokens`"
+                + (f", not {' and '.join(given)}" if given else "")
+            )
+        if self.eval_every > self.budget:
+            raise ValueError(
+                f"`eval_every <= {given[0]}` must hold, but got (eval_every={self.eval_every}, "
+                f"{given[0]}={self.budget})."
             )
         return self
+
+    @property
+    def unit(self) -> Literal["steps", "samples", "tokens"]:
+        return "samples" if self.max_samples is not None else "tokens" if self.max_tokens is not None else "steps"
+
+    @property
+    def budget(self) -> int:
+        """The trial length in ``unit``."""
+        return self.max_samples or self.max_tokens or self.max_steps or 0
+
+    def length(self, run: RunConfig) -> TrialLength:
+        """A trial's optimizer steps and eval cadence, and the pruner's step of each eval."""
+        return trial_length(self.unit, self.budget, self.eval_every, run)
 
 
 class FullRunSection(_Strict):
@@ -150,7 +173,7 @@ class StudyConfig(_Strict):
         if "pruner" not in data:
             fidelity = _valid(FidelitySection, data.get("fidelity"))
             if fidelity is not None:
-                data["pruner"] = default_pruner(fidelity.max_steps)
+                data["pruner"] = default_pruner(fidelity.budget)
         objective = _valid(ObjectiveSection, data.get("objective"))
         task = data.get("task")
         if objective is not None and objective.direction is None and isinstance(task, str):
@@ -196,13 +219,14 @@ class StudyConfig(_Strict):
         training = self.training.model_copy(
             update={"max_steps": self.fidelity.max_steps, "eval_steps": self.fidelity.eval_every}
         )
-        return RunConfig(
+        run = RunConfig(
             task=self.task,
             model=self._resolved_model(),
             data=self._resolved_data(),
             training=training,
             eval_batches=self.fidelity.eval_batches,
         )
+        return run if self.fidelity.unit == "steps" else with_length(run, self.fidelity.length(run))
 
     def _resolved_data(self) -> DataConfig:
         """The data section with local paths made absolute, so every worker and the cache key see one file."""
@@ -236,7 +260,9 @@ class StudyConfig(_Strict):
 
     def trial_run(self, params: dict[str, Any]) -> RunConfig:
         """The resolved run configuration of a trial with these sampled parameters."""
-        return apply_params(self.base_run(), self.search_space, params)
+        run = apply_params(self.base_run(), self.search_space, params)
+        # A sample or token budget: the steps follow the trial's own batch size.
+        return run if self.fidelity.unit == "steps" else with_length(run, self.fidelity.length(run))
 
     def grid(self) -> dict[str, list[Any]] | None:
         """The grid of every parameter, or None when some parameter has none."""
@@ -250,10 +276,14 @@ class StudyConfig(_Strict):
 
     def fingerprints(self) -> dict[str, str]:
         """A short hash of each section that must not change when a study is resumed."""
+        from trainers.data import CACHE_VERSION  # imports numpy: not needed to validate a file
+
+        # The budget keys only when given: studies from before they existed keep their fingerprint.
+        unset = {k for k in ("max_samples", "max_tokens") if getattr(self.fidelity, k) is None}
         parts = {
             "task": self.task,
             "objective": self.objective.model_dump(),
-            "fidelity": self.fidelity.model_dump(),
+            "fidelity": self.fidelity.model_dump(exclude=unset),
             "model": self.model.model_dump(),
             "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION},  # same data, same results
             "training": self.training.model_dump(),
@@ -355,7 +385,15 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
 
 
 def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:
-    """Build the sampler and pruner now: Optuna rejects some argument combinations only at construction."""
+    """What Optuna would refuse when the sampler and pruner are built (some argument combinations are checked
+    only in its constructors), told by the configs themselves: validating imports no Optuna (~0.1 s)."""
+    found = (("sampler", cfg.sampler.refused()), ("pruner", cfg.pruner.refused()))
+    return [(section, msg) for section, msg in found if msg is not None]
+
+
+def build_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """Build the sampler and pruner for real (``hpo run``, which imports Optuna anyway): a refusal that
+    ``refused()`` did not foresee is still a one-line error before anything is written."""
     problems: list[tuple[str, str]] = []
     # GPSampler's constructor imports torch (seconds) and checks nothing more; a grid without values is
     # reported per parameter already.

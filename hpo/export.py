@@ -170,7 +170,7 @@ def resolve_run(cfg: StudyConfig, params: dict[str, Any], length: Length) -> Run
     written, full = cfg.training, cfg.full_run
     # searched parameters never target max_steps / eval_steps; no length written at all: the trial's own
     training: dict[str, Any] = {
-        "max_steps": written.max_steps if _length_written(cfg) else cfg.fidelity.max_steps,
+        "max_steps": written.max_steps if _length_written(cfg) else trial.training.max_steps,
         "eval_steps": written.eval_steps,
     }
     if full.max_steps is not None:

@@ -64,7 +64,9 @@ class Reason:
         return self.kind in (ReasonKind.N_TRIALS_REACHED, ReasonKind.GRID_POINT_TAKEN)
 
     @classmethod
-    def pruned(cls, pruner: str | None = None, step: int = 0, metric: str = "", value: float = math.nan) -> Reason:
+    def pruned(
+        cls, pruner: str | None = None, step: int | str = 0, metric: str = "", value: float = math.nan
+    ) -> Reason:
         if pruner is None:
             return cls(ReasonKind.PRUNED, "pruned")
         return cls(ReasonKind.PRUNED, f"pruned by {pruner} pruner at step {step} ({metric}={value:.4g})")

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo.budget import TrialLength
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
@@ -34,6 +35,7 @@ from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFi
 from hpo.record import A_REASON, TrialAttrs, better
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
+from hpo.tail import Busy, lend_idle_cores
 from hpo.worker import WorkerHandle, WorkerSpec, close_all, mp_context
 
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
@@ -54,6 +56,7 @@ class Running:
     last_eval_step: int = -1
     reason: Reason | None = None  # prune reason once decided
     stop_sent: Stop = Stop.NONE
+    length: TrialLength | None = None  # steps, and the pruner's step of an eval (hpo/budget.py)
 
 
 @dataclass
@@ -248,8 +251,11 @@ class Orchestrator:
             if accepting:
                 idle = self._idle()
                 if idle:
-                    for w in idle[: self.ledger.budget_left()]:
+                    left = self.ledger.budget_left()
+                    for w in idle[:left]:
                         self._launch(w)
+                    if left < len(idle):  # nothing left to start for some: the tail
+                        self._lend_idle_cores()
             if not self.running:
                 if not accepting:
                     return
@@ -264,6 +270,22 @@ class Orchestrator:
                 self._check_workers(summary)
                 continue
             self._handle(msg, summary)
+
+    def _lend_idle_cores(self) -> None:
+        """The tail: CPU workers with nothing left to run lend their threads to the running trials."""
+        idle = [w for w in self._idle() if w.spec.device_label == "cpu" and w.spec.processes == 1]
+        if not idle or not self.running:
+            return
+        busy = []
+        for r in self.running.values():
+            spec = r.worker.spec
+            if spec.device_label == "cpu" and spec.processes == 1:
+                steps = r.length.max_steps if r.length is not None else r.step
+                busy.append(Busy(spec.worker_id, spec.threads, steps - r.step))
+        plan = lend_idle_cores(busy, sum(w.spec.threads for w in idle))
+        for w in self.workers:
+            if w.spec.worker_id in plan and hasattr(w, "threads"):
+                w.threads.value = plan[w.spec.worker_id]
 
     def _foreign_running(self) -> bool:
         """RUNNING trials of other processes: wait for them (or for them to be found orphaned)."""
@@ -303,9 +325,10 @@ class Orchestrator:
             self.display.trial_finished(trial.number, "FAIL", None, 0, "invalid configuration")
             return
         # Send first, bookkeeping after: the worker trains while these storage writes happen.
-        self.running[trial.number] = Running(trial, worker, params, time.monotonic())
+        length = self.cfg.fidelity.length(run)
+        self.running[trial.number] = Running(trial, worker, params, time.monotonic(), length=length)
         worker.send(trial.number, run.model_dump(mode="json"))
-        self.display.trial_started(trial.number, params, worker.spec.device_label, self.cfg.fidelity.max_steps)
+        self.display.trial_started(trial.number, params, worker.spec.device_label, length.max_steps)
         spec = worker.spec
         where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
         self._set_attrs(trial, where.to_user_attrs())
@@ -364,16 +387,19 @@ class Orchestrator:
             r.reason = Reason.non_finite(f"non-finite {self.metric} at step {step}")
             self._stop(r, Stop.PRUNE)
             return
+        length = r.length or self.cfg.fidelity.length(self.cfg.trial_run(r.params))
+        seen = length.report_step(step)  # the pruner compares trials at equal data seen
         try:
-            r.trial.report(value, step)
+            r.trial.report(value, seen)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another process closed the trial (it found no heartbeat): its result will be dropped, so
             # there is no point training on; `_finish` says so when the worker returns.
             self._stop(r, Stop.PRUNE)
             return
         self.display.trial_eval(r.trial.number, step, value)
-        if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
-            r.reason = Reason.pruned(self.cfg.pruner.name, step, self.metric, value)
+        if seen < length.budget and r.trial.should_prune():
+            at = str(step) if length.unit == "steps" else f"{step} ({seen} {length.unit})"
+            r.reason = Reason.pruned(self.cfg.pruner.name, at, self.metric, value)
             self._stop(r, Stop.PRUNE)
 
     def _stop(self, r: Running, code: Stop) -> None:

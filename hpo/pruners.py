@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.registry import union_tags
+
+if TYPE_CHECKING:  # imported by build(): validating a study file (`hpo validate`) never needs Optuna
+    import optuna
 
 
 class _Pruner(BaseModel):
@@ -16,11 +18,19 @@ class _Pruner(BaseModel):
     def build(self) -> optuna.pruners.BasePruner:
         raise NotImplementedError
 
+    def refused(self) -> str | None:
+        """What Optuna's constructor would refuse in these arguments (it checks some combinations only
+        there), without importing Optuna: `hpo validate` stays fast. `hpo run` builds the pruner itself;
+        tests/test_registries.py checks both agree."""
+        return None
+
 
 class NopPrunerConfig(_Pruner):
     name: Literal["none"]
 
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.NopPruner()
 
 
@@ -32,6 +42,8 @@ class MedianPrunerConfig(_Pruner):
     n_min_trials: int = Field(default=1, ge=1)
 
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.MedianPruner(**self.model_dump(exclude={"name"}))
 
 
@@ -44,6 +56,8 @@ class PercentilePrunerConfig(_Pruner):
     n_min_trials: int = Field(default=1, ge=1)
 
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.PercentilePruner(**self.model_dump(exclude={"name"}))
 
 
@@ -54,7 +68,21 @@ class SuccessiveHalvingPrunerConfig(_Pruner):
     min_early_stopping_rate: int = Field(default=0, ge=0)
     bootstrap_count: int = Field(default=0, ge=0)
 
+    def refused(self) -> str | None:
+        if isinstance(self.min_resource, int) and self.min_resource < 1:
+            return (
+                f"The value of `min_resource` is {self.min_resource}, but must be either `min_resource >= 1` or 'auto'"
+            )
+        if self.bootstrap_count > 0 and self.min_resource == "auto":
+            return (
+                "bootstrap_count > 0 and min_resource == 'auto' are mutually incompatible, "
+                f"bootstrap_count is {self.bootstrap_count}"
+            )
+        return None
+
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.SuccessiveHalvingPruner(**self.model_dump(exclude={"name"}))
 
 
@@ -65,7 +93,17 @@ class HyperbandPrunerConfig(_Pruner):
     reduction_factor: int = Field(default=3, ge=2)
     bootstrap_count: int = Field(default=0, ge=0)
 
+    def refused(self) -> str | None:
+        if self.bootstrap_count > 0 and self.max_resource == "auto":
+            return (
+                "bootstrap_count > 0 and max_resource == 'auto' are mutually incompatible, "
+                f"bootstrap_count is {self.bootstrap_count}"
+            )
+        return None
+
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.HyperbandPruner(**self.model_dump(exclude={"name"}))
 
 
@@ -85,6 +123,8 @@ class ThresholdPrunerConfig(_Pruner):
         return self
 
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.ThresholdPruner(**self.model_dump(exclude={"name"}))
 
 
@@ -94,6 +134,8 @@ class WilcoxonPrunerConfig(_Pruner):
     n_startup_steps: int = Field(default=2, ge=0)
 
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.WilcoxonPruner(**self.model_dump(exclude={"name"}))
 
 
@@ -115,7 +157,12 @@ class PatientPrunerConfig(_Pruner):
     min_delta: float = Field(default=0.0, ge=0.0)
     wrapped: _Wrapped | None = None  # prune only when this pruner also says so
 
+    def refused(self) -> str | None:
+        return self.wrapped.refused() if self.wrapped is not None else None
+
     def build(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         inner = self.wrapped.build() if self.wrapped is not None else None
         return optuna.pruners.PatientPruner(inner, patience=self.patience, min_delta=self.min_delta)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import StudyFileError
+from hpo.modelkeys import config_keys, known_model_types
 
 if TYPE_CHECKING:
     from hpo.config import StudyConfig
@@ -73,6 +74,15 @@ def resolve_file(value: str, base: Path | None) -> str:
     if not p.is_absolute() and base is not None:
         p = base / p
     return os.path.normpath(p) if p.is_absolute() else value
+
+
+def validate_file(path: str | Path) -> StudyConfig:
+    """Load a study file and check what it refers to (``hpo validate``; ``hpo.api.validate``)."""
+    from hpo.config import load_study_file  # hpo.config imports this module
+
+    cfg = load_study_file(path)
+    check_references(cfg, str(path))
+    return cfg
 
 
 def check_references(cfg: StudyConfig, source: str) -> None:
@@ -242,38 +252,25 @@ def _json_columns(path: Path, count: bool) -> tuple[list[str], int | None]:
 # ------------------------------------------------------------------------------------------------ model
 
 
-def _config_class(model_type: str) -> Any:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    try:
-        return CONFIG_MAPPING[model_type]
-    except KeyError:
-        return None
-
-
-def _known_model_types() -> list[str]:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    return sorted(CONFIG_MAPPING.keys())
+def _valid_keys(model_type: str, used: list[str]) -> tuple[set[str], dict[str, Any]] | None:
+    """The keys a model type's config class knows and its defaults (None: an unknown model type), read from
+    transformers' source (``hpo.modelkeys``: no import); confirmed by importing the class when a key
+    ``used`` in the study file is not among them, so a key is never refused on the fast path's word."""
+    found = config_keys(model_type)
+    if found is not None and any(k not in found[0] for k in used):
+        found = config_keys(model_type, exact=True)
+    return found
 
 
-def _valid_keys(cls: Any) -> tuple[set[str], dict[str, Any]]:
-    """The keys a config class knows (its attributes, aliases, constructor arguments) and its defaults."""
-    import inspect
-
-    defaults: dict[str, Any] = {}
-    try:
-        defaults = cls().to_dict()
-    except Exception:  # a config that needs arguments: its signature still names the keys
-        pass
-    keys = set(defaults) | set(getattr(cls, "attribute_map", {}))
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            params = inspect.signature(init).parameters.values()
-            keys |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
-        keys |= {n for n, v in klass.__dict__.items() if isinstance(v, property) and v.fset is not None}
-    return keys, defaults
+def _used_keys(cfg: StudyConfig, known: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """The config keys a study file sets or searches (those the check below looks up), less ``known``."""
+    m = cfg.model
+    keys = [k for k in (m.from_config or {}) if k != "model_type"] + list(m.config)
+    for path in cfg.search_space:
+        parts = path.split(".")
+        if len(parts) == 3 and parts[0] == "model" and parts[1] in ("config", "from_config"):
+            keys.append(parts[2])
+    return [k for k in keys if k not in known]
 
 
 def _unknown_key(key: str, model_type: str, valid: set[str]) -> str:
@@ -294,15 +291,15 @@ def _check_model(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, 
     model_dir: Path | None = None
     if m.from_config is not None:
         model_type = str(m.from_config["model_type"])
-        cls = _config_class(model_type)
-        if cls is None:
-            close = difflib.get_close_matches(model_type, _known_model_types(), n=3)
+        found = _valid_keys(model_type, _used_keys(cfg))
+        if found is None:
+            close = difflib.get_close_matches(model_type, known_model_types(), n=3)
             problems.append(
                 ("model.from_config.model_type",
                  f"unknown model_type {model_type!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
             )  # fmt: skip
             return None
-        valid, defaults = _valid_keys(cls)
+        valid, defaults = found
         for k in m.from_config:
             if k != "model_type" and k not in valid:
                 problems.append((f"model.from_config.{k}", _unknown_key(k, model_type, valid)))
@@ -319,10 +316,10 @@ def _check_model(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, 
                 return None
             model_type = resolved.get("model_type")
             origin = f"{model_dir}/config.json"
-            cls = _config_class(model_type) if isinstance(model_type, str) else None
-            if cls is not None:
-                valid, defaults = _valid_keys(cls)
-                valid |= set(resolved)
+            found = _valid_keys(model_type, _used_keys(cfg, set(resolved))) if isinstance(model_type, str) else None
+            if found is not None:
+                valid, defaults = found
+                valid = valid | set(resolved)
                 resolved = {**defaults, **resolved}
     if valid is not None and model_type is not None:
         for k in m.config:

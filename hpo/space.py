@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
 
-import optuna.distributions as od
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.registry import union_tags
+
+if TYPE_CHECKING:  # imported where distributions are built: validating a file never needs Optuna
+    import optuna.distributions as od
 
 CategoricalValue = Union[None, bool, int, float, str]
 
@@ -113,6 +115,8 @@ def param_name(path: str, spec: FloatSpec | IntSpec | CategoricalSpec) -> str:
 
 def to_distribution(spec: FloatSpec | IntSpec | CategoricalSpec) -> od.BaseDistribution:
     """Turn one search-space entry into the Optuna distribution it samples from."""
+    import optuna.distributions as od
+
     if isinstance(spec, FloatSpec):
         return od.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
     if isinstance(spec, IntSpec):

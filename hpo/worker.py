@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -53,11 +54,27 @@ class WorkerSpec:
 class QueueReporter(Reporter):
     """The trainer's reporter inside a worker: events go to the orchestrator, stops come from shared memory."""
 
-    def __init__(self, worker_id: int, trial: int, results: Any, stop: Any) -> None:
+    def __init__(self, worker_id: int, trial: int, results: Any, stop: Any, threads: Any = None) -> None:
         self.worker_id = worker_id
         self.trial = trial
         self.results = results
         self.stop = stop  # mp.Array('q', 2): [trial to stop, Stop code]
+        self.threads = threads  # mp.Value('i'): torch threads the orchestrator wants now (hpo/tail.py)
+        self._threads_now = -1
+
+    def on_start(self, step: int, total_steps: int) -> None:
+        self._apply_threads()
+
+    def on_step(self, step: int) -> None:
+        self._apply_threads()
+
+    def _apply_threads(self) -> None:
+        # A lock-free int read per step; torch is the trainer's (a test double may not import it).
+        n = self.threads.value if self.threads is not None else -1
+        torch = sys.modules.get("torch")
+        if n > 0 and n != self._threads_now and torch is not None:
+            torch.set_num_threads(n)
+            self._threads_now = n
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.results.put(Log(self.worker_id, self.trial, step, metrics))
@@ -198,7 +215,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: Any) -> None:
+def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: Any, threads: Any = None) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
     # Ctrl-C reaches the whole process group, and SLURM's scancel sends SIGTERM to every process of the job:
@@ -222,7 +239,7 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
             return
         assert isinstance(command, RunTrial)
         trial = command.trial
-        reporter = QueueReporter(spec.worker_id, trial, results, stop)
+        reporter = QueueReporter(spec.worker_id, trial, results, stop, threads)
         try:
             results.put(Done(spec.worker_id, trial, runner(command.run, reporter)))
         except TrialEnded as e:  # the ranks of a multi-process trial said how it ended
@@ -243,9 +260,10 @@ class WorkerHandle:
         self.runner = runner
         self.tasks = ctx.Queue()
         self.stop = ctx.Array("q", [-1, Stop.NONE], lock=False)
+        self.threads = ctx.Value("i", spec.threads, lock=False)  # raised in a study's tail: hpo/tail.py
         self.process = ctx.Process(
             target=worker_main,
-            args=(spec, runner, self.tasks, results, self.stop),
+            args=(spec, runner, self.tasks, results, self.stop, self.threads),
             name=f"hpo-worker-{spec.worker_id}",
             daemon=True,
         )
@@ -256,6 +274,7 @@ class WorkerHandle:
 
     def send(self, trial: int, run: dict[str, Any]) -> None:
         self.trial = trial
+        self.threads.value = self.spec.threads  # a new trial starts on the worker's own threads
         self.tasks.put(RunTrial(trial, run))
 
     def request_stop(self, trial: int, code: Stop) -> None:

@@ -532,14 +532,50 @@ BUILD_FAILS: list[tuple[str, Callable[[], Any]]] = [
 @pytest.mark.parametrize("make", [b[1] for b in BUILD_FAILS], ids=[b[0] for b in BUILD_FAILS])
 def test_configs_optuna_rejects_are_rejected_when_the_study_file_is_validated(make: Callable[[], Any]) -> None:
     config = make()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as built:
         config.build()  # Optuna checks these combinations only in its constructor...
+    assert config.refused() == str(built.value).splitlines()[0]  # ...which `refused()` mirrors without Optuna
     section = "sampler" if config.name in SAMPLER_NAMES else "pruner"
     study = copy.deepcopy(QUICKSTART)
     study[section] = config.model_dump()
     with pytest.raises(StudyFileError) as info:  # ...so validation builds them, and says where
         validate_study(study, "study.yaml")
     assert [loc for loc, _ in info.value.problems] == [section]
+
+
+# Every combination of the arguments Optuna's constructors check together: `refused()` (what `hpo validate`
+# asks, without importing Optuna) must say no exactly when the constructor raises.
+COMBINATIONS: list[dict[str, Any]] = [
+    *({"name": "tpe", "group": g, "multivariate": m} for g in (False, True) for m in (None, False, True)),
+    *(
+        {"name": "cmaes", "use_separable_cma": a, "with_margin": b, "lr_adapt": c}
+        for a in (False, True)
+        for b in (False, True)
+        for c in (False, True)
+    ),
+    *(
+        {"name": "successive_halving", "min_resource": r, "bootstrap_count": b}
+        for r in ("auto", 0, 1, 5)
+        for b in (0, 2)
+    ),
+    *({"name": "hyperband", "max_resource": r, "bootstrap_count": b} for r in ("auto", 1, 100) for b in (0, 2)),
+    *({"name": "patient", "patience": 1, "wrapped": w} for w in (None, {"name": "hyperband", "bootstrap_count": 2})),
+    {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1},
+    {"name": "threshold", "lower": 1.0, "upper": 1.0},
+    {"name": "qmc", "qmc_type": "halton", "scramble": True, "seed": 0},
+]
+
+
+@pytest.mark.parametrize("raw", COMBINATIONS, ids=lambda r: "-".join(f"{v}" for v in r.values()))
+def test_refused_says_no_exactly_when_optunas_constructor_raises(raw: dict[str, Any]) -> None:
+    adapter = SAMPLERS if raw["name"] in SAMPLER_NAMES else PRUNERS
+    config = adapter.validate_python(raw)
+    try:
+        config.build()
+        raised = None
+    except (ValueError, TypeError) as e:
+        raised = str(e).splitlines()[0]
+    assert config.refused() == raised
 
 
 def test_categorical_true_next_to_1_is_rejected() -> None:

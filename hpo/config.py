@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from hpo import yamlio
+from hpo.conditional import check_conditions, is_conditional
 from hpo.errors import StudyFileError
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
@@ -345,7 +346,17 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
         msg = _check_target(base, path, spec)
         if msg:
             problems.append((loc, msg))
-    if cfg.sampler.name == "grid":
+    problems += check_conditions(cfg.search_space)
+    if cfg.sampler.name == "grid" and is_conditional(cfg.search_space):
+        gated = next(p for p, s in cfg.search_space.items() if s.when)
+        problems.append(
+            (
+                f"search_space[{gated}].when",
+                "a conditional space is not a grid (the grid sampler would run every point of the gated "
+                "parameter whether or not it is used); use another sampler or drop `when`",
+            )
+        )
+    elif cfg.sampler.name == "grid":
         for path, spec in cfg.search_space.items():
             if grid_values(spec) is None:
                 problems.append(
@@ -359,7 +370,9 @@ def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     # GPSampler's constructor imports torch (seconds) and checks nothing more; a grid without values is
     # reported per parameter already.
-    if cfg.sampler.name != "gp" and not (cfg.sampler.name == "grid" and cfg.grid() is None):
+    if cfg.sampler.name != "gp" and not (
+        cfg.sampler.name == "grid" and (cfg.grid() is None or is_conditional(cfg.search_space))
+    ):
         try:
             cfg.sampler.build(cfg.grid() if cfg.sampler.name == "grid" else None)
         except (ValueError, TypeError) as e:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
+from hpo.modelchoice import ModelGroup, group_by_model
 from hpo.orchestrator import Orchestrator, RunSummary
 from hpo.record import TrialRecord, best_of
 from hpo.references import check_references
@@ -193,6 +194,7 @@ class StudyStatus:
     counted: int
     rows: list[TrialRow]
     best: TrialRow | None
+    by_model: list[ModelGroup] = field(default_factory=list)  # a study that chooses its model: per model
 
 
 def status(path: str | Path) -> StudyStatus:
@@ -210,6 +212,11 @@ def status(path: str | Path) -> StudyStatus:
         counted=sum(1 for t in trials if t.counted),
         rows=[_row(t) for t in trials],
         best=_row(best) if best is not None else None,
+        by_model=group_by_model(
+            ((t.number, t.state.name, t.value, t.params) for t in trials if t.counted),
+            {"search_space": {k: v.model_dump() for k, v in cfg.search_space.items()}},
+            cfg.direction,
+        ),
     )
 
 

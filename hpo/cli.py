@@ -206,7 +206,12 @@ def status(
     if as_json:
         out.print_json(
             json.dumps(
-                {**st.__dict__, "rows": [r.__dict__ for r in st.rows], "best": st.best.__dict__ if st.best else None},
+                {
+                    **st.__dict__,
+                    "rows": [r.__dict__ for r in st.rows],
+                    "best": st.best.__dict__ if st.best else None,
+                    "by_model": [g.__dict__ for g in st.by_model],
+                },
                 default=str,
             )
         )
@@ -246,8 +251,23 @@ def status(
         for r in st.rows:
             if r.reason:
                 out.print(f"  #{r.number} {r.state.lower()}: {escape(r.reason)}", highlight=False)
+    if st.by_model:
+        _print_by_model(st.metric, st.by_model)
     if st.best is not None:
         _print_best(st.metric, st.best)
+
+
+def _print_by_model(metric: str, groups: list[Any]) -> None:
+    """Results per model, for a study that chooses its model (``hpo.modelchoice.group_by_model``)."""
+    table = Table(title="by model", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "trials", "complete", "pruned", "failed", f"best {metric}", "best trial", f"median {metric}"):
+        table.add_column(col)
+    for g in groups:
+        table.add_row(
+            escape(g.model), str(g.trials), str(g.complete), str(g.pruned), str(g.failed),
+            fmt_value(g.best_value), "-" if g.best_trial is None else str(g.best_trial), fmt_value(g.median),
+        )  # fmt: skip
+    out.print(table)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from hpo import yamlio
 from hpo.conditional import check_conditions, is_conditional
 from hpo.errors import StudyFileError
+from hpo.modelchoice import NAME, PRESET, check_presets, chosen_model
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
@@ -128,6 +129,8 @@ class StudyConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search_space: dict[str, ParamSpec] = Field(min_length=1)
+    # Named partial `model` sections that `model.preset` in search_space chooses between (hpo.modelchoice).
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
@@ -189,17 +192,18 @@ class StudyConfig(_Strict):
     def storage_url(self) -> str:
         return self.study.storage or f"sqlite:///{DEFAULT_RUNS_DIR}/{self.study.name}.db"
 
-    def base_run(self) -> RunConfig:
+    def base_run(self, model: ModelConfig | None = None) -> RunConfig:
         """The run configuration every trial starts from, with the trial-length cap.
 
         A new object each call, sharing no mutable value (``from_config``, ``files``) with this study.
+        ``model``: another model section as written (a preset a trial chose) in place of the file's.
         """
         training = self.training.model_copy(
             update={"max_steps": self.fidelity.max_steps, "eval_steps": self.fidelity.eval_every}
         )
         return RunConfig(
             task=self.task,
-            model=self._resolved_model(),
+            model=self._resolved_model(model),
             data=self._resolved_data(),
             training=training,
             eval_batches=self.fidelity.eval_batches,
@@ -219,9 +223,9 @@ class StudyConfig(_Strict):
             update["dataset"] = str(local) if local is not None else data.dataset
         return data.model_copy(update=update, deep=True)
 
-    def _resolved_model(self) -> ModelConfig:
+    def _resolved_model(self, model: ModelConfig | None = None) -> ModelConfig:
         """The model section with local folders made absolute: a local folder never reaches the hub as a repo id."""
-        model, base = self.model, self._base_dir
+        model, base = model or self.model, self._base_dir
 
         def resolved(name: str | None) -> dict[str, str]:
             local = resolve_local(name, base) if name is not None else None
@@ -237,7 +241,12 @@ class StudyConfig(_Strict):
 
     def trial_run(self, params: dict[str, Any]) -> RunConfig:
         """The resolved run configuration of a trial with these sampled parameters."""
-        return apply_params(self.base_run(), self.search_space, params)
+        chosen = chosen_model(self.model, self.models, self.search_space, params)
+        space = {p: s for p, s in self.search_space.items() if p != PRESET}
+        run = apply_params(self.base_run(chosen), space, params)
+        if NAME in space:  # a searched model folder is relative to the study file, like the model section's
+            run = run.model_copy(update={"model": self._resolved_model(run.model)})
+        return run
 
     def grid(self) -> dict[str, list[Any]] | None:
         """The grid of every parameter, or None when some parameter has none."""
@@ -260,6 +269,8 @@ class StudyConfig(_Strict):
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }
+        if self.models:  # absent when unset: older studies keep their fingerprint
+            parts["models"] = self.models
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
@@ -331,6 +342,7 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     names: dict[str, str] = {}
     base = cfg.base_run()  # built once; each value tried goes into its own copy
+    problems += check_presets(cfg.model, cfg.models, cfg.search_space)
     for path, spec in cfg.search_space.items():
         loc = f"search_space[{path}]"
         name = param_name(path, spec)
@@ -343,6 +355,8 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
                 (loc, f"the path must start with one of {', '.join(TARGET_ROOTS)} (e.g. training.learning_rate)")
             )
             continue
+        if path == PRESET:
+            continue  # checked by check_presets
         msg = _check_target(base, path, spec)
         if msg:
             problems.append((loc, msg))

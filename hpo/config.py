@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from hpo import yamlio
+from hpo.batching import check_effective, derive
 from hpo.conditional import check_conditions, is_conditional
 from hpo.errors import StudyFileError
 from hpo.modelchoice import NAME, PRESET, check_presets, chosen_model
@@ -246,7 +247,7 @@ class StudyConfig(_Strict):
         run = apply_params(self.base_run(chosen), space, params)
         if NAME in space:  # a searched model folder is relative to the study file, like the model section's
             run = run.model_copy(update={"model": self._resolved_model(run.model)})
-        return run
+        return derive(run, self.resources.gpus_per_trial)  # gradient accumulation from effective_batch_size
 
     def grid(self) -> dict[str, list[Any]] | None:
         """The grid of every parameter, or None when some parameter has none."""
@@ -343,6 +344,7 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
     names: dict[str, str] = {}
     base = cfg.base_run()  # built once; each value tried goes into its own copy
     problems += check_presets(cfg.model, cfg.models, cfg.search_space)
+    problems += check_effective(cfg.training, cfg.search_space, cfg.resources.gpus_per_trial)
     for path, spec in cfg.search_space.items():
         loc = f"search_space[{path}]"
         name = param_name(path, spec)

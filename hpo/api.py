@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from hpo import warmstart
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, load_study_file
 from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
@@ -49,12 +50,17 @@ def validate(path: str | Path) -> StudyConfig:
     return cfg
 
 
-def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = False) -> RunSummary:
+def run(
+    path: str | Path, display: RunDisplay | None = None, join_only: bool = False, enqueue: str | Path | None = None
+) -> RunSummary:
     """Run or resume the study of a file until its n_trials total (or timeout, or Ctrl-C).
 
     ``join_only``: work on a study another `hpo run` created (e.g. on another machine); never create it.
+    ``enqueue``: a YAML file of configurations to run first (``hpo.warmstart``), once per study.
     """
     cfg = validate(path)  # a bad file (or a bad reference in it) stops here: nothing started, nothing written
+    # Warm-start configurations are checked (and an earlier study read) before anything is written too.
+    warm = None if join_only else warmstart.plan(cfg, str(path), enqueue)
     if join_only:
         load_existing(cfg, strict=True)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
@@ -90,6 +96,8 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
         done, left = ledger.counted(), ledger.budget_left()
         counts = fmt_counts(done, cfg.study.n_trials, ledger.grid_points)
         header = _header(cfg, specs, created, counts, others)
+        if warm is not None:
+            header += warmstart.enqueue(study, warm)
         display.start(cfg.study.name, cfg.objective.metric, done, done + left, header)
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created

@@ -100,9 +100,14 @@ def validate(study_file: StudyFile) -> None:
 
 @app.command()
 @_errors
-def run(study_file: StudyFile) -> None:
+def run(
+    study_file: StudyFile,
+    enqueue: Annotated[
+        Path | None, typer.Option("--enqueue", help="YAML list of configurations to run first (once per study).")
+    ] = None,
+) -> None:
     """Run the study, or resume it up to its n_trials total."""
-    _run(study_file, join_only=False)
+    _run(study_file, join_only=False, enqueue=enqueue)
 
 
 @app.command()
@@ -138,9 +143,9 @@ def _sigterm_as_ctrl_c() -> Iterator[list[Terminated]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(study_file: Path, join_only: bool) -> None:
+def _run(study_file: Path, join_only: bool, enqueue: Path | None = None) -> None:
     with _sigterm_as_ctrl_c() as terms:
-        summary = api.run(study_file, join_only=join_only)
+        summary = api.run(study_file, join_only=join_only, enqueue=enqueue)
     status = api.status(study_file)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     verb = "interrupted after" if summary.interrupted else "ran"

@@ -26,6 +26,7 @@ from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, Pru
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
+from hpo.warmstart import WarmStartSection, to_params
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
 from trainers.data import CACHE_VERSION
 
@@ -132,6 +133,7 @@ class StudyConfig(_Strict):
     search_space: dict[str, ParamSpec] = Field(min_length=1)
     # Named partial `model` sections that `model.preset` in search_space chooses between (hpo.modelchoice).
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    warm_start: WarmStartSection | None = None  # configurations run first (hpo.warmstart); not fingerprinted
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
@@ -345,6 +347,8 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
     base = cfg.base_run()  # built once; each value tried goes into its own copy
     problems += check_presets(cfg.model, cfg.models, cfg.search_space)
     problems += check_effective(cfg.training, cfg.search_space, cfg.resources.gpus_per_trial)
+    for i, config in enumerate(cfg.warm_start.configs if cfg.warm_start else []):
+        problems += [(f"warm_start.configs[{i}].{k}", m) for k, m in to_params(cfg.search_space, config)[1]]
     for path, spec in cfg.search_space.items():
         loc = f"search_space[{path}]"
         name = param_name(path, spec)

@@ -277,6 +277,27 @@ def _print_by_model(metric: str, groups: list[Any]) -> None:
 
 @app.command()
 @_errors
+def suggest(
+    study_file: StudyFile,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="The new study file (default: STUDY-suggested.yaml).")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", min=1, help="Narrow around the N best trials.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The new study's name (default: NAME-suggested).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output file.")] = False,
+) -> None:
+    """Write a study file whose ranges are narrowed around the best trials, with the old best enqueued."""
+    from hpo.suggest import suggest as write_suggestion
+
+    dest, s = write_suggestion(study_file, output, top=top, name=name, force=force)
+    out.print(f"narrowed around the top {s.top} of {s.complete} complete trials (best: trial {s.best_number}):")
+    for line in s.notes:
+        out.print(f"  {escape(line)}", highlight=False)
+    out.print(f"wrote {dest} (the old best enqueued first); run it with: hpo run {dest}", highlight=False)
+
+
+@app.command()
+@_errors
 def best(
     study_file: StudyFile,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -108,7 +108,7 @@ def active_params(space: Mapping[str, Spec], params: Mapping[str, Any]) -> dict[
     return {param_name(p, space[p]): v for p, v in values.items()}
 
 
-def _possible(spec: Spec, value: Any) -> bool:
+def possible(spec: Spec, value: Any) -> bool:
     if isinstance(spec, CategoricalSpec):
         return any(_same(value, c) for c in spec.choices)
     if isinstance(spec, IntSpec):
@@ -134,7 +134,7 @@ def check_conditions(space: Mapping[str, Spec]) -> list[tuple[str, str]]:
             elif isinstance(space[key], FloatSpec):
                 problems.append((loc, f"{key!r} is a float; a condition needs a categorical or int key"))
             else:
-                bad = [a for a in _allowed(allowed) if not _possible(space[key], a)]
+                bad = [a for a in _allowed(allowed) if not possible(space[key], a)]
                 if bad:
                     other = space[key]
                     can = (

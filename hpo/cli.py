@@ -264,9 +264,9 @@ def status(
 
 def _print_by_model(metric: str, groups: list[Any]) -> None:
     """Results per model, for a study that chooses its model (``hpo.modelchoice.group_by_model``)."""
-    table = Table(title="by model", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("model", "trials", "complete", "pruned", "failed", f"best {metric}", "best trial", f"median {metric}"):
-        table.add_column(col)
+    table = Table(title=f"by model ({metric})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "trials", "complete", "pruned", "failed", "best", "best trial", "median"):
+        table.add_column(col, no_wrap=True)
     for g in groups:
         table.add_row(
             escape(g.model), str(g.trials), str(g.complete), str(g.pruned), str(g.failed),

@@ -144,3 +144,25 @@ def test_group_by_model(direction: str, trials: list[Any], expected: list[ModelG
 def test_no_groups_when_the_study_has_one_model() -> None:
     config = {"search_space": {"training.learning_rate": {"type": "float"}}}
     assert group_by_model([(0, "COMPLETE", 1.0, {"learning_rate": 0.1})], config, "minimize") == []
+
+
+def test_status_groups_a_studys_results_by_model(tmp_path: Path) -> None:
+    import optuna
+    import yaml
+
+    from hpo import api
+    from hpo.conditional import ask
+    from hpo.storage import create_or_resume, open_storage
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study(study={"name": "m", "n_trials": 4, "storage": f"sqlite:///{tmp_path}/m.db"})))
+    cfg = validate_study(yaml.safe_load(path.read_text()), str(path))
+    st, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+    for preset, value in (("narrow", 30.0), ("wide", 20.0), ("narrow", 25.0)):
+        st.enqueue_trial({"preset": preset})
+        st.tell(ask(st, cfg.search_space), value)
+    t = ask(st, cfg.search_space)
+    st.tell(t, state=optuna.trial.TrialState.PRUNED)
+    groups = {g.model: g for g in api.status(path).by_model}
+    assert (groups["narrow"].best_value, groups["narrow"].median, groups["wide"].best_value) == (25.0, 27.5, 20.0)
+    assert sum(g.trials for g in groups.values()) == 4 and sum(g.pruned for g in groups.values()) == 1

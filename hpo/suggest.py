@@ -48,6 +48,7 @@ class Suggestion:
     top: int
     complete: int
     dropped: list[str] = field(default_factory=list)
+    auto_top: bool = True  # the top's size came from TOP_SHARE (not --top)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -151,7 +152,7 @@ def narrow(
     number, value, params = ranked[0]
     by_name = {param_name(p, s): p for p, s in space.items()}
     best = {by_name[k]: v for k, v in params.items() if k in by_name and by_name[k] in new}
-    return Suggestion(new, notes, best, number, value, n, len(trials), dropped)
+    return Suggestion(new, notes, best, number, value, n, len(trials), dropped, auto_top=top is None)
 
 
 def _fix_conditions(space: dict[str, Spec]) -> tuple[dict[str, Spec], list[str]]:
@@ -199,7 +200,8 @@ def render(raw: Mapping[str, Any], s: Suggestion, source: str, old_name: str, na
     head = [
         f"Suggested by `hpo suggest {source}` on {when}.",
         f"Study {old_name!r}: {s.complete} complete trials; the best is trial {s.best_number} ({s.best_value:.6g}).",
-        f"Each range is narrowed around the top {s.top} trials (the best quarter, at least {MIN_TOP}):",
+        f"Each range is narrowed around the top {s.top} trials"
+        + (f" (the best quarter, at least {MIN_TOP}):" if s.auto_top else " (--top):"),
         *[f"  {n}" for n in s.notes],
         "warm_start.configs: the old best trial, run first in the new study.",
     ]

@@ -166,3 +166,25 @@ def test_status_groups_a_studys_results_by_model(tmp_path: Path) -> None:
     groups = {g.model: g for g in api.status(path).by_model}
     assert (groups["narrow"].best_value, groups["narrow"].median, groups["wide"].best_value) == (25.0, 27.5, 20.0)
     assert sum(g.trials for g in groups.values()) == 4 and sum(g.pruned for g in groups.values()) == 1
+
+
+def test_the_report_has_a_by_model_table() -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from dashboards import data as D
+    from dashboards import report as R
+    from hpo.storage import ATTR_CONFIG
+
+    config = {"objective": {"metric": "perplexity"}, "search_space": {"model.preset": CHOICE}}
+    st = optuna.create_study()
+    st.set_user_attr(ATTR_CONFIG, config)
+    for preset, value in (("narrow", 30.0), ("wide", 20.0), ("narrow", 25.0)):
+        st.enqueue_trial({"preset": preset})
+        st.tell(st.ask({"preset": CategoricalDistribution(["narrow", "wide"])}), value)
+    sd = D.collect(st, importances=False)
+    html = R.model_table(sd, config)
+    rows = html.split("<tbody>")[1].split("</tr>")
+    assert "<h3>By model</h3>" in html and "<td>wide</td>" in rows[0] and "<td>narrow</td>" in rows[1]
+    assert "<td>27.5</td>" in rows[1]  # narrow's median
+    assert R.model_table(sd, {"search_space": {}}) == ""  # one model: no table

@@ -216,3 +216,10 @@ def test_bad_conditions_are_one_line_errors(
     text = str(e.value)
     assert message in text, text
     assert len([line for line in text.splitlines() if line.strip()]) == 1, text
+
+
+def test_the_dashboard_study_note_says_when_an_entry_is_sampled() -> None:
+    from dashboards.notes import _space
+
+    rows = _space({"model.config.n_layer": {"type": "int", "low": 1, "high": 2, "when": {"model.preset": "wide"}}})
+    assert rows[-1] == "| `model.config.n_layer` | 1 … 2; only when model.preset = wide |"

@@ -130,3 +130,38 @@ def test_a_warm_start_study_that_does_not_exist(tmp_path: Path, warm: dict[str, 
         plan(load_study_file(path), str(path))
     assert message in str(e.value).replace(str(tmp_path) + "/", "")
     assert not (tmp_path / "old.db").exists() and not (tmp_path / "s.db").exists()
+
+
+def test_the_cli_refuses_a_bad_enqueue_file_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    path = study_file(tmp_path)
+    bad = write(tmp_path, "c.yaml", [{"learning_rate": 1e-3}, {"per_device_train_batch_size": 12}])
+    result = CliRunner().invoke(app, ["run", str(path), "--enqueue", str(bad)])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip() == f"error: {bad}: [1].per_device_train_batch_size: 12 is not one of the choices [8, 16]"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "s.yaml"]
+
+
+def test_the_cli_suggest_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    path = study_file(tmp_path)
+    cfg = load_study_file(path)
+    study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+    for lr, value in ((1e-3, 3.0), (2e-3, 2.0), (3e-3, 2.5), (1e-4, 9.0), (5e-4, 4.0)):
+        study.enqueue_trial({"learning_rate": lr, "per_device_train_batch_size": 8})
+        study.tell(ask(study, cfg.search_space), value)
+    out = tmp_path / "narrow.yaml"
+    result = CliRunner().invoke(app, ["suggest", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "narrowed around the top 3 of 5 complete trials (best: trial 1)" in result.output
+    new = load_study_file(out)
+    assert new.search_space["training.per_device_train_batch_size"].choices == [8]  # type: ignore[union-attr]
+    assert new.warm_start is not None and new.warm_start.configs[0]["training.learning_rate"] == 2e-3

@@ -187,15 +187,14 @@ def _fix_conditions(space: dict[str, Spec]) -> tuple[dict[str, Spec], list[str]]
 
 def _entry(spec: Spec) -> dict[str, Any]:
     out: dict[str, Any] = spec.model_dump(exclude_defaults=True)
-    return {"type": spec.type, **{k: v for k, v in out.items() if k != "type"}}
+    rest = {k: v for k, v in out.items() if k not in ("type", "when")}
+    return {"type": spec.type, **rest, **({"when": out["when"]} if "when" in out else {})}
 
 
 def render(raw: Mapping[str, Any], s: Suggestion, source: str, old_name: str, name: str) -> str:
     """The suggested study file's text: a header comment, then the file."""
-    data = dict(raw)
+    data = {k: v for k, v in raw.items() if k not in ("search_space", "warm_start")}
     data["study"] = {**dict(raw.get("study") or {}), "name": name}
-    data["search_space"] = {path: _entry(spec) for path, spec in s.space.items()}
-    data["warm_start"] = {"configs": [s.best]}
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
         f"Suggested by `hpo suggest {source}` on {when}.",
@@ -206,6 +205,13 @@ def render(raw: Mapping[str, Any], s: Suggestion, source: str, old_name: str, na
         "warm_start.configs: the old best trial, run first in the new study.",
     ]
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True, width=120)
+
+    def flow(value: Any) -> str:
+        return yaml.safe_dump(value, sort_keys=False, default_flow_style=True, allow_unicode=True, width=10_000).strip()
+
+    # One line per entry, as study files are written by hand.
+    text += "search_space:\n" + "".join(f"  {p}: {flow(_entry(spec))}\n" for p, spec in s.space.items())
+    text += "warm_start:\n  configs:\n  - " + flow(s.best) + "\n"
     return "".join(f"# {line}\n" for line in head) + text
 
 

@@ -280,7 +280,7 @@ def main() -> None:
         "first": first_sum,
         "arms": summary,
         "paired": pairs,
-        "narrowed_spaces": narrowed,
+        "narrowed_spaces_first_10_seeds": narrowed[:10],
         "table": table,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,8 @@ def _space(space: dict[str, Any]) -> list[str]:
                 rng += ", log scale"
             if spec.get("step"):
                 rng += f", step {_fmt(spec['step'])}"
+        if spec.get("when"):  # a conditional entry (hpo.conditional): sampled only then
+            rng += "; only when " + " and ".join(f"{k} = {v}" for k, v in spec["when"].items())
         rows.append(f"| `{path}` | {_cell(rng)} |")
     return rows
 

@@ -28,7 +28,7 @@ from hpo import curves
 from hpo.config import DEFAULT_RUNS_DIR, load_study_file
 from hpo.curves import CurvePoint
 from hpo.errors import HpoError
-from hpo.storage import load_existing, redact
+from hpo.storage import ATTR_CONFIG, load_existing, redact
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
 PNG_WIDTH = 1200
@@ -179,6 +179,28 @@ def top_table(sd: D.StudyData, n: int = 10) -> str:
     )
 
 
+def model_table(sd: D.StudyData, config: Any) -> str:
+    """Results per model for a study that chooses its model (``model.preset`` / ``model.name_or_path``)."""
+    from hpo.modelchoice import group_by_model
+
+    trials = ((t.number, t.state, t.value, t.params) for t in sd.trials)
+    groups = group_by_model(trials, config if isinstance(config, dict) else None, sd.direction)
+    if not groups:
+        return ""
+    rows = [[g.model, g.trials, g.complete, g.pruned, g.failed, g.best_value, g.best_trial, g.median] for g in groups]
+    heads = [
+        "model",
+        "trials",
+        "complete",
+        "pruned",
+        "failed",
+        f"best {sd.metric}",
+        "best trial",
+        f"median {sd.metric}",
+    ]
+    return "<h3>By model</h3>" + _table(heads, rows, "top")
+
+
 def all_trials_table(sd: D.StudyData) -> str:
     names = [p.name for p in sd.params]
     rows = [
@@ -270,6 +292,9 @@ def build(loaded: Sequence[Loaded]) -> Report:
         if x.description:
             intro.insert(0, _esc(x.description))
         tables = [f"<h3>Top trials</h3>{top_table(sd)}", all_trials_table(sd)]
+        by_model = model_table(sd, x.study.user_attrs.get(ATTR_CONFIG))
+        if by_model:
+            tables.insert(0, by_model)
         sections.append(Section(f"study-{slug}", sd.name, intro, study_figures(x.study, sd, slug), tables))
     title = "hpo report — " + " vs ".join(labels)
     return Report(title, sections, summaries, found)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,13 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from hpo import warmstart
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, build_problems, load_study_file
 from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
+from hpo.modelchoice import ModelGroup, group_by_model
 from hpo.orchestrator import Orchestrator, RunSummary
 from hpo.record import TrialRecord, best_of
 from hpo.references import validate_file
@@ -50,12 +52,17 @@ def validate(path: str | Path) -> StudyConfig:
     return cfg
 
 
-def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = False) -> RunSummary:
+def run(
+    path: str | Path, display: RunDisplay | None = None, join_only: bool = False, enqueue: str | Path | None = None
+) -> RunSummary:
     """Run or resume the study of a file until its n_trials total (or timeout, or Ctrl-C).
 
     ``join_only``: work on a study another `hpo run` created (e.g. on another machine); never create it.
+    ``enqueue``: a YAML file of configurations to run first (``hpo.warmstart``), once per study.
     """
     cfg = validate(path)  # a bad file (or a bad reference in it) stops here: nothing started, nothing written
+    # Warm-start configurations are checked (and an earlier study read) before anything is written too.
+    warm = None if join_only else warmstart.plan(cfg, str(path), enqueue)
     if join_only:
         load_existing(cfg, strict=True)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
@@ -91,6 +98,8 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
         done, left = ledger.counted(), ledger.budget_left()
         counts = fmt_counts(done, cfg.study.n_trials, ledger.grid_points)
         header = _header(cfg, specs, created, counts, others)
+        if warm is not None:
+            header += warmstart.enqueue(study, warm)
         display.start(cfg.study.name, cfg.objective.metric, done, done + left, header)
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created
@@ -195,6 +204,7 @@ class StudyStatus:
     counted: int
     rows: list[TrialRow]
     best: TrialRow | None
+    by_model: list[ModelGroup] = field(default_factory=list)  # a study that chooses its model: per model
 
 
 def status(path: str | Path) -> StudyStatus:
@@ -212,6 +222,11 @@ def status(path: str | Path) -> StudyStatus:
         counted=sum(1 for t in trials if t.counted),
         rows=[_row(t) for t in trials],
         best=_row(best) if best is not None else None,
+        by_model=group_by_model(
+            ((t.number, t.state.name, t.value, t.params) for t in trials if t.counted),
+            {"search_space": {k: v.model_dump() for k, v in cfg.search_space.items()}},
+            cfg.direction,
+        ),
     )
 
 

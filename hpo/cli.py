@@ -116,9 +116,14 @@ def validate(study_file: StudyFile) -> None:
 
 @app.command()
 @_errors
-def run(study_file: StudyFile) -> None:
+def run(
+    study_file: StudyFile,
+    enqueue: Annotated[
+        Path | None, typer.Option("--enqueue", help="YAML list of configurations to run first (once per study).")
+    ] = None,
+) -> None:
     """Run the study, or resume it up to its n_trials total."""
-    _run(study_file, join_only=False)
+    _run(study_file, join_only=False, enqueue=enqueue)
 
 
 @app.command()
@@ -154,10 +159,10 @@ def _sigterm_as_ctrl_c() -> Iterator[list[Terminated]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(study_file: Path, join_only: bool) -> None:
+def _run(study_file: Path, join_only: bool, enqueue: Path | None = None) -> None:
     api = _api()
     with _sigterm_as_ctrl_c() as terms:
-        summary = api.run(study_file, join_only=join_only)
+        summary = api.run(study_file, join_only=join_only, enqueue=enqueue)
     status = api.status(study_file)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items())) or "no trials"
     verb = "interrupted after" if summary.interrupted else "ran"
@@ -226,7 +231,12 @@ def status(
     if as_json:
         out.print_json(
             json.dumps(
-                {**st.__dict__, "rows": [r.__dict__ for r in st.rows], "best": st.best.__dict__ if st.best else None},
+                {
+                    **st.__dict__,
+                    "rows": [r.__dict__ for r in st.rows],
+                    "best": st.best.__dict__ if st.best else None,
+                    "by_model": [g.__dict__ for g in st.by_model],
+                },
                 default=str,
             )
         )
@@ -266,8 +276,44 @@ def status(
         for r in st.rows:
             if r.reason:
                 out.print(f"  #{r.number} {r.state.lower()}: {escape(r.reason)}", highlight=False)
+    if st.by_model:
+        _print_by_model(st.metric, st.by_model)
     if st.best is not None:
         _print_best(st.metric, st.best)
+
+
+def _print_by_model(metric: str, groups: list[Any]) -> None:
+    """Results per model, for a study that chooses its model (``hpo.modelchoice.group_by_model``)."""
+    table = Table(title=f"by model ({metric})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "trials", "complete", "pruned", "failed", "best", "best trial", "median"):
+        table.add_column(col, no_wrap=True)
+    for g in groups:
+        table.add_row(
+            escape(g.model), str(g.trials), str(g.complete), str(g.pruned), str(g.failed),
+            fmt_value(g.best_value), "-" if g.best_trial is None else str(g.best_trial), fmt_value(g.median),
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+@_errors
+def suggest(
+    study_file: StudyFile,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="The new study file (default: STUDY-suggested.yaml).")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", min=1, help="Narrow around the N best trials.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The new study's name (default: NAME-suggested).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output file.")] = False,
+) -> None:
+    """Write a study file whose ranges are narrowed around the best trials, with the old best enqueued."""
+    from hpo.suggest import suggest as write_suggestion
+
+    dest, s = write_suggestion(study_file, output, top=top, name=name, force=force)
+    out.print(f"narrowed around the top {s.top} of {s.complete} complete trials (best: trial {s.best_number}):")
+    for line in s.notes:
+        out.print(f"  {escape(line)}", highlight=False)
+    out.print(f"wrote {dest} (the old best enqueued first); run it with: hpo run {dest}", highlight=False)
 
 
 @app.command()

@@ -19,11 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from hpo import yamlio
 from hpo.budget import TrialLength, trial_length, with_length
+from hpo.batching import check_effective, derive
+from hpo.conditional import check_conditions, is_conditional
 from hpo.errors import StudyFileError
+from hpo.modelchoice import NAME, PRESET, check_presets, chosen_model
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
+from hpo.warmstart import WarmStartSection, to_params
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
@@ -150,6 +154,9 @@ class StudyConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search_space: dict[str, ParamSpec] = Field(min_length=1)
+    # Named partial `model` sections that `model.preset` in search_space chooses between (hpo.modelchoice).
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    warm_start: WarmStartSection | None = None  # configurations run first (hpo.warmstart); not fingerprinted
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
@@ -211,17 +218,18 @@ class StudyConfig(_Strict):
     def storage_url(self) -> str:
         return self.study.storage or f"sqlite:///{DEFAULT_RUNS_DIR}/{self.study.name}.db"
 
-    def base_run(self) -> RunConfig:
+    def base_run(self, model: ModelConfig | None = None) -> RunConfig:
         """The run configuration every trial starts from, with the trial-length cap.
 
         A new object each call, sharing no mutable value (``from_config``, ``files``) with this study.
+        ``model``: another model section as written (a preset a trial chose) in place of the file's.
         """
         training = self.training.model_copy(
             update={"max_steps": self.fidelity.max_steps, "eval_steps": self.fidelity.eval_every}
         )
         run = RunConfig(
             task=self.task,
-            model=self._resolved_model(),
+            model=self._resolved_model(model),
             data=self._resolved_data(),
             training=training,
             eval_batches=self.fidelity.eval_batches,
@@ -242,9 +250,9 @@ class StudyConfig(_Strict):
             update["dataset"] = str(local) if local is not None else data.dataset
         return data.model_copy(update=update, deep=True)
 
-    def _resolved_model(self) -> ModelConfig:
+    def _resolved_model(self, model: ModelConfig | None = None) -> ModelConfig:
         """The model section with local folders made absolute: a local folder never reaches the hub as a repo id."""
-        model, base = self.model, self._base_dir
+        model, base = model or self.model, self._base_dir
 
         def resolved(name: str | None) -> dict[str, str]:
             local = resolve_local(name, base) if name is not None else None
@@ -260,8 +268,13 @@ class StudyConfig(_Strict):
 
     def trial_run(self, params: dict[str, Any]) -> RunConfig:
         """The resolved run configuration of a trial with these sampled parameters."""
-        run = apply_params(self.base_run(), self.search_space, params)
-        # A sample or token budget: the steps follow the trial's own batch size.
+        chosen = chosen_model(self.model, self.models, self.search_space, params)
+        space = {p: s for p, s in self.search_space.items() if p != PRESET}
+        run = apply_params(self.base_run(chosen), space, params)
+        if NAME in space:  # a searched model folder is relative to the study file, like the model section's
+            run = run.model_copy(update={"model": self._resolved_model(run.model)})
+        run = derive(run, self.resources.gpus_per_trial)  # gradient accumulation from effective_batch_size
+        # A sample or token budget: the steps follow the trial's own batch size (accumulation included).
         return run if self.fidelity.unit == "steps" else with_length(run, self.fidelity.length(run))
 
     def grid(self) -> dict[str, list[Any]] | None:
@@ -289,6 +302,8 @@ class StudyConfig(_Strict):
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }
+        if self.models:  # absent when unset: older studies keep their fingerprint
+            parts["models"] = self.models
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
@@ -360,6 +375,10 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     names: dict[str, str] = {}
     base = cfg.base_run()  # built once; each value tried goes into its own copy
+    problems += check_presets(cfg.model, cfg.models, cfg.search_space)
+    problems += check_effective(cfg.training, cfg.search_space, cfg.resources.gpus_per_trial)
+    for i, config in enumerate(cfg.warm_start.configs if cfg.warm_start else []):
+        problems += [(f"warm_start.configs[{i}].{k}", m) for k, m in to_params(cfg.search_space, config)[1]]
     for path, spec in cfg.search_space.items():
         loc = f"search_space[{path}]"
         name = param_name(path, spec)
@@ -372,10 +391,22 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
                 (loc, f"the path must start with one of {', '.join(TARGET_ROOTS)} (e.g. training.learning_rate)")
             )
             continue
+        if path == PRESET:
+            continue  # checked by check_presets
         msg = _check_target(base, path, spec)
         if msg:
             problems.append((loc, msg))
-    if cfg.sampler.name == "grid":
+    problems += check_conditions(cfg.search_space)
+    if cfg.sampler.name == "grid" and is_conditional(cfg.search_space):
+        gated = next(p for p, s in cfg.search_space.items() if s.when)
+        problems.append(
+            (
+                f"search_space[{gated}].when",
+                "a conditional space is not a grid (the grid sampler would run every point of the gated "
+                "parameter whether or not it is used); use another sampler or drop `when`",
+            )
+        )
+    elif cfg.sampler.name == "grid":
         for path, spec in cfg.search_space.items():
             if grid_values(spec) is None:
                 problems.append(
@@ -397,7 +428,9 @@ def build_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     # GPSampler's constructor imports torch (seconds) and checks nothing more; a grid without values is
     # reported per parameter already.
-    if cfg.sampler.name != "gp" and not (cfg.sampler.name == "grid" and cfg.grid() is None):
+    if cfg.sampler.name != "gp" and not (
+        cfg.sampler.name == "grid" and (cfg.grid() is None or is_conditional(cfg.search_space))
+    ):
         try:
             cfg.sampler.build(cfg.grid() if cfg.sampler.name == "grid" else None)
         except (ValueError, TypeError) as e:

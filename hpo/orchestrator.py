@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.budget import TrialLength
+from hpo.conditional import ask
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
@@ -307,7 +308,7 @@ class Orchestrator:
             with warnings.catch_warnings():
                 # hpo drives heartbeats itself (ask/tell); Optuna's hint that they are for Study.optimize is noise.
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                trial = self.study.ask(self.distributions)
+                trial = ask(self.study, self.cfg.search_space)  # define-by-run when the space is conditional
             why = self.ledger.not_needed(trial)
             if why is None:
                 break

@@ -90,7 +90,7 @@ def check_references(cfg: StudyConfig, source: str) -> None:
     base = cfg.base_dir
     problems: list[tuple[str, str]] = []
     rows = _check_data(cfg, base, problems)
-    positions = _check_model(cfg, base, problems)
+    positions = _check_models(cfg, base, problems)
     _check_sizes(cfg, rows, positions, problems)
     if problems:
         raise StudyFileError(source, problems)
@@ -277,6 +277,31 @@ def _unknown_key(key: str, model_type: str, valid: set[str]) -> str:
     close = difflib.get_close_matches(key, sorted(valid), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown key for model_type {model_type!r}: not a setting of its config class{hint}"
+
+
+def _check_models(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, str]]) -> tuple[int, str] | None:
+    """Check every model the study may train (``hpo.modelchoice.variants``); return the smallest positions."""
+    from hpo.modelchoice import space_for, variants
+
+    found = variants(cfg.model, cfg.models, cfg.search_space)
+    if len(found) == 1 and found[0][0] == "model":
+        return _check_model(cfg, base, problems)
+    smallest: tuple[int, str] | None = None
+    for key, model in found:
+        own: list[tuple[str, str]] = []
+        one = cfg.model_copy(update={"model": model, "search_space": space_for(cfg.search_space, key)})
+        positions = _check_model(one, base, own)
+        for k, m in own:
+            # A problem of a preset is named in the `models` section; of a searched folder, by its entry.
+            if key.startswith("models.") and k.startswith("model."):
+                k = key + k.removeprefix("model")
+            elif key != "model" and k == "model.name_or_path":
+                k = key
+            if (k, m) not in problems:
+                problems.append((k, m))
+        if positions is not None and (smallest is None or positions[0] < smallest[0]):
+            smallest = positions
+    return smallest
 
 
 def _check_model(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, str]]) -> tuple[int, str] | None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from hpo.registry import union_tags
 
@@ -30,6 +30,17 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None  # Optuna parameter name; default: the path's last component
+    # Sampled only when every named search-space key took one of the given values (``hpo.conditional``);
+    # otherwise the setting keeps its base value. Left out of dumps when unset, so the fingerprint of a
+    # space without conditions stays what it was before `when` existed.
+    when: dict[str, Union[CategoricalValue, list[CategoricalValue]]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("when", 0) is None:
+            del out["when"]
+        return out
 
 
 class FloatSpec(_Spec):

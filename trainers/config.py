@@ -221,6 +221,17 @@ class TrainingConfig(_Strict):
     bf16: bool | None = None  # None: bf16 where the accelerator supports it
     fp16: bool = False
     use_cpu: bool = False
+    # Samples per optimizer step over all processes, kept fixed when the batch size is searched: hpo
+    # derives gradient_accumulation_steps from it for each trial (hpo.batching). Not a TrainingArguments
+    # name; left out of dumps when unset, so older studies keep their fingerprint.
+    effective_batch_size: int | None = Field(default=None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("effective_batch_size", 0) is None:
+            del out["effective_batch_size"]
+        return out
 
     @model_validator(mode="after")
     def _precision(self) -> TrainingConfig:

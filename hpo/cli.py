@@ -284,6 +284,9 @@ def status(
 
 def _print_by_model(metric: str, groups: list[Any]) -> None:
     """Results per model, for a study that chooses its model (``hpo.modelchoice.group_by_model``)."""
+    from rich import box
+    from rich.table import Table
+
     table = Table(title=f"by model ({metric})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", "trials", "complete", "pruned", "failed", "best", "best trial", "median"):
         table.add_column(col, no_wrap=True)

@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from hpo import yamlio
-from hpo.budget import TrialLength, trial_length, with_length
 from hpo.batching import check_effective, derive
+from hpo.budget import TrialLength, trial_length, with_length
 from hpo.conditional import check_conditions, is_conditional
 from hpo.errors import StudyFileError
 from hpo.modelchoice import NAME, PRESET, check_presets, chosen_model

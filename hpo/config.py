@@ -23,8 +23,9 @@ from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, Pru
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
-from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
+from trainers.config import DataConfig, GenerationConfig, ModelConfig, RunConfig, Task, TrainingConfig
 from trainers.data import CACHE_VERSION
+from trainers.textmetrics import GENERATION_METRICS
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
 
@@ -32,7 +33,10 @@ DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relat
 TASK_METRICS: dict[str, dict[str, Literal["minimize", "maximize"]]] = {
     "causal_lm": {"eval_loss": "minimize", "perplexity": "minimize"},
     "sequence_classification": {"eval_loss": "minimize", "accuracy": "maximize", "f1_macro": "maximize"},
+    "seq2seq": {"eval_loss": "minimize", "perplexity": "minimize", **GENERATION_METRICS},
 }
+# causal_lm decodes (and so reports the generation metrics) only as prompt -> completion (data.prompt_column).
+GENERATING_CAUSAL_METRICS = {**TASK_METRICS["causal_lm"], **GENERATION_METRICS}
 
 
 class _Strict(BaseModel):
@@ -49,18 +53,23 @@ class StudySection(_Strict):
 
 
 class ObjectiveSection(_Strict):
-    metric: Literal["eval_loss", "perplexity", "accuracy", "f1_macro"]
+    metric: Literal[
+        "eval_loss", "perplexity", "accuracy", "f1_macro",
+        "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match",
+    ]  # fmt: skip
     direction: Literal["minimize", "maximize"] | None = None  # default: the metric's natural direction
 
 
 class FidelitySection(_Strict):
-    max_steps: int = Field(ge=1)  # optimizer steps per trial (the full run's length lives in `training`)
+    # Optimizer steps per trial (the full run's length lives in `training`); 0: a decode-only study (a
+    # generation task whose trials only decode, with the model as loaded).
+    max_steps: int = Field(ge=0)
     eval_every: int = Field(ge=1)  # report to the pruner every N steps
     eval_batches: int | None = Field(default=None, ge=1)  # cap eval cost; the same batches every time
 
     @model_validator(mode="after")
     def _check(self) -> FidelitySection:
-        if self.eval_every > self.max_steps:
+        if self.max_steps > 0 and self.eval_every > self.max_steps:
             raise ValueError(
                 f"`eval_every <= max_steps` must hold, but got (eval_every={self.eval_every}, "
                 f"max_steps={self.max_steps})."
@@ -127,6 +136,7 @@ class StudyConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search_space: dict[str, ParamSpec] = Field(min_length=1)
+    generation: GenerationConfig | None = None  # generation tasks: decoding (default: GenerationConfig())
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
@@ -154,7 +164,7 @@ class StudyConfig(_Strict):
         objective = _valid(ObjectiveSection, data.get("objective"))
         task = data.get("task")
         if objective is not None and objective.direction is None and isinstance(task, str):
-            natural = TASK_METRICS.get(task, {}).get(objective.metric)
+            natural = _task_metrics(task, data.get("data")).get(objective.metric)
             if natural is not None:  # a metric the task does not report is an error below
                 data["objective"] = objective.model_copy(update={"direction": natural})
         return data
@@ -165,16 +175,21 @@ class StudyConfig(_Strict):
         # A private attribute, set while the model is built; fields stay frozen.
         if info.context is not None:
             self._base_dir = info.context.get("base_dir")
-        metrics = TASK_METRICS[self.task]
+        metrics = _task_metrics(self.task, self.data)
         if self.objective.metric not in metrics:
+            if self.objective.metric in GENERATION_METRICS and self.task == "causal_lm":
+                raise ValueError(
+                    f"objective.metric: {self.objective.metric!r} needs generated text: task causal_lm generates "
+                    "only as prompt -> completion (set data.prompt_column and data.target_column)"
+                )
             raise ValueError(
-                f"objective.metric {self.objective.metric!r} is not reported by task {self.task!r} "
+                f"objective.metric: {self.objective.metric!r} is not reported by task {self.task!r} "
                 f"(choose from {', '.join(metrics)})"
             )
         natural = metrics[self.objective.metric]
         if self.objective.direction != natural:
             raise ValueError(
-                f"objective.direction must be {natural!r} for metric {self.objective.metric!r}, "
+                f"objective.direction: must be {natural!r} for metric {self.objective.metric!r}, "
                 f"but got {self.objective.direction!r}"
             )
         return self
@@ -193,15 +208,20 @@ class StudyConfig(_Strict):
 
         A new object each call, sharing no mutable value (``from_config``, ``files``) with this study.
         """
+        decode_only = self.fidelity.max_steps == 0  # trains nothing: the length only has to be valid
         training = self.training.model_copy(
-            update={"max_steps": self.fidelity.max_steps, "eval_steps": self.fidelity.eval_every}
+            update={"max_steps": max(self.fidelity.max_steps, 1), "eval_steps": self.fidelity.eval_every}
         )
+        generates = self.task == "seq2seq" or (self.task == "causal_lm" and self.data.prompt_column is not None)
         return RunConfig(
             task=self.task,
             model=self._resolved_model(),
             data=self._resolved_data(),
             training=training,
             eval_batches=self.fidelity.eval_batches,
+            # Filled in for every generation task, so `generation.<key>` is a path search_space can set.
+            generation=(self.generation or GenerationConfig()) if generates else self.generation,
+            decode_only=decode_only,
         )
 
     def _resolved_data(self) -> DataConfig:
@@ -259,10 +279,23 @@ class StudyConfig(_Strict):
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }
+        if self.generation is not None:  # only where set: fingerprints of other studies stay what they were
+            parts["generation"] = self.generation.model_dump()
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
         return _digest(self.fingerprints())
+
+
+def _task_metrics(task: Any, data: Any) -> dict[str, Literal["minimize", "maximize"]]:
+    """The metrics a task reports (causal_lm: the generation ones too when it learns prompt -> completion)."""
+    if task == "causal_lm":
+        prompt = data.prompt_column if isinstance(data, DataConfig) else None
+        if isinstance(data, dict):
+            prompt = data.get("prompt_column")
+        if prompt is not None:
+            return GENERATING_CAUSAL_METRICS
+    return TASK_METRICS.get(task, {}) if isinstance(task, str) else {}
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -319,7 +352,10 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
         cfg = StudyConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
-    problems = _check_space(cfg) + _check_builds(cfg)
+    from hpo.genstudy import check_generation  # the generation task's cross-checks
+
+    # Generation keys first: a misplaced one makes the run configuration invalid, which the others build.
+    problems = check_generation(cfg) or (_check_space(cfg) + _check_builds(cfg))
     if problems:
         raise StudyFileError(source, problems)
     return cfg
@@ -420,8 +456,14 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"`{tag}` must be one of {options}" + (f", but got {got!r}" if got else " (it is missing)")
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        keyed = _KEYED.match(msg) if not loc else None
+        if keyed:  # a check across sections names the key it is about ("objective.metric: ...")
+            loc, msg = keyed.group(1), keyed.group(2)
         out.append((loc, msg))
     return out
+
+
+_KEYED = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.S)
 
 
 def _tag_options(loc: tuple[Any, ...], tag: str) -> str:

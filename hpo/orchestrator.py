@@ -29,6 +29,7 @@ from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
+from hpo.genstudy import pruning_value
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
@@ -355,13 +356,15 @@ class Orchestrator:
                     summary.failures.append((error.key, error.line))
 
     def _judge(self, r: Running, step: int, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.metric)
+        # A generation objective is judged on its proxy at every eval (hpo.genstudy: one quantity per study).
+        judged = pruning_value(self.metric, self.cfg.direction, metrics)
         r.step = step
-        if value is None or step <= r.last_eval_step or r.stop_sent:
+        if judged is None or step <= r.last_eval_step or r.stop_sent:
             return
+        name, value = judged
         r.last_eval_step = step
         if not math.isfinite(value):
-            r.reason = Reason.non_finite(f"non-finite {self.metric} at step {step}")
+            r.reason = Reason.non_finite(f"non-finite {name} at step {step}")
             self._stop(r, Stop.PRUNE)
             return
         try:
@@ -373,7 +376,7 @@ class Orchestrator:
             return
         self.display.trial_eval(r.trial.number, step, value)
         if step < self.cfg.fidelity.max_steps and r.trial.should_prune():
-            r.reason = Reason.pruned(self.cfg.pruner.name, step, self.metric, value)
+            r.reason = Reason.pruned(self.cfg.pruner.name, step, name, value)
             self._stop(r, Stop.PRUNE)
 
     def _stop(self, r: Running, code: Stop) -> None:
@@ -398,6 +401,7 @@ class Orchestrator:
             rank_steps=tuple(result.rank_steps) if multi else None,
             oom_retries=result.oom_retries if oom else None,
             micro_batch=tuple(result.micro_batch) if oom and result.micro_batch else None,  # [batch, accumulation]
+            examples=tuple(result.examples) if result.examples else None,
         ).to_user_attrs()
         stopped = result.stopped
         if stopped == Stop.INTERRUPT.reason or r.stop_sent == Stop.INTERRUPT:

@@ -43,6 +43,9 @@ DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
     "mistral": ("attention_dropout",),
     "qwen2": ("attention_dropout",),
     "opt": ("dropout", "attention_dropout"),
+    "t5": ("dropout_rate",),
+    "mt5": ("dropout_rate",),
+    "bart": ("dropout", "attention_dropout"),
 }
 
 

@@ -223,9 +223,9 @@ def load_records(
     A generation ``run``: ``text`` is the source (or prompt) column and ``target`` the target column."""
     pairs = run is not None and run.generates
     if data.builtin is not None:
+        cols: dict[str, list[Any]]
         if pairs or data.builtin == "bbc_headlines":
-            assert run is not None
-            if not pairs:
+            if run is None or not pairs:
                 raise ConfigError("data.builtin", "'bbc_headlines' is a generation corpus: use it with task seq2seq")
             if data.builtin != "bbc_headlines":
                 raise ConfigError("data.builtin", f"{data.builtin!r} has no (source, target) pairs: use bbc_headlines")
@@ -238,7 +238,7 @@ def load_records(
                 raise ConfigError(
                     "data.builtin", "built-in corpus 'pydoc_topics' has no labels; use it with task causal_lm"
                 )
-            cols: dict[str, list[Any]] = {"text": corpora.pydoc_topics()}
+            cols = {"text": corpora.pydoc_topics()}
         else:
             texts, labels = corpora.bbc_news()
             cols = {"text": texts, "label": labels}

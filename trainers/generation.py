@@ -92,10 +92,10 @@ def build_pairs(
         sources = [ids[:keep] + suffix_ids for ids in _encode(tok, [prefix + str(s) for s in cols["text"]])]
         targets = _encode(tok, [str(t) for t in cols["target"]])
         truncated[split] = sum(len(t) > tgt_len - 1 for t in targets)
-        targets = [t[: tgt_len - 1] + [eos] for t in targets]
+        targets = [[*t[: tgt_len - 1], eos] for t in targets]
         n = len(sources)
         if run.task == "seq2seq":
-            sources = [s + [eos] for s in sources]
+            sources = [[*s, eos] for s in sources]
             ids = np.full((n, src_len), pad, np.int32)
             labels = np.full((n, tgt_len), -100, np.int64)
             for r, (s, t) in enumerate(zip(sources, targets, strict=True)):

@@ -59,5 +59,7 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
     out = {k: 100.0 * v / n for k, v in sums.items()}
     out["bleu"] = float(sacrebleu.corpus_bleu(predictions, [references]).score)
     out["chrf"] = float(sacrebleu.corpus_chrf(predictions, [references]).score)
-    out["exact_match"] = 100.0 * sum(_normalise(p) == _normalise(r) for p, r in zip(predictions, references)) / n
+    out["exact_match"] = (
+        100.0 * sum(_normalise(p) == _normalise(r) for p, r in zip(predictions, references, strict=False)) / n
+    )
     return out

@@ -111,7 +111,8 @@ def _check_decode_only(cfg: StudyConfig, gen: bool) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if cfg.model.from_config is not None:
         problems.append(("model.from_config", "a decode-only study (fidelity.max_steps: 0) decodes a trained "
-                         "model: point model.name_or_path at one (an `hpo train` output, a save_pretrained folder)"))  # fmt: skip
+                         "model: point model.name_or_path at one (`hpo train` output, "
+                         "save_pretrained folder)"))  # fmt: skip
     if cfg.model.peft is not None:
         problems.append(("model.peft", "a decode-only study (fidelity.max_steps: 0) trains no adapter"))
     for path in cfg.search_space:

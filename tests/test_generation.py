@@ -248,6 +248,36 @@ def test_the_pruner_sees_one_quantity_in_the_objectives_direction(tmp_path: Path
     assert best.value == max(t.value for t in trials if t.state == TrialState.COMPLETE)
 
 
+# ------------------------------------------------------------------------------------ dashboard and report
+
+
+def test_examples_in_the_note_and_the_report_best_first_and_no_proxy_on_the_objective_axis() -> None:
+    from dashboards import data as D
+    from dashboards import report as R
+    from dashboards.notes import trial_note
+    from hpo.record import TrialRecord
+    from hpo.storage import ATTR_CONFIG
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(ATTR_CONFIG, {"task": "seq2seq", "objective": {"metric": "rougeL"}})
+    for value, pred in ((12.0, "worse headline"), (30.0, "better headline")):
+        t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        t.report(-3.0, 10)
+        t.set_user_attr("metrics", {"rougeL": value, "bleu": 1.0})
+        t.set_user_attr("examples", [{"source": "an article | with a pipe", "reference": "the headline",
+                                      "prediction": pred}])  # fmt: skip
+        study.tell(t, value)
+    pruned = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    pruned.report(-9.0, 10)
+    study.tell(pruned, state=TrialState.PRUNED)
+    sd = D.collect(study, importances=False)
+    assert [t.value for t in sd.trials] == [12.0, 30.0, None]  # -eval_loss is not a ROUGE-L
+    html = R.examples_table(sd)
+    assert html.index("better headline") < html.index("worse headline")  # best trial first
+    note = trial_note(TrialRecord.from_trial(study.trials[1]), "rougeL")
+    assert "| an article \\| with a pipe | the headline | better headline |" in note
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 

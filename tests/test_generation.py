@@ -436,3 +436,43 @@ def test_decode_only_study_searches_decoding_without_training(tmp_path: Path, mo
         assert len(t.user_attrs["examples"]) == 1
     # the same trained weights: the loss is the same in every trial, only decoding differs
     assert len({round(t.user_attrs["metrics"]["eval_loss"], 6) for t in trials}) == 1
+
+
+@pytest.mark.slow
+def test_seq2seq_study_runs_exports_and_trains_with_its_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig, Seq2SeqTrainingArguments
+
+    d = seq2seq_study(tmp_path)
+    d["generation"] = {"eval_samples": 4, "max_new_tokens": 4, "examples": 2}
+    d["search_space"]["generation.num_beams"] = {"type": "int", "low": 1, "high": 3}
+    d["training"] = {"per_device_train_batch_size": 4}
+    d["resources"] = {"workers": 1}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path}/runs/gen.db")
+    for t in study.get_trials(deepcopy=False):
+        assert t.state == TrialState.COMPLETE
+        assert set(GENERATION_METRICS) | {"generate_time", "eval_loss"} <= set(t.user_attrs["metrics"])
+        assert len(t.user_attrs["examples"]) == 2
+        assert all(v < 0 for v in t.intermediate_values.values())  # -eval_loss: the proxy, maximised
+    result = runner.invoke(app, ["export", str(path), "-o", str(tmp_path / "best")])
+    assert result.exit_code == 0, result.output
+    best = study.best_trial
+    args = Seq2SeqTrainingArguments(**json.loads((tmp_path / "best" / "training_args.json").read_text()))
+    assert args.predict_with_generate and args.generation_num_beams == best.params["num_beams"]
+    assert args.generation_max_length == 5
+    gen = GenerationConfig.from_pretrained(tmp_path / "best")
+    assert gen.num_beams == best.params["num_beams"] and gen.max_new_tokens == 4
+    result = runner.invoke(app, ["train", str(tmp_path / "best" / "train.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "rougeL" in result.output
+    metrics = json.loads((tmp_path / "best" / "model" / "metrics.json").read_text())
+    assert set(GENERATION_METRICS) <= set(metrics["metrics"]) and metrics["examples"]
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "best" / "model")
+    assert model.generation_config.num_beams == best.params["num_beams"]  # the searched decoding goes along

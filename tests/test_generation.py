@@ -476,3 +476,47 @@ def test_seq2seq_study_runs_exports_and_trains_with_its_decoding(
     assert set(GENERATION_METRICS) <= set(metrics["metrics"]) and metrics["examples"]
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "best" / "model")
     assert model.generation_config.num_beams == best.params["num_beams"]  # the searched decoding goes along
+
+
+# ------------------------------------------------------------------------------------------- benchmarks
+
+
+def test_proxy_correlation_of_the_benchmark_matches_scipy() -> None:
+    import sys
+
+    from scipy.stats import spearmanr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gen_proxy
+
+    rng = np.random.default_rng(0)
+    finals = rng.normal(size=9)
+    trials = [({10: float(-f + rng.normal() * 0.5), 20: float(round(-f, 0))}, float(f)) for f in finals]
+    rows = gen_proxy.proxy_correlation(trials, boot=50)
+    assert [r["step"] for r in rows] == [10, 20]
+    for r in rows:
+        x = [iv[r["step"]] for iv, _ in trials]
+        assert r["spearman"] == pytest.approx(spearmanr(x, finals).statistic)  # ties at step 20 too
+        lo, hi = r["ci90"]
+        assert lo <= hi
+
+
+@pytest.mark.slow
+def test_the_benchmarks_quick_modes_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("gen_proxy.py", "tuned_vs_untuned.py"):
+        out = tmp_path / f"{script}.json"
+        cmd = [sys.executable, str(root / "benchmarks" / script), "--quick", "--json", str(out)]
+        if script == "tuned_vs_untuned.py":
+            cmd.insert(2, str(root / "studies" / "bbc-headlines-t5.yaml"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        result = json.loads(out.read_text())
+        assert result["machine"]
+        if script == "gen_proxy.py":
+            assert [r["step"] for r in result["correlation"]] == [10, 20]
+        else:
+            assert "rougeL" in result["studies"][0]["metrics"]

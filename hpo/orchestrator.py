@@ -29,7 +29,7 @@ from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
-from hpo.genstudy import pruning_value
+from hpo.genstudy import pruning_value, uses_proxy
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
@@ -450,6 +450,8 @@ class Orchestrator:
         summary.states[state.name] = summary.states.get(state.name, 0) + 1
         frozen = self.store.trial(trial)
         shown = value if value is not None else (frozen.value if frozen.value is not None else None)
+        if value is None and uses_proxy(self.metric):
+            shown = None  # the last value reported was the pruning proxy, not the objective (hpo.genstudy)
         self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), str(reason or ""))
         if state == TrialState.COMPLETE and value is not None:
             best = self.display.best

@@ -19,6 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.curves import CurvePoint
+from hpo.genstudy import uses_proxy
 from hpo.record import TrialRecord, best_of, rank_trials, running_best
 
 ATTR_CONFIG = "hpo:config"  # the study's resolved study file (see hpo.storage)
@@ -60,6 +61,7 @@ class TrialInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     requeued: bool = False  # a FAIL that was re-run as another trial
     counted: bool = True  # counts towards n_trials (hpo.record.counts: not waiting, re-queued or discarded)
+    examples: tuple[dict[str, str], ...] = ()  # generation tasks: (source, reference, prediction) of its final eval
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ def collect(study: optuna.Study, points: Sequence[CurvePoint] = (), importances:
     fidelity = config.get("fidelity") or {}
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     t0 = min(starts) if starts else None
-    infos = tuple(_trial_info(t, t0) for t in trials)
+    # A generation objective's pruned trials last reported the pruning proxy (-eval_loss), not the objective:
+    # they have no value on the objective's axis (hpo.genstudy).
+    proxied = uses_proxy(metric)
+    infos = tuple(_trial_info(t, t0, proxied) for t in trials)
     max_steps = fidelity.get("max_steps")
     if max_steps is None:  # not an hpo study: the longest trial is the full length
         seen = [t.steps for t in infos if t.steps is not None]
@@ -130,7 +135,7 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _trial_info(t: FrozenTrial, t0: datetime | None) -> TrialInfo:
+def _trial_info(t: FrozenTrial, t0: datetime | None, proxied: bool = False) -> TrialInfo:
     r = TrialRecord.from_trial(t)
     a = r.attrs
     start = _seconds(t.datetime_start, t0)
@@ -138,7 +143,7 @@ def _trial_info(t: FrozenTrial, t0: datetime | None) -> TrialInfo:
     duration = _num(a.duration)
     if duration is None and start is not None and end is not None:
         duration = round(end - start, 3)
-    value = r.value
+    value = r.value if not (proxied and r.state == TrialState.PRUNED) else None
     return TrialInfo(
         number=r.number,
         state=r.state.name,
@@ -158,6 +163,7 @@ def _trial_info(t: FrozenTrial, t0: datetime | None) -> TrialInfo:
         metrics={k: float(v) for k, v in (a.metrics or {}).items() if _num(v) is not None},
         requeued=a.requeued,
         counted=r.counted,
+        examples=a.examples or (),
     )
 
 

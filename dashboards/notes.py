@@ -72,6 +72,18 @@ def trial_note(record: TrialRecord, metric: str, max_steps: int | None = None) -
         run.append(f"precision {a.precision}")
     if run:
         lines += ["", "**Run:** " + ", ".join(run)]
+    if a.examples:  # generation tasks: what the model wrote at its final eval
+        lines += [
+            "",
+            "**What it writes** (fixed eval examples):",
+            "",
+            "| source | reference | prediction |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(e.get('source', ''))} | {_cell(e.get('reference', ''))} | {_cell(e.get('prediction', ''))} |"
+            for e in a.examples
+        ]
     return "\n".join(lines) + "\n"
 
 

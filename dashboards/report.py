@@ -199,6 +199,15 @@ def model_table(sd: D.StudyData, config: Any) -> str:
         f"median {sd.metric}",
     ]
     return "<h3>By model</h3>" + _table(heads, rows, "top")
+def examples_table(sd: D.StudyData, n: int = 3) -> str:
+    """Generation tasks: the fixed eval examples as the best ``n`` complete trials wrote them, best first."""
+    best = [t for t in D.rank_trials(sd.trials, sd.direction)[:n] if t.examples]
+    if not best:
+        return ""
+    rows = [[t.number, t.value, e.get("source", ""), e.get("reference", ""), e.get("prediction", "")]
+            for t in best for e in t.examples]  # fmt: skip
+    table = _table(["trial", sd.metric, "source", "reference", "prediction"], rows, "examples")
+    return f"<h3>What the best trials write</h3>{table}"
 
 
 def all_trials_table(sd: D.StudyData) -> str:
@@ -291,7 +300,7 @@ def build(loaded: Sequence[Loaded]) -> Report:
         intro.insert(0, meta)
         if x.description:
             intro.insert(0, _esc(x.description))
-        tables = [f"<h3>Top trials</h3>{top_table(sd)}", all_trials_table(sd)]
+        tables = [f"<h3>Top trials</h3>{top_table(sd)}", examples_table(sd), all_trials_table(sd)]
         by_model = model_table(sd, x.study.user_attrs.get(ATTR_CONFIG))
         if by_model:
             tables.insert(0, by_model)
@@ -313,6 +322,7 @@ table{border-collapse:collapse;background:#fff;font-size:13px;margin:8px 0}
 th,td{border:1px solid #dde3ea;padding:4px 8px;text-align:right}th{background:#eef1f5}
 td:first-child,th:first-child{text-align:left}details{margin:12px 0}summary{cursor:pointer;font-weight:600}
 code{background:#eef1f5;padding:1px 4px;border-radius:3px}
+table.examples td{text-align:left;max-width:480px}
 """
 
 

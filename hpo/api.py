@@ -16,6 +16,7 @@ from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, build_problems, load_study
 from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
+from hpo.genstudy import uses_proxy
 from hpo.hostload import HostRun, HostRuns
 from hpo.modelchoice import ModelGroup, group_by_model
 from hpo.orchestrator import Orchestrator, RunSummary
@@ -181,11 +182,12 @@ class TrialRow:
     device: str | None
 
 
-def _row(r: TrialRecord) -> TrialRow:
+def _row(r: TrialRecord, proxied: bool = False) -> TrialRow:
     return TrialRow(
         number=r.number,
         state=r.state.name,
-        value=r.value,
+        # A generation objective's pruned trial last reported the pruning proxy, not the objective (hpo.genstudy).
+        value=None if proxied and r.state == TrialState.PRUNED else r.value,
         params=dict(r.params),
         steps=r.steps,
         duration=r.duration,
@@ -220,7 +222,7 @@ def status(path: str | Path) -> StudyStatus:
         metric=cfg.objective.metric,
         n_trials=int(study.user_attrs.get(ATTR_N_TRIALS, cfg.study.n_trials)),
         counted=sum(1 for t in trials if t.counted),
-        rows=[_row(t) for t in trials],
+        rows=[_row(t, uses_proxy(cfg.objective.metric)) for t in trials],
         best=_row(best) if best is not None else None,
         by_model=group_by_model(
             ((t.number, t.state.name, t.value, t.params) for t in trials if t.counted),

@@ -28,7 +28,8 @@ from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from hpo.warmstart import WarmStartSection, to_params
-from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
+from trainers.config import DataConfig, GenerationConfig, ModelConfig, RunConfig, Task, TrainingConfig
+from trainers.textmetrics import GENERATION_METRICS
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
 
@@ -36,7 +37,10 @@ DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relat
 TASK_METRICS: dict[str, dict[str, Literal["minimize", "maximize"]]] = {
     "causal_lm": {"eval_loss": "minimize", "perplexity": "minimize"},
     "sequence_classification": {"eval_loss": "minimize", "accuracy": "maximize", "f1_macro": "maximize"},
+    "seq2seq": {"eval_loss": "minimize", "perplexity": "minimize", **GENERATION_METRICS},
 }
+# causal_lm decodes (and so reports the generation metrics) only as prompt -> completion (data.prompt_column).
+GENERATING_CAUSAL_METRICS = {**TASK_METRICS["causal_lm"], **GENERATION_METRICS}
 
 
 class _Strict(BaseModel):
@@ -53,14 +57,18 @@ class StudySection(_Strict):
 
 
 class ObjectiveSection(_Strict):
-    metric: Literal["eval_loss", "perplexity", "accuracy", "f1_macro"]
+    metric: Literal[
+        "eval_loss", "perplexity", "accuracy", "f1_macro",
+        "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match",
+    ]  # fmt: skip
     direction: Literal["minimize", "maximize"] | None = None  # default: the metric's natural direction
 
 
 class FidelitySection(_Strict):
     # A trial's length: one of optimizer steps, training samples, or tokens (hpo/budget.py: with samples or
     # tokens, trials of every batch size see the same data and `eval_every` counts in the same unit).
-    max_steps: int | None = Field(default=None, ge=1)  # the full run's length lives in `training`
+    # `max_steps: 0`: a decode-only study (a generation task whose trials only decode the model as loaded).
+    max_steps: int | None = Field(default=None, ge=0)  # the full run's length lives in `training`
     max_samples: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     eval_every: int = Field(ge=1)  # report to the pruner every N steps (samples, tokens)
@@ -74,7 +82,7 @@ class FidelitySection(_Strict):
                 "give the trial length as one of `max_steps`, `max_samples` or `max_tokens`"
                 + (f", not {' and '.join(given)}" if given else "")
             )
-        if self.eval_every > self.budget:
+        if self.budget > 0 and self.eval_every > self.budget:
             raise ValueError(
                 f"`eval_every <= {given[0]}` must hold, but got (eval_every={self.eval_every}, "
                 f"{given[0]}={self.budget})."
@@ -157,6 +165,7 @@ class StudyConfig(_Strict):
     # Named partial `model` sections that `model.preset` in search_space chooses between (hpo.modelchoice).
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     warm_start: WarmStartSection | None = None  # configurations run first (hpo.warmstart); not fingerprinted
+    generation: GenerationConfig | None = None  # generation tasks: decoding (default: GenerationConfig())
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
@@ -184,7 +193,7 @@ class StudyConfig(_Strict):
         objective = _valid(ObjectiveSection, data.get("objective"))
         task = data.get("task")
         if objective is not None and objective.direction is None and isinstance(task, str):
-            natural = TASK_METRICS.get(task, {}).get(objective.metric)
+            natural = _task_metrics(task, data.get("data")).get(objective.metric)
             if natural is not None:  # a metric the task does not report is an error below
                 data["objective"] = objective.model_copy(update={"direction": natural})
         return data
@@ -195,16 +204,21 @@ class StudyConfig(_Strict):
         # A private attribute, set while the model is built; fields stay frozen.
         if info.context is not None:
             self._base_dir = info.context.get("base_dir")
-        metrics = TASK_METRICS[self.task]
+        metrics = _task_metrics(self.task, self.data)
         if self.objective.metric not in metrics:
+            if self.objective.metric in GENERATION_METRICS and self.task == "causal_lm":
+                raise ValueError(
+                    f"objective.metric: {self.objective.metric!r} needs generated text: task causal_lm generates "
+                    "only as prompt -> completion (set data.prompt_column and data.target_column)"
+                )
             raise ValueError(
-                f"objective.metric {self.objective.metric!r} is not reported by task {self.task!r} "
+                f"objective.metric: {self.objective.metric!r} is not reported by task {self.task!r} "
                 f"(choose from {', '.join(metrics)})"
             )
         natural = metrics[self.objective.metric]
         if self.objective.direction != natural:
             raise ValueError(
-                f"objective.direction must be {natural!r} for metric {self.objective.metric!r}, "
+                f"objective.direction: must be {natural!r} for metric {self.objective.metric!r}, "
                 f"but got {self.objective.direction!r}"
             )
         return self
@@ -224,15 +238,22 @@ class StudyConfig(_Strict):
         A new object each call, sharing no mutable value (``from_config``, ``files``) with this study.
         ``model``: another model section as written (a preset a trial chose) in place of the file's.
         """
+        steps = self.fidelity.max_steps
+        decode_only = steps == 0  # trains nothing: the length only has to be valid
         training = self.training.model_copy(
-            update={"max_steps": self.fidelity.max_steps, "eval_steps": self.fidelity.eval_every}
+            # None with a sample or token budget: `with_length` below sets the steps from the batch size.
+            update={"max_steps": None if steps is None else max(steps, 1), "eval_steps": self.fidelity.eval_every}
         )
+        generates = self.task == "seq2seq" or (self.task == "causal_lm" and self.data.prompt_column is not None)
         run = RunConfig(
             task=self.task,
             model=self._resolved_model(model),
             data=self._resolved_data(),
             training=training,
             eval_batches=self.fidelity.eval_batches,
+            # Filled in for every generation task, so `generation.<key>` is a path search_space can set.
+            generation=(self.generation or GenerationConfig()) if generates else self.generation,
+            decode_only=decode_only,
         )
         return run if self.fidelity.unit == "steps" else with_length(run, self.fidelity.length(run))
 
@@ -304,10 +325,23 @@ class StudyConfig(_Strict):
         }
         if self.models:  # absent when unset: older studies keep their fingerprint
             parts["models"] = self.models
+        if self.generation is not None:  # only where set: fingerprints of other studies stay what they were
+            parts["generation"] = self.generation.model_dump()
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
         return _digest(self.fingerprints())
+
+
+def _task_metrics(task: Any, data: Any) -> dict[str, Literal["minimize", "maximize"]]:
+    """The metrics a task reports (causal_lm: the generation ones too when it learns prompt -> completion)."""
+    if task == "causal_lm":
+        prompt = data.prompt_column if isinstance(data, DataConfig) else None
+        if isinstance(data, dict):
+            prompt = data.get("prompt_column")
+        if prompt is not None:
+            return GENERATING_CAUSAL_METRICS
+    return TASK_METRICS.get(task, {}) if isinstance(task, str) else {}
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -364,7 +398,10 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
         cfg = StudyConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
-    problems = _check_space(cfg) + _check_builds(cfg)
+    from hpo.genstudy import check_generation  # the generation task's cross-checks
+
+    # Generation keys first: a misplaced one makes the run configuration invalid, which the others build.
+    problems = check_generation(cfg) or (_check_space(cfg) + _check_builds(cfg))
     if problems:
         raise StudyFileError(source, problems)
     return cfg
@@ -491,8 +528,14 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"`{tag}` must be one of {options}" + (f", but got {got!r}" if got else " (it is missing)")
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        keyed = _KEYED.match(msg) if not loc else None
+        if keyed:  # a check across sections names the key it is about ("objective.metric: ...")
+            loc, msg = keyed.group(1), keyed.group(2)
         out.append((loc, msg))
     return out
+
+
+_KEYED = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.S)
 
 
 def _tag_options(loc: tuple[Any, ...], tag: str) -> str:

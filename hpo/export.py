@@ -6,6 +6,7 @@ For each exported trial, a folder with:
   parameters applied, and the trial-length cap replaced by the full-run length), plus checkpoint settings
   and provenance. ``hpo train`` runs it as it is; it validates with the same models as the trainer's.
 - ``training_args.json``: the training arguments as ``transformers.TrainingArguments(**json)`` takes them.
+- ``generation_config.json`` (generation tasks): the decoding, as ``transformers.GenerationConfig`` takes it.
 - ``model_config.json``: the model-config overrides (dropout, ...), for ``AutoConfig.from_pretrained(name,
   **overrides)`` or ``AutoConfig.for_model(model_type, **overrides)``.
 - ``launch.sh``: ``accelerate launch`` of ``hpo train`` on several GPUs.
@@ -37,13 +38,14 @@ from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, _problems, load_study_file
 from hpo.errors import HpoError, StudyFileError
 from hpo.record import TrialAttrs, rank_key, rank_trials
 from hpo.storage import load_existing, redact
-from trainers.config import RunConfig
+from trainers.config import GenerationConfig, RunConfig
 
 CONFIG_NAME = "train.yaml"
 ARGS_NAME = "training_args.json"
 MODEL_NAME = "model_config.json"
 LAUNCH_NAME = "launch.sh"
 ADAPTER_NAME = "adapter_config.json"  # with model.peft: the LoRA adapter's peft LoraConfig
+GENERATION_NAME = "generation_config.json"  # generation tasks: the decoding, as transformers.GenerationConfig
 BUNDLE = (CONFIG_NAME, ARGS_NAME, MODEL_NAME, LAUNCH_NAME)
 
 _VERSIONED = ("hpo", "torch", "transformers", "accelerate", "optuna", "tokenizers", "numpy")
@@ -193,10 +195,11 @@ def resolve_run(cfg: StudyConfig, params: dict[str, Any], length: Length) -> Run
 # ------------------------------------------------------------------------- Hugging Face equivalents
 
 
-def _ta_fields() -> set[str]:
-    from transformers import TrainingArguments
+def _ta_fields(task: str = "causal_lm") -> set[str]:
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-    return {f.name for f in dataclasses.fields(TrainingArguments)}
+    cls = Seq2SeqTrainingArguments if task == "seq2seq" else TrainingArguments
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def training_arguments(
@@ -209,7 +212,7 @@ def training_arguments(
     ``eval_batches`` cap has no equivalent either (see the README).
     """
     t = run.training
-    fields = _ta_fields()
+    fields = _ta_fields(run.task)
     args: dict[str, Any] = {
         "output_dir": output_dir,
         "learning_rate": t.learning_rate,
@@ -247,7 +250,16 @@ def training_arguments(
     args["save_strategy"] = "steps"
     args["save_steps"] = save_steps or args["eval_steps"]
     args["save_total_limit"] = save_total_limit
+    if run.task == "seq2seq":  # Seq2SeqTrainingArguments: evaluate by generating, with the trial's decoding
+        gen = run.generation or GenerationConfig()
+        args.update(predict_with_generate=True, generation_max_length=gen.max_new_tokens + 1)
+        args["generation_num_beams"] = gen.num_beams
     return {k: v for k, v in args.items() if k in fields}
+
+
+def generation_settings(run: RunConfig) -> dict[str, Any]:
+    """The run's decoding as ``transformers.GenerationConfig(**json)`` takes it (``generate`` keyword names)."""
+    return (run.generation or GenerationConfig()).generate_kwargs()
 
 
 def model_overrides(run: RunConfig) -> dict[str, Any]:
@@ -455,6 +467,8 @@ def export(
             MODEL_NAME: json.dumps(model_overrides(run), indent=2) + "\n",
             LAUNCH_NAME: launch_script(cfg.study.name, t.number),
         }
+        if run.generates:  # the trial's decoding: transformers.GenerationConfig.from_pretrained(dir)
+            contents[GENERATION_NAME] = json.dumps(generation_settings(run), indent=2) + "\n"
         if run.model.peft is not None:
             from trainers.models import lora_config
 

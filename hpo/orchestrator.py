@@ -31,6 +31,7 @@ from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
+from hpo.genstudy import pruning_value, uses_proxy
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
@@ -379,13 +380,15 @@ class Orchestrator:
                     summary.failures.append((error.key, error.line))
 
     def _judge(self, r: Running, step: int, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.metric)
+        # A generation objective is judged on its proxy at every eval (hpo.genstudy: one quantity per study).
+        judged = pruning_value(self.metric, self.cfg.direction, metrics)
         r.step = step
-        if value is None or step <= r.last_eval_step or r.stop_sent:
+        if judged is None or step <= r.last_eval_step or r.stop_sent:
             return
+        name, value = judged
         r.last_eval_step = step
         if not math.isfinite(value):
-            r.reason = Reason.non_finite(f"non-finite {self.metric} at step {step}")
+            r.reason = Reason.non_finite(f"non-finite {name} at step {step}")
             self._stop(r, Stop.PRUNE)
             return
         length = r.length or self.cfg.fidelity.length(self.cfg.trial_run(r.params))
@@ -400,7 +403,7 @@ class Orchestrator:
         self.display.trial_eval(r.trial.number, step, value)
         if seen < length.budget and r.trial.should_prune():
             at = str(step) if length.unit == "steps" else f"{step} ({seen} {length.unit})"
-            r.reason = Reason.pruned(self.cfg.pruner.name, at, self.metric, value)
+            r.reason = Reason.pruned(self.cfg.pruner.name, at, name, value)
             self._stop(r, Stop.PRUNE)
 
     def _stop(self, r: Running, code: Stop) -> None:
@@ -425,6 +428,7 @@ class Orchestrator:
             rank_steps=tuple(result.rank_steps) if multi else None,
             oom_retries=result.oom_retries if oom else None,
             micro_batch=tuple(result.micro_batch) if oom and result.micro_batch else None,  # [batch, accumulation]
+            examples=tuple(result.examples) if result.examples else None,
         ).to_user_attrs()
         stopped = result.stopped
         if stopped == Stop.INTERRUPT.reason or r.stop_sent == Stop.INTERRUPT:
@@ -473,6 +477,8 @@ class Orchestrator:
         summary.states[state.name] = summary.states.get(state.name, 0) + 1
         frozen = self.store.trial(trial)
         shown = value if value is not None else (frozen.value if frozen.value is not None else None)
+        if value is None and uses_proxy(self.metric):
+            shown = None  # the last value reported was the pruning proxy, not the objective (hpo.genstudy)
         self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), str(reason or ""))
         if state == TrialState.COMPLETE and value is not None:
             best = self.display.best

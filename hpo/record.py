@@ -80,6 +80,13 @@ def _metrics(v: Any) -> dict[str, float] | None:
     return out if len(out) == len(v) else None
 
 
+def _examples(v: Any) -> tuple[dict[str, str], ...] | None:
+    if not isinstance(v, list | tuple):
+        return None
+    out = tuple(x for x in v if isinstance(x, dict) and all(isinstance(t, str) for t in x.values()))
+    return out if len(out) == len(v) else None
+
+
 def _attr(parse: Callable[[Any], Any], doc: str, default: Any = None) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -108,6 +115,7 @@ class TrialAttrs:
     rank_steps: tuple[int, ...] | None = _attr(_ints, "steps each rank ran (multi-process trials)")
     oom_retries: int | None = _attr(_int, "times the batch was split after running out of memory")
     micro_batch: tuple[int, ...] | None = _attr(_ints, "[per-device batch, accumulation] after OOM retries")
+    examples: tuple[dict[str, str], ...] | None = _attr(_examples, "generation: source, reference, prediction")
     # When it ended
     duration: float | None = _attr(_float, "seconds from launch to end")
     reason: str | None = _attr(_str, "why it was pruned, failed or not run")

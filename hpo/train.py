@@ -377,6 +377,10 @@ def _save(
         out.mkdir(parents=True, exist_ok=True)
         _remove(staging)
         staging.mkdir()
+        if tf.generation is not None and hasattr(model, "generation_config"):
+            # The searched decoding goes with the model: a plain `generate()` after from_pretrained uses it.
+            for k, v in tf.generation.generate_kwargs().items():
+                setattr(model.generation_config, k, v)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if tf.model.peft is not None:
@@ -408,6 +412,7 @@ def _save(
             "device": result.device,
             "precision": result.precision,
             "resumed_from": result.resumed_from,
+            **({"examples": result.examples} if result.examples else {}),
             "config": OUT_CONFIG,
             "trial": {k: prov.get(k) for k in ("study", "trial", "objective", "value", "trial_steps")}
             if prov

@@ -442,17 +442,17 @@ BAD: list[Bad] = [
         "give `lower`, `upper` or both",
         put("pruner", value={"name": "threshold"}),
     ),
-    Bad("bad-metric", "objective.metric", "Input should be", put("objective", "metric", value="bleu")),
+    Bad("bad-metric", "objective.metric", "Input should be", put("objective", "metric", value="bleu4")),
     Bad(
         "metric-not-for-task",
-        "",
-        "objective.metric 'accuracy' is not reported by task 'causal_lm'",
+        "objective.metric",
+        "'accuracy' is not reported by task 'causal_lm'",
         put("objective", "metric", value="accuracy"),
     ),
     Bad(
         "contradictory-direction",
-        "",
-        "objective.direction must be 'minimize' for metric 'perplexity', but got 'maximize'",
+        "objective.direction",
+        "must be 'minimize' for metric 'perplexity', but got 'maximize'",
         put("objective", "direction", value="maximize"),
     ),
     Bad(
@@ -986,10 +986,10 @@ def test_float_entry_on_int_setting_is_rejected(tmp_path: Path) -> None:
 
 def test_target_check_message_has_no_pydantic_prefix(tmp_path: Path) -> None:
     with pytest.raises(StudyFileError) as info:
-        load(tmp_path, put("model", "from_config", "model_type", value="t5"))
+        load(tmp_path, put("model", "from_config", "model_type", value="xlnet"))
     ((loc, msg),) = info.value.problems
     assert loc == "search_space[model.dropout]"
-    assert "`dropout` is not mapped for model_type 't5'" in msg
+    assert "`dropout` is not mapped for model_type 'xlnet'" in msg
     assert "Value error, " not in msg
 
 

@@ -39,6 +39,7 @@ STORED_NAMES = {
     "processes", "rank_steps", "oom_retries", "micro_batch",
     "duration", "reason", "requeued", "discarded", "oom_detail", "traceback", "error",
     "retry_of", "retries",
+    "examples",  # generation tasks (issue 10)
 }  # fmt: skip
 
 

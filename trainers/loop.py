@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainers import generation
 from trainers.base import ConfigError, Diverged, NonFiniteLoss, Reporter, TrainResult, diverged
 from trainers.checkpoints import Checkpoints
 from trainers.config import RunConfig
@@ -164,7 +165,7 @@ def _train_loader(data: PreparedData, run: RunConfig, order: BatchOrder) -> torc
     return torch.utils.data.DataLoader(
         _Indices(len(data.train_ids)),
         batch_sampler=order,
-        collate_fn=lambda rows: _to_batch(data, "train", np.asarray(rows), run.task, cpu),
+        collate_fn=lambda rows: _to_batch(data, "train", np.asarray(rows), run, cpu),
         # Its own generator: each pass over a DataLoader draws a seed from it, which would otherwise come
         # from torch's global generator and shift every dropout mask after it.
         generator=torch.Generator(),
@@ -225,10 +226,12 @@ class LoopState:
 
 
 def _to_batch(
-    data: PreparedData, split: str, idx: np.ndarray, task: str, device: torch.device
+    data: PreparedData, split: str, idx: np.ndarray, run: RunConfig, device: torch.device
 ) -> dict[str, torch.Tensor]:
+    if run.generates:
+        return generation.to_batch(data, split, idx, device)
     ids = getattr(data, f"{split}_ids")[idx]
-    if task == "causal_lm":
+    if run.task == "causal_lm":
         t = torch.from_numpy(ids.astype(np.int64)).to(device)
         return {"input_ids": t, "labels": t}
     lengths = getattr(data, f"{split}_lengths")[idx]
@@ -263,18 +266,21 @@ def evaluate(model: torch.nn.Module, data: PreparedData, run: RunConfig, device:
     labels: list[np.ndarray] = []
     for s in starts:
         idx = np.arange(s, min(s + bs, n))
-        batch = _to_batch(data, "eval", idx, run.task, device)
+        batch = _to_batch(data, "eval", idx, run, device)
         out = model(**batch)
-        w = _tokens(batch) if run.task == "causal_lm" else len(idx)
+        if run.generates:
+            w = generation.label_tokens(batch)  # the loss is a mean over target tokens only
+        else:
+            w = _tokens(batch) if run.task == "causal_lm" else len(idx)
         loss_sum += float(out.loss) * w
         weight += w
-        if run.task != "causal_lm":
+        if run.task == "sequence_classification":
             preds.append(out.logits.argmax(-1).cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
     model.train()
     loss = loss_sum / max(weight, 1)
     metrics = {"eval_loss": loss}
-    if run.task == "causal_lm":
+    if run.task != "sequence_classification":
         metrics["perplexity"] = math.exp(min(loss, 50.0))  # capped: exp overflows past ~709
     else:
         p, y = np.concatenate(preds), np.concatenate(labels)
@@ -346,12 +352,15 @@ def train(
     accelerator = _accelerator(run)
     device = accelerator.device
     world = accelerator.num_processes
-    _check_batch_fits(run, data, world)
+    if not run.decode_only:
+        _check_batch_fits(run, data, world)
     # 3. model, with the run's config overrides (dropout, ...).
     model = build_model(run, data)
     trainable, total = parameter_counts(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if run.decode_only:  # a decode-only study: the model as loaded, evaluated and decoded, nothing trained
+        return _decode_only(run, reporter, data, accelerator, model, time.perf_counter() - t0, (trainable, total))
     # 4. optimizer and schedule.
     steps = total_steps(run, len(data.train_ids), world)
     warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(t.warmup_ratio * steps)
@@ -372,6 +381,7 @@ def train(
     # 6. loop with periodic eval.
     state = LoopState()
     stopped: str | None = None
+    examples: list[dict[str, str]] | None = None  # generation: (source, reference, prediction) of the final eval
     first_loss: float | None = None  # not checkpointed: divergence is judged from where this run starts
     ckpt: Checkpoints | None = None
     resumed_from: int | None = None
@@ -431,6 +441,9 @@ def train(
             if step % eval_every == 0 or step == steps:
                 te = time.perf_counter()
                 state.metrics = evaluate(model, data, run, device)
+                if run.generates and step == steps:  # decoding is ~10x an eval: at the final eval only
+                    generated, examples = generation.generate_and_score(model, data, run, device)
+                    state.metrics.update(generated)
                 state.eval_time += time.perf_counter() - te
                 state.evals.append((step, state.metrics))
                 reporter.on_eval(step, state.metrics)
@@ -445,6 +458,7 @@ def train(
         ckpt.save(state.step)  # stopped (Ctrl-C): resume from exactly here
     # 7. metrics of the last evaluation (a run stopped before its first eval has none).
     return TrainResult(
+        examples=examples,
         metrics=state.metrics,
         steps=state.step,
         train_time=state.train_time,
@@ -460,4 +474,41 @@ def train(
         total_params=total,
         peak_memory_mb=_peak_memory_mb(device),
         model=accelerator.unwrap_model(model),
+    )
+
+
+def _decode_only(
+    run: RunConfig,
+    reporter: Reporter,
+    data: PreparedData,
+    accelerator: Any,
+    model: Any,
+    setup: float,
+    params: tuple[int, int],
+) -> TrainResult:
+    """Evaluate and decode the model as loaded (a decode-only study searches decoding parameters only)."""
+    model = accelerator.prepare(model)
+    device = accelerator.device
+    reporter.on_start(0, 0)
+    te = time.perf_counter()
+    metrics = evaluate(model, data, run, device)
+    generated, examples = generation.generate_and_score(model, data, run, device)
+    metrics.update(generated)
+    eval_time = time.perf_counter() - te
+    reporter.on_eval(0, metrics)
+    return TrainResult(
+        metrics=metrics,
+        steps=0,
+        train_time=0.0,
+        eval_time=eval_time,
+        setup_time=setup,
+        tokens=0,
+        device=str(device),
+        precision=accelerator.mixed_precision,
+        evals=[(0, metrics)],
+        trainable_params=params[0],
+        total_params=params[1],
+        peak_memory_mb=_peak_memory_mb(device),
+        model=accelerator.unwrap_model(model),
+        examples=examples,
     )

@@ -29,6 +29,8 @@ def _auto_class(task: str) -> Any:
 
     if task == "causal_lm":
         return transformers.AutoModelForCausalLM
+    if task == "seq2seq":
+        return transformers.AutoModelForSeq2SeqLM
     return transformers.AutoModelForSequenceClassification
 
 
@@ -65,6 +67,8 @@ def build_config(run: RunConfig, data: PreparedData) -> Any:
         cfg.pad_token_id = data.pad_id
         if data.eos_id is not None:
             cfg.bos_token_id = cfg.eos_token_id = data.eos_id
+        if run.task == "seq2seq":  # the decoder starts from pad, as T5 does
+            cfg.decoder_start_token_id = data.pad_id
     else:
         assert run.model.name_or_path is not None
         try:
@@ -132,7 +136,7 @@ def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:
     return model  # type: ignore[no-any-return]
 
 
-PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
 def lora_config(run: RunConfig) -> Any:

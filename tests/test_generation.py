@@ -1,0 +1,522 @@
+"""Generation tasks (issue 10): metrics against the libraries called directly, completion-only loss masking,
+target truncation, the pruning proxy kept apart from the objective, validation of bad input, and (slow) a
+seq2seq study and a decode-only study run end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import sacrebleu
+import torch
+import yaml
+from optuna.trial import TrialState
+from rich.console import Console
+from rouge_score import rouge_scorer
+from typer.testing import CliRunner
+
+import studies
+from hpo.cli import app
+from hpo.config import validate_study
+from hpo.display import RunDisplay
+from hpo.genstudy import pruning_value
+from hpo.orchestrator import Orchestrator
+from hpo.protocol import TrialResult
+from hpo.storage import create_or_resume, open_storage
+from hpo.worker import WorkerSpec
+from trainers.config import RunConfig
+from trainers.data import prepare
+from trainers.textmetrics import GENERATION_METRICS, score, split_sentences
+
+runner = CliRunner()
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+PAIRS = [
+    ("identical", ["the cat sat on the mat"], ["the cat sat on the mat"]),
+    ("partial overlap, stemming", ["cats are running fast"], ["a cat runs fast"]),
+    ("two sentences", ["Profits rose. Shares fell sharply."], ["Shares fell. Profits rose sharply."]),
+    ("nothing shared", ["alpha beta"], ["gamma delta"]),
+    ("empty prediction", [""], ["IBM frees 500 software patents"]),
+    ("corpus of three", ["IBM frees patents", "Dollar gains", "Yukos buyer faces claim"],
+     ["IBM frees 500 software patents", "Dollar gains on Greenspan speech", "Yukos unit buyer faces loan claim"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("preds", "refs"), [p[1:] for p in PAIRS], ids=[p[0] for p in PAIRS])
+def test_metrics_equal_the_libraries_called_directly(preds: list[str], refs: list[str]) -> None:
+    got = score(preds, refs)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        want = 100 * np.mean([scorer.score(r, p)[key].fmeasure for p, r in zip(preds, refs, strict=True)])
+        assert got[key] == pytest.approx(want)
+    # rougeLsum: one sentence per line, split here by hand
+    lines = {"Profits rose. Shares fell sharply.": "Profits rose.\nShares fell sharply.",
+             "Shares fell. Profits rose sharply.": "Shares fell.\nProfits rose sharply."}  # fmt: skip
+    want_lsum = 100 * np.mean(
+        [scorer.score(lines.get(r, r), lines.get(p, p))["rougeLsum"].fmeasure for p, r in zip(preds, refs, strict=True)]
+    )
+    assert got["rougeLsum"] == pytest.approx(want_lsum)
+    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score)
+    assert got["exact_match"] == pytest.approx(100 * np.mean([p == r for p, r in zip(preds, refs, strict=True)]))
+    assert set(got) == set(GENERATION_METRICS)
+
+
+def test_known_values() -> None:
+    assert score(["the cat sat on the mat"], ["the cat sat on the mat"])["rougeL"] == pytest.approx(100.0)
+    assert score(["alpha beta"], ["gamma delta"])["rouge1"] == 0.0
+    assert score(["a  b "], ["a b"])["exact_match"] == 100.0  # whitespace normalised
+    # rougeLsum differs from rougeL once sentence order differs: the split is what Lsum reads
+    two = score(["Profits rose. Shares fell sharply."], ["Shares fell. Profits rose sharply."])
+    assert two["rougeLsum"] > two["rougeL"]
+
+
+def test_sentence_split_needs_no_download() -> None:
+    assert split_sentences("One. Two!  Three? four") == "One.\nTwo!\nThree? four".replace("? ", "?\n")
+
+
+# ----------------------------------------------------------------------------------------- data / masking
+
+
+def write_pairs(path: Path, n: int, long_every: int = 0) -> Path:
+    rows = []
+    for i in range(n):
+        words = ["alpha", "beta", "gamma", "delta", "omega"]
+        src = " ".join(words[(i + k) % 5] for k in range(6)) + f" item {i}"
+        tgt = f"{words[i % 5]} {words[(i + 1) % 5]}"
+        if long_every and i % long_every == 0:
+            tgt = " ".join([tgt] * 12)  # far beyond max_target_length
+        rows.append({"article": src, "title": tgt})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def gen_run(task: str, data_file: Path, **data: Any) -> RunConfig:
+    model: dict[str, Any]
+    if task == "seq2seq":
+        model = {"from_config": {"model_type": "t5", "d_model": 32, "d_ff": 64, "num_layers": 1,
+                                 "num_decoder_layers": 1, "num_heads": 2, "d_kv": 16},
+                 "tokenizer": {"train_vocab_size": 300}}  # fmt: skip
+        cols = {"source_column": "article", "target_column": "title"}
+    else:
+        model = {"from_config": {**studies.TINY_GPT2, "n_positions": 64}, "tokenizer": {"train_vocab_size": 300}}
+        cols = {"prompt_column": "article", "target_column": "title", "source_suffix": " =>"}
+    return RunConfig.model_validate(
+        {
+            "task": task,
+            "model": model,
+            "data": {"files": {"train": str(data_file)}, "max_length": 48, "max_target_length": 8, **cols, **data},
+            "training": {"max_steps": 4, "eval_steps": 2, "per_device_train_batch_size": 4},
+            "generation": {"eval_samples": 4, "max_new_tokens": 4, "examples": 2},
+        }
+    )
+
+
+def test_completion_only_loss_masks_the_prompt(tmp_path: Path) -> None:
+    from trainers import generation
+    from trainers.models import build_model
+
+    run = gen_run("causal_lm", write_pairs(tmp_path / "d.jsonl", 40))
+    data = prepare(run, tmp_path / "cache")
+    plens = np.load(data.path / "train_prompt_lengths.npy")
+    for row in range(len(data.train_ids)):
+        labels, ids, n = data.train_labels[row], data.train_ids[row], int(data.train_lengths[row])
+        p = int(plens[row])
+        assert (labels[:p] == -100).all()  # the prompt is context only
+        assert (labels[p:n] == ids[p:n]).all()  # the completion (and its EOS) is the target
+        assert labels[n - 1] == data.eos_id
+        assert (labels[n:] == -100).all()  # padding
+    torch.manual_seed(0)
+    model = build_model(run, data).eval()  # no dropout: the two losses see the same network
+    batch = generation.to_batch(data, "train", np.arange(4), torch.device("cpu"))
+    loss = float(model(**batch).loss.detach())
+    # the same loss by hand: cross-entropy over completion tokens only
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    keep = target != -100
+    manual = torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    assert loss == pytest.approx(float(manual), rel=1e-5)
+    everything = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1)
+    )
+    assert abs(loss - float(everything)) > 1e-3  # not the plain LM loss over prompt tokens too
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_long_targets_are_truncated_and_counted(tmp_path: Path, task: str) -> None:
+    run = gen_run(task, write_pairs(tmp_path / "d.jsonl", 40, long_every=4))
+    data = prepare(run, tmp_path / "cache")
+    meta = json.loads((data.path / "meta.json").read_text())
+    assert sum(meta["targets_truncated"].values()) == 10  # rows 0, 4, ..., 36
+    n_target = ((data.train_labels != -100).sum(1)).max()
+    assert n_target <= 8  # max_target_length, EOS included
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_a_generation_run_records_every_metric_and_examples(tmp_path: Path, task: str) -> None:
+    from trainers.base import NullReporter
+    from trainers.loop import train
+
+    run = gen_run(task, write_pairs(tmp_path / "d.jsonl", 40, long_every=4))
+    result = train(run, NullReporter(), tmp_path / "cache")
+    assert set(GENERATION_METRICS) | {"eval_loss", "perplexity", "generate_time", "generated"} <= set(result.metrics)
+    assert result.metrics["generated"] == 4.0 and result.metrics["targets_truncated"] > 0
+    assert [s for s, _ in result.evals] == [2, 4]
+    assert "rougeL" not in result.evals[0][1]  # decoded at the final eval only
+    assert result.examples is not None and len(result.examples) == 2
+    assert set(result.examples[0]) == {"source", "reference", "prediction"}
+
+
+# ----------------------------------------------------------------------------------------- pruning proxy
+
+PROXY = [
+    ("generation objective, maximised: -eval_loss", "rougeL", "maximize", {"eval_loss": 2.5}, ("-eval_loss", -2.5)),
+    ("final eval: still the proxy", "rougeL", "maximize", {"eval_loss": 2.0, "rougeL": 31.0}, ("-eval_loss", -2.0)),
+    ("no loss: nothing reported", "bleu", "maximize", {"rougeL": 31.0}, None),
+    ("other objectives report themselves", "perplexity", "minimize", {"eval_loss": 2.0, "perplexity": 7.4},
+     ("perplexity", 7.4)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("metric", "direction", "metrics", "want"), [p[1:] for p in PROXY], ids=[p[0] for p in PROXY])
+def test_pruning_value(metric: str, direction: str, metrics: dict[str, float], want: Any) -> None:
+    assert pruning_value(metric, direction, metrics) == want
+
+
+class GenCurveRunner:
+    """A trainer double for a generation study: eval loss falls with steps (worse with a bad learning rate);
+    the final eval adds a ROUGE-L that is better where the loss is lower."""
+
+    def setup(self, spec: Any) -> None:
+        pass
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
+        lr = float(run["training"]["learning_rate"])
+        steps, every = int(run["training"]["max_steps"]), int(run["training"]["eval_steps"])
+        metrics: dict[str, float] = {}
+        done, stopped = 0, None
+        for step in range(1, steps + 1):
+            stopped = reporter.stop_reason()
+            if stopped is not None:
+                break
+            done = step
+            if step % every == 0:
+                loss = 1.0 + (math.log10(lr) + 3.0) ** 2 + 5.0 / step
+                metrics = {"eval_loss": loss, "perplexity": math.exp(loss)}
+                if step == steps:
+                    metrics["rougeL"] = 100.0 / loss
+                reporter.on_eval(step, metrics)
+        return TrialResult(metrics=metrics, steps=done, train_time=0.0, eval_time=0.0, setup_time=0.0,
+                           tokens_per_s=0.0, precision="no", stopped=stopped or reporter.stop_reason())  # fmt: skip
+
+
+def test_the_pruner_sees_one_quantity_in_the_objectives_direction(tmp_path: Path) -> None:
+    d = studies.curve("gen", n_trials=10, storage=f"sqlite:///{tmp_path}/s.db")
+    d.update(task="seq2seq", objective={"metric": "rougeL"}, pruner={"name": "median", "n_startup_trials": 2})
+    d["model"] = {"from_config": {"model_type": "t5"}, "tokenizer": {"train_vocab_size": 256}}
+    d["data"] = {"files": {"train": str(write_pairs(tmp_path / "d.jsonl", 10))}}
+    d["resources"] = {"workers": 1}
+    cfg = validate_study(d)
+    study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+    display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
+    orch = Orchestrator(cfg, study, [WorkerSpec(0, 1, {}, "cpu")], GenCurveRunner(), display)
+    try:
+        orch.run()
+    finally:
+        orch.close()
+    trials = study.get_trials(deepcopy=False)
+    assert {t.state for t in trials} == {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:
+        lr = t.params["learning_rate"]
+        for step, v in t.intermediate_values.items():  # every value a pruner compares: -eval_loss at that step
+            assert v == pytest.approx(-(1.0 + (math.log10(lr) + 3.0) ** 2 + 5.0 / step))
+        if t.state == TrialState.COMPLETE:
+            assert 20 in t.intermediate_values  # the final eval reports the proxy too, never the ROUGE
+            assert t.value == pytest.approx(100.0 / -t.intermediate_values[20])  # the objective: ROUGE-L
+        else:
+            assert "-eval_loss" in t.user_attrs["reason"]
+    best = study.best_trial
+    assert best.value == max(t.value for t in trials if t.state == TrialState.COMPLETE)
+
+
+# ------------------------------------------------------------------------------------ dashboard and report
+
+
+def test_examples_in_the_note_and_the_report_best_first_and_no_proxy_on_the_objective_axis() -> None:
+    from dashboards import data as D
+    from dashboards import report as R
+    from dashboards.notes import trial_note
+    from hpo.record import TrialRecord
+    from hpo.storage import ATTR_CONFIG
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(ATTR_CONFIG, {"task": "seq2seq", "objective": {"metric": "rougeL"}})
+    for value, pred in ((12.0, "worse headline"), (30.0, "better headline")):
+        t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        t.report(-3.0, 10)
+        t.set_user_attr("metrics", {"rougeL": value, "bleu": 1.0})
+        t.set_user_attr("examples", [{"source": "an article | with a pipe", "reference": "the headline",
+                                      "prediction": pred}])  # fmt: skip
+        study.tell(t, value)
+    pruned = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    pruned.report(-9.0, 10)
+    study.tell(pruned, state=TrialState.PRUNED)
+    sd = D.collect(study, importances=False)
+    assert [t.value for t in sd.trials] == [12.0, 30.0, None]  # -eval_loss is not a ROUGE-L
+    html = R.examples_table(sd)
+    assert html.index("better headline") < html.index("worse headline")  # best trial first
+    note = trial_note(TrialRecord.from_trial(study.trials[1]), "rougeL")
+    assert "| an article \\| with a pipe | the headline | better headline |" in note
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def seq2seq_study(tmp_path: Path) -> dict[str, Any]:
+    d = studies.curve("gen", n_trials=2)
+    d.update(task="seq2seq", objective={"metric": "rougeL"}, fidelity={"max_steps": 4, "eval_every": 2})
+    d["model"] = {"from_config": {"model_type": "t5", "d_model": 32, "num_layers": 1, "num_heads": 2, "d_kv": 16},
+                  "tokenizer": {"train_vocab_size": 300}}  # fmt: skip
+    d["data"] = {"files": {"train": str(write_pairs(tmp_path / "data" / "d.jsonl", 20))},
+                 "source_column": "article", "target_column": "title"}  # fmt: skip
+    saved = tmp_path / "t5"  # a trained model's folder, as far as validation reads it
+    saved.mkdir(exist_ok=True)
+    (saved / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 32}))
+    (saved / "tokenizer.json").write_text("{}")
+    return d
+
+
+def _set(path: str, value: Any) -> Any:
+    def mutate(d: dict[str, Any]) -> None:
+        keys = path.split(".")
+        node = d
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+
+    return mutate
+
+
+def _many(*ms: Any) -> Any:
+    def mutate(d: dict[str, Any]) -> None:
+        for m in ms:
+            m(d)
+
+    return mutate
+
+
+BAD = [
+    ("missing source column", _set("data.source_column", "body"), "data.source_column",
+     ["no column 'body'", "article, title"]),
+    ("missing target column", _set("data.target_column", "headline"), "data.target_column", ["no column 'headline'"]),
+    ("decoder-only model for seq2seq", _set("model.from_config", {"model_type": "gpt2", "n_layer": 1}),
+     "model.from_config.model_type", ["'gpt2' is a decoder-only model", "encoder-decoder"]),
+    ("encoder-decoder for causal_lm", _many(_set("task", "causal_lm"), _set("data.source_column", None),
+                                           _set("data.prompt_column", "article")),
+     "model.from_config.model_type", ["'t5' is an encoder-decoder"]),
+    ("accuracy for seq2seq", _set("objective.metric", "accuracy"), "objective.metric",
+     ["'accuracy' is not reported by task 'seq2seq'"]),
+    ("rougeL for classification", _many(_set("task", "sequence_classification"), _set("data.source_column", None),
+                                        _set("data.target_column", None)),
+     "objective.metric", ["'rougeL' is not reported by task 'sequence_classification'"]),
+    ("rougeL for plain causal_lm", _many(_set("task", "causal_lm"), _set("data.source_column", None),
+                                         _set("data.target_column", None)),
+     "objective.metric", ["needs generated text", "data.prompt_column"]),
+    ("num_beams < 1", _set("generation.num_beams", 0), "generation.num_beams", ["greater than or equal to 1"]),
+    ("num_beams < 1 searched", _set("search_space", {"generation.num_beams": {"type": "int", "low": 0, "high": 2}}),
+     "search_space[generation.num_beams]", ["value 0 is not valid"]),
+    ("generation section on classification", _many(
+        _set("task", "sequence_classification"), _set("objective.metric", "accuracy"),
+        _set("data.source_column", None), _set("data.target_column", None), _set("generation.num_beams", 2)),
+     "generation", ["only applies to generation tasks"]),
+    ("decode-only from scratch", _many(_set("fidelity.max_steps", 0), _set("search_space", {
+        "generation.num_beams": {"type": "int", "low": 1, "high": 2}})),
+     "model.from_config", ["decodes a trained model"]),
+    ("decode-only searching training", _many(_set("fidelity.max_steps", 0), _set("model", {"name_or_path": "./t5"})),
+     "search_space[training.learning_rate]",
+     ["trains nothing"]),
+    ("threshold pruner on a proxy", _set("pruner", {"name": "threshold", "lower": 10.0}), "pruner",
+     ["pruning proxy"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutate", "key", "hints"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_generation_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mutate: Any, key: str, hints: list[str]
+) -> None:
+    d = seq2seq_study(tmp_path)
+    mutate(d)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(cwd / "cache"))
+    before = {str(p) for p in tmp_path.rglob("*")}
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {path}: {key}: "), result.output
+    for hint in hints:
+        assert hint in lines[0], result.output
+    assert {str(p) for p in tmp_path.rglob("*")} == before
+
+
+def test_the_base_generation_study_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(seq2seq_study(tmp_path), sort_keys=False), encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_generation_keys_enter_the_fingerprint_and_other_studies_keep_theirs(tmp_path: Path) -> None:
+    d = seq2seq_study(tmp_path)
+    a = validate_study(d).fingerprint()
+    d["generation"] = {"num_beams": 2}
+    assert validate_study(d).fingerprint() != a
+    plain = studies.curve("plain")
+    assert "generation" not in validate_study(plain).fingerprints()
+    assert "source_column" not in validate_study(plain).base_run().model_dump()["data"]
+
+
+# ------------------------------------------------------------------------------------------------- slow
+
+
+def _saved_t5(folder: Path, tmp_path: Path) -> None:
+    """A tiny T5 trained for a few steps and saved with its tokenizer (what `hpo train` leaves)."""
+    from trainers.base import NullReporter
+    from trainers.loop import train
+
+    run = gen_run("seq2seq", write_pairs(tmp_path / "train.jsonl", 40))
+    result = train(run, NullReporter(), tmp_path / "cache0")
+    result.model.save_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(prepare(run, tmp_path / "cache0").tokenizer_dir)).save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_decode_only_study_searches_decoding_without_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "trained"
+    _saved_t5(model_dir, tmp_path)
+    d = seq2seq_study(tmp_path)
+    d["model"] = {"name_or_path": str(model_dir)}
+    d["fidelity"] = {"max_steps": 0, "eval_every": 1}
+    d["study"]["n_trials"] = 3
+    d["generation"] = {"eval_samples": 4, "max_new_tokens": 4, "examples": 1}
+    d["search_space"] = {"generation.num_beams": {"type": "int", "low": 1, "high": 3},
+                         "generation.no_repeat_ngram_size": {"type": "int", "low": 0, "high": 2}}  # fmt: skip
+    d["resources"] = {"workers": 1}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path}/runs/gen.db")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert t.user_attrs["steps"] == 0 and t.user_attrs["train_time"] == 0.0  # nothing trained
+        assert set(GENERATION_METRICS) <= set(t.user_attrs["metrics"])
+        assert t.value == t.user_attrs["metrics"]["rougeL"]
+        assert len(t.user_attrs["examples"]) == 1
+    # the same trained weights: the loss is the same in every trial, only decoding differs
+    assert len({round(t.user_attrs["metrics"]["eval_loss"], 6) for t in trials}) == 1
+
+
+@pytest.mark.slow
+def test_seq2seq_study_runs_exports_and_trains_with_its_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig, Seq2SeqTrainingArguments
+
+    d = seq2seq_study(tmp_path)
+    d["generation"] = {"eval_samples": 4, "max_new_tokens": 4, "examples": 2}
+    d["search_space"]["generation.num_beams"] = {"type": "int", "low": 1, "high": 3}
+    d["training"] = {"per_device_train_batch_size": 4}
+    d["resources"] = {"workers": 1}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path}/runs/gen.db")
+    for t in study.get_trials(deepcopy=False):
+        assert t.state == TrialState.COMPLETE
+        assert set(GENERATION_METRICS) | {"generate_time", "eval_loss"} <= set(t.user_attrs["metrics"])
+        assert len(t.user_attrs["examples"]) == 2
+        assert all(v < 0 for v in t.intermediate_values.values())  # -eval_loss: the proxy, maximised
+    result = runner.invoke(app, ["export", str(path), "-o", str(tmp_path / "best")])
+    assert result.exit_code == 0, result.output
+    best = study.best_trial
+    args = Seq2SeqTrainingArguments(**json.loads((tmp_path / "best" / "training_args.json").read_text()))
+    assert args.predict_with_generate and args.generation_num_beams == best.params["num_beams"]
+    assert args.generation_max_length == 5
+    gen = GenerationConfig.from_pretrained(tmp_path / "best")
+    assert gen.num_beams == best.params["num_beams"] and gen.max_new_tokens == 4
+    result = runner.invoke(app, ["train", str(tmp_path / "best" / "train.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "rougeL" in result.output
+    metrics = json.loads((tmp_path / "best" / "model" / "metrics.json").read_text())
+    assert set(GENERATION_METRICS) <= set(metrics["metrics"]) and metrics["examples"]
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "best" / "model")
+    assert model.generation_config.num_beams == best.params["num_beams"]  # the searched decoding goes along
+
+
+# ------------------------------------------------------------------------------------------- benchmarks
+
+
+def test_proxy_correlation_of_the_benchmark_matches_scipy() -> None:
+    import sys
+
+    from scipy.stats import spearmanr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gen_proxy
+
+    rng = np.random.default_rng(0)
+    finals = rng.normal(size=9)
+    trials = [({10: float(-f + rng.normal() * 0.5), 20: float(round(-f, 0))}, float(f)) for f in finals]
+    rows = gen_proxy.proxy_correlation(trials, boot=50)
+    assert [r["step"] for r in rows] == [10, 20]
+    for r in rows:
+        x = [iv[r["step"]] for iv, _ in trials]
+        assert r["spearman"] == pytest.approx(spearmanr(x, finals).statistic)  # ties at step 20 too
+        lo, hi = r["ci90"]
+        assert lo <= hi
+
+
+@pytest.mark.slow
+def test_the_benchmarks_quick_modes_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("gen_proxy.py", "tuned_vs_untuned.py"):
+        out = tmp_path / f"{script}.json"
+        cmd = [sys.executable, str(root / "benchmarks" / script), "--quick", "--json", str(out)]
+        if script == "tuned_vs_untuned.py":
+            cmd.insert(2, str(root / "studies" / "bbc-headlines-t5.yaml"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        result = json.loads(out.read_text())
+        assert result["machine"]
+        if script == "gen_proxy.py":
+            assert [r["step"] for r in result["correlation"]] == [10, 20]
+        else:
+            assert "rougeL" in result["studies"][0]["metrics"]

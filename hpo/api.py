@@ -48,12 +48,15 @@ def validate(path: str | Path) -> StudyConfig:
     return cfg
 
 
-def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = False) -> RunSummary:
+def run(
+    path: str | Path, display: RunDisplay | None = None, join_only: bool = False, config: StudyConfig | None = None
+) -> RunSummary:
     """Run or resume the study of a file until its n_trials total (or timeout, or Ctrl-C).
 
     ``join_only``: work on a study another `hpo run` created (e.g. on another machine); never create it.
+    ``config``: run this study instead of the file's, already validated (`hpo confirm`'s runs).
     """
-    cfg = validate(path)  # a bad file (or a bad reference in it) stops here: nothing started, nothing written
+    cfg = validate(path) if config is None else config  # a bad file stops here: nothing started, nothing written
     if join_only:
         load_existing(cfg, strict=True)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()

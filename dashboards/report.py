@@ -49,6 +49,7 @@ class Loaded:
     study_file: str
     storage: str  # redacted
     description: str | None = None
+    confirmation: Any = None  # hpo.confirm.Confirmation, when `hpo confirm` has run
 
 
 def load(study_file: str | Path) -> Loaded:
@@ -56,7 +57,11 @@ def load(study_file: str | Path) -> Loaded:
     cfg = load_study_file(study_file)
     study = load_existing(cfg)
     points = read_curves(cfg.storage_url, cfg.study.name)
-    return Loaded(D.collect(study, points), study, str(study_file), redact(cfg.storage_url), cfg.study.description)
+    from hpo.confirm import stored
+
+    loaded = Loaded(D.collect(study, points), study, str(study_file), redact(cfg.storage_url), cfg.study.description)
+    loaded.confirmation = stored(cfg, study)
+    return loaded
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -270,7 +275,16 @@ def build(loaded: Sequence[Loaded]) -> Report:
         if x.description:
             intro.insert(0, _esc(x.description))
         tables = [f"<h3>Top trials</h3>{top_table(sd)}", all_trials_table(sd)]
-        sections.append(Section(f"study-{slug}", sd.name, intro, study_figures(x.study, sd, slug), tables))
+        figs = study_figures(x.study, sd, slug)
+        if x.confirmation is not None:  # `hpo confirm`: each top configuration as an interval over seeds
+            from dashboards.winners import confirmation_figure, confirmation_rows
+            from hpo.confirm import describe
+
+            intro.append(_esc(describe(x.confirmation)))
+            figs.insert(1, Figure(f"{slug}-confirm", "Confirmation over seeds", confirmation_figure(x.confirmation)))
+            head = ["trial", "search", "mean", "std", "95% CI", "P(best)", "runs"]
+            tables.insert(0, f"<h3>Confirmation</h3>{_table(head, confirmation_rows(x.confirmation))}")
+        sections.append(Section(f"study-{slug}", sd.name, intro, figs, tables))
     title = "hpo report — " + " vs ".join(labels)
     return Report(title, sections, summaries, found)
 

@@ -214,3 +214,21 @@ def test_best_and_export_prefer_the_confirmed_winner_and_say_so(
     assert exp.exit_code == 0, exp.output
     assert f"confirmed winner: trial {conf.winner}" in exp.output
     assert f"trial {conf.winner}" in (tmp_path / "best" / "train.yaml").read_text().splitlines()[0]
+
+
+def test_report_shows_the_confirmation_as_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboards.report import build, load
+
+    path = search(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert not any(f.key.endswith("-confirm") for f in build([load(path)]).figures)
+    conf = run_confirmation(str(path), top=2, seeds=3, seed_noise=0.2)
+    report = build([load(path)])
+    fig = next(f.fig for f in report.figures if f.key.endswith("-confirm"))
+    means = fig.data[0]
+    assert list(means.x) == pytest.approx([c.mean for c in conf.configs])
+    # the bar is the 95% interval: mean + error = high end
+    assert [m + e for m, e in zip(means.x, means.error_x.array, strict=True)] == pytest.approx(
+        [c.ci_high for c in conf.configs]
+    )
+    assert "95% CI" in "".join(report.sections[-1].tables)

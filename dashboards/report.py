@@ -50,6 +50,7 @@ class Loaded:
     storage: str  # redacted
     description: str | None = None
     confirmation: Any = None  # hpo.confirm.Confirmation, when `hpo confirm` has run
+    pareto: Any = None  # several objectives: (the study itself, objective names) for the Pareto front
 
 
 def load(study_file: str | Path) -> Loaded:
@@ -59,8 +60,15 @@ def load(study_file: str | Path) -> Loaded:
     points = read_curves(cfg.storage_url, cfg.study.name)
     from hpo.confirm import stored
 
+    confirmation = stored(cfg, study)
+    pareto = None
+    if len(study.directions) > 1:  # the figures made for one objective show the first; the front shows all
+        from hpo.objectives import first_objective_view
+
+        pareto, study = (study, [o.metric for o in cfg.objectives]), first_objective_view(study)
     loaded = Loaded(D.collect(study, points), study, str(study_file), redact(cfg.storage_url), cfg.study.description)
-    loaded.confirmation = stored(cfg, study)
+    loaded.confirmation = confirmation
+    loaded.pareto = pareto
     return loaded
 
 
@@ -276,6 +284,18 @@ def build(loaded: Sequence[Loaded]) -> Report:
             intro.insert(0, _esc(x.description))
         tables = [f"<h3>Top trials</h3>{top_table(sd)}", all_trials_table(sd)]
         figs = study_figures(x.study, sd, slug)
+        if x.pareto is not None:
+            from dashboards.winners import pareto_figure
+            from hpo.objectives import front
+
+            real, names = x.pareto
+            intro.append(
+                _esc(
+                    f"{len(names)} objectives ({', '.join(names)}): the other figures show the first; "
+                    f"Pareto front: trials {', '.join(str(t.number) for t in front(real))}."
+                )
+            )
+            figs.insert(0, Figure(f"{slug}-pareto", "Pareto front", pareto_figure(real, names)))
         if x.confirmation is not None:  # `hpo confirm`: each top configuration as an interval over seeds
             from dashboards.winners import confirmation_figure, confirmation_rows
             from hpo.confirm import describe

@@ -92,7 +92,7 @@ def run(
         done, left = ledger.counted(), ledger.budget_left()
         counts = fmt_counts(done, cfg.study.n_trials, ledger.grid_points)
         header = _header(cfg, specs, created, counts, others)
-        display.start(cfg.study.name, cfg.objective.metric, done, done + left, header)
+        display.start(cfg.study.name, cfg.metric, done, done + left, header)
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created
         summary.counted, summary.n_trials, summary.grid_points = ledger.counted(), ledger.n_trials, ledger.grid_points
@@ -154,7 +154,7 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
     return [
         f"[bold]{cfg.study.name}[/] — {what}",
         f"  storage  {redact(cfg.storage_url)}",
-        f"  task     {cfg.task}, objective {cfg.objective.metric} ({cfg.direction})",
+        f"  task     {cfg.task}, objective {cfg.metric} ({cfg.direction})",
         f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.max_steps} steps/trial,"
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
@@ -177,7 +177,7 @@ def _row(r: TrialRecord) -> TrialRow:
     return TrialRow(
         number=r.number,
         state=r.state.name,
-        value=r.value,
+        value=r.value if r.value is not None or not r.values else r.values[0],  # several objectives: the first
         params=dict(r.params),
         steps=r.steps,
         duration=r.duration,
@@ -203,12 +203,12 @@ def status(path: str | Path) -> StudyStatus:
     cfg = load_study_file(path)
     study = load_existing(cfg)
     trials = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
-    best = best_of(trials, study.direction)
+    best = best_of(trials, study.directions[0])  # several objectives: no one best (`hpo best` lists the front)
     return StudyStatus(
         name=cfg.study.name,
         storage=redact(cfg.storage_url),
         direction=cfg.direction,
-        metric=cfg.objective.metric,
+        metric=cfg.metric,
         n_trials=int(study.user_attrs.get(ATTR_N_TRIALS, cfg.study.n_trials)),
         counted=sum(1 for t in trials if t.counted),
         rows=[_row(t) for t in trials],
@@ -225,6 +225,21 @@ def best(path: str | Path) -> tuple[StudyConfig, TrialRecord]:
     if trial is None:
         raise HpoError(f"study {cfg.study.name!r} has no complete trial yet; run `hpo run {path}`")
     return cfg, trial
+
+
+def front(path: str | Path) -> tuple[StudyConfig, list[TrialRecord]] | None:
+    """The Pareto front of a file's multi-objective study, ordered by the first objective; None when the
+    study has one objective."""
+    from hpo.objectives import front as pareto
+
+    cfg = load_study_file(path)
+    if not cfg.multi_objective:
+        return None
+    study = load_existing(cfg)
+    trials = [TrialRecord.from_trial(t) for t in pareto(study)]
+    if not trials:
+        raise HpoError(f"study {cfg.study.name!r} has no complete trial yet; run `hpo run {path}`")
+    return cfg, trials
 
 
 def curves(path: str | Path, trial: int | None = None) -> list[CurvePoint]:

@@ -146,7 +146,10 @@ def _run(study_file: Path, join_only: bool) -> None:
     verb = "interrupted after" if summary.interrupted else "ran"
     counts = fmt_counts(summary.counted, summary.n_trials, summary.grid_points)
     out.print(f"\n{verb} {plural(summary.ran, 'trial')} in {summary.wall_time:.0f}s ({states}); {counts} in the study")
-    if status.best is None:
+    pareto = api.front(study_file) if status.best is None and summary.states.get("COMPLETE") else None
+    if pareto is not None:
+        out.print(f"Pareto front: {plural(len(pareto[1]), 'trial')} (`hpo best {study_file}` lists them)")
+    elif status.best is None:
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
@@ -259,6 +262,10 @@ def best(
     """Show the best complete trial (the confirmed winner after `hpo confirm`): value, parameters, metrics."""
     from hpo.confirm import confirmed_best, describe
 
+    pareto = api.front(study_file)
+    if pareto is not None:  # several objectives: no single best, the front of trials none beats on all
+        _print_front(study_file, *pareto, as_json)
+        return
     cfg, t = api.best(study_file)
     confirmed = confirmed_best(study_file)  # `hpo confirm` re-trained the top trials: its winner is preferred
     if confirmed is not None:
@@ -273,7 +280,7 @@ def best(
         out.print(describe(confirmed[1]), highlight=False, soft_wrap=True)
     out.print(
         f"[bold]{'confirmed best' if confirmed else 'best'} trial {t.number}[/] of study {cfg.study.name!r}: "
-        f"{cfg.objective.metric} = {fmt_value(t.value)} ({cfg.direction})",
+        f"{cfg.metric} = {fmt_value(t.value)} ({cfg.direction})",
         highlight=False,
     )
     for k, v in t.params.items():
@@ -337,6 +344,31 @@ def confirm(
         if res.interrupted:
             raise typer.Exit(_exit_code(terms[0] if terms else None))
         raise typer.Exit(1)
+
+
+def _print_front(study_file: Path, cfg: Any, trials: list[Any], as_json: bool) -> None:
+    names = [o.metric for o in cfg.objectives]
+    if as_json:
+        rows = [
+            {"number": t.number, "values": dict(zip(names, t.values, strict=True)), "params": t.params} for t in trials
+        ]
+        out.print_json(json.dumps({"objectives": names, "directions": cfg.directions, "front": rows}, default=str))
+        return
+    what = ", ".join(f"{n} ({d})" for n, d in zip(names, cfg.directions, strict=True))
+    out.print(
+        f"[bold]Pareto front[/] of study {cfg.study.name!r}: {plural(len(trials), 'trial')}; {what}", highlight=False
+    )
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column("#")
+    for n in names:
+        table.add_column(n)
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    for p in params:
+        table.add_column(_SHORT.get(p, p))
+    for t in trials:
+        table.add_row(str(t.number), *(fmt_value(v) for v in t.values), *(_cell(t.params.get(p, "")) for p in params))
+    out.print(table)
+    out.print(f"export any of them: hpo export {study_file} --trial N", highlight=False)
 
 
 @app.command()

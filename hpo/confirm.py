@@ -183,17 +183,11 @@ class Plan:
 
 def _first_objective(cfg: StudyConfig) -> Any:
     """A multi-objective study is confirmed on its first objective (None: the study has one)."""
-    objectives = getattr(cfg, "objectives", None)
-    if objectives is None or len(objectives) < 2:
-        return None
-    return objectives[0]
+    return cfg.objectives[0] if cfg.multi_objective else None
 
 
 def _metric(cfg: StudyConfig) -> tuple[str, str]:
-    first = _first_objective(cfg)
-    if first is not None:
-        return first.metric, first.direction
-    return cfg.objective.metric, cfg.direction  # type: ignore[union-attr]
+    return cfg.metric, cfg.direction
 
 
 def plan(path: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEEDS, steps: int | None = None) -> Plan:

@@ -336,7 +336,7 @@ def provenance(
         "storage": redact(cfg.storage_url),
         "trial": trial.number,
         "rank": rank,
-        "objective": cfg.objective.metric,
+        "objective": cfg.metric,
         "direction": [d.name.lower() for d in study.directions] if multi else cfg.direction,
         "value": list(trial.values) if multi else trial.value,
         "trial_metrics": None if a.metrics is None else dict(a.metrics),

@@ -101,6 +101,7 @@ class TrialResult:
     trainable_params: int | None = None  # parameters the optimizer updates (with LoRA: the adapter's)
     total_params: int | None = None
     peak_memory_mb: float | None = None  # see TrainResult.peak_memory_mb: what each device can measure
+    latency_ms: float | None = None  # see TrainResult.latency_ms
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:
@@ -118,6 +119,7 @@ class TrialResult:
             trainable_params=r.trainable_params,
             total_params=r.total_params,
             peak_memory_mb=r.peak_memory_mb,
+            latency_ms=r.latency_ms,
             **extra,
         )
 

@@ -79,6 +79,8 @@ class CurveRunner:
     - ``close_elsewhere`` = (storage URL, study name, trial number): before that trial's first eval, this
       worker process does what another process's orphan check does to a trial without heartbeat (FAIL,
       re-queued), as if its orchestrator had been paused past the heartbeat grace.
+    - ``params_from_lr``: report ``total_params`` = ``trainable_params`` = lr x 1e6 (a cost that grows with
+      the learning rate, against a loss best at 1e-3: a Pareto front for multi-objective tests).
     - ``seed_noise``: add ``seed_noise * seed_offset(training.seed)`` to every value (seed-to-seed noise).
     """
 
@@ -92,6 +94,7 @@ class CurveRunner:
         step_sleep: float = 0.0,
         close_elsewhere: tuple[str, str, int] | None = None,
         seed_noise: float = 0.0,
+        params_from_lr: bool = False,
     ) -> None:
         self.fail_above = fail_above
         self.nan_above = nan_above
@@ -101,6 +104,7 @@ class CurveRunner:
         self.step_sleep = step_sleep
         self.close_elsewhere = close_elsewhere
         self.seed_noise = seed_noise
+        self.params_from_lr = params_from_lr
         self.verdicts = Verdicts()
 
     def setup(self, spec: Any) -> None:
@@ -152,6 +156,8 @@ class CurveRunner:
             device="cpu",
             precision="no",
             stopped=stopped if stopped is not None else reporter.stop_reason(),
+            total_params=int(lr * 1e6) if self.params_from_lr else None,
+            trainable_params=int(lr * 1e6) if self.params_from_lr else None,
         )
 
 

@@ -112,6 +112,7 @@ class TrainResult:
     # CPU: the process's peak resident set size so far (getrusage ru_maxrss): process-wide and never
     # lowered, so in a worker that ran earlier trials it is at least their peak.
     peak_memory_mb: float | None = None
+    latency_ms: float | None = None  # inference per example on the first eval batch (``trainers.latency``), when asked
     # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
     # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
     model: Any = field(default=None, repr=False, compare=False)

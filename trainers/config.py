@@ -239,6 +239,7 @@ class RunConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval_batches: int | None = Field(default=None, ge=1)  # cap on eval batches per evaluation
+    measure_latency: bool = False  # time inference on the first eval batch after training (trainers.latency)
 
     @model_validator(mode="after")
     def _task_fits(self) -> RunConfig:

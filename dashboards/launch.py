@@ -74,7 +74,7 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([cfg.metric])
+            study.set_metric_names([o.metric for o in cfg.objectives])
         named = True
     wrote_study = False
     version = int(attrs.get(_note_ver_key(None), 0))

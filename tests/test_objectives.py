@@ -178,3 +178,16 @@ def test_real_trainer_measures_every_cost(tmp_path: Path, monkeypatch: pytest.Mo
         a = t.user_attrs
         assert t.values == [a["metrics"]["accuracy"], a["latency_ms"], a["total_params"], a["peak_memory_mb"]]
         assert a["latency_ms"] > 0
+
+
+def test_dashboard_study_note_names_every_objective() -> None:
+    from dashboards.notes import study_note
+
+    config = {
+        "objective": [
+            {"metric": "f1_macro", "direction": "maximize"},
+            {"metric": "latency_ms", "direction": "minimize"},
+        ]
+    }
+    note = study_note(config, "s.yaml", "sqlite:///x.db")
+    assert "| objective | maximize **f1_macro**, minimize **latency_ms** (Pareto front) |" in note

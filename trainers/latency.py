@@ -1,8 +1,9 @@
 """Inference latency per example, measured the same way for every trial (the ``latency_ms`` cost metric).
 
 After training, the model runs forward passes (no gradients, eval mode) over one fixed batch — the first
-eval batch, so every trial of a study is timed on the same rows: one warm-up pass, then ``repeats`` timed
-passes; the result is the median pass time divided by the batch's rows, in milliseconds. On CUDA the device
+eval rows (up to 8, ``trainers.loop.LATENCY_ROWS``), so every trial of a study is timed on the same rows:
+one warm-up pass, then ``repeats`` timed passes; the result is the median pass time divided by the batch's
+rows, in milliseconds. On CUDA the device
 is synchronised around each pass. The figure includes the worker's CPU threads and the machine's load:
 compare trials of one study on one machine, not numbers across machines.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 
-def latency_ms(model: torch.nn.Module, batch: dict[str, Any], device: torch.device, repeats: int = 5) -> float:
+def latency_ms(model: torch.nn.Module, batch: dict[str, Any], device: torch.device, repeats: int = 3) -> float:
     """Median milliseconds per example of a forward pass over ``batch``."""
     rows = int(next(iter(batch.values())).shape[0])
     inputs = {k: v for k, v in batch.items() if k != "labels"}  # inference: no loss

@@ -297,6 +297,9 @@ def f1_macro(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+LATENCY_ROWS = 8
+
+
 def _latency(model: torch.nn.Module, data: PreparedData, run: RunConfig, device: torch.device) -> float:
     from trainers.latency import latency_ms
 
@@ -304,8 +307,9 @@ def _latency(model: torch.nn.Module, data: PreparedData, run: RunConfig, device:
 
 
 def latency_rows(data: PreparedData, run: RunConfig) -> np.ndarray:
-    """The eval rows latency is measured on: the first eval batch, the same rows for every trial."""
-    return np.arange(0, min(run.training.per_device_eval_batch_size, len(data.eval_ids)))
+    """The eval rows latency is measured on: the first rows of the eval split (at most one eval batch, at most
+    ``LATENCY_ROWS``: timing costs a few passes per trial), the same rows for every trial."""
+    return np.arange(0, min(run.training.per_device_eval_batch_size, LATENCY_ROWS, len(data.eval_ids)))
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -346,6 +346,11 @@ def confirm(
         raise typer.Exit(1)
 
 
+def _count_or_value(v: float) -> str:
+    """A count (params) in full, with thousands separators; other values as everywhere else."""
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1000 else fmt_value(v)
+
+
 def _print_front(study_file: Path, cfg: Any, trials: list[Any], as_json: bool) -> None:
     names = [o.metric for o in cfg.objectives]
     if as_json:
@@ -366,7 +371,9 @@ def _print_front(study_file: Path, cfg: Any, trials: list[Any], as_json: bool) -
     for p in params:
         table.add_column(_SHORT.get(p, p))
     for t in trials:
-        table.add_row(str(t.number), *(fmt_value(v) for v in t.values), *(_cell(t.params.get(p, "")) for p in params))
+        table.add_row(
+            str(t.number), *(_count_or_value(v) for v in t.values), *(_cell(t.params.get(p, "")) for p in params)
+        )
     out.print(table)
     out.print(f"export any of them: hpo export {study_file} --trial N", highlight=False)
 

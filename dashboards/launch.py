@@ -74,7 +74,7 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([cfg.objective.metric])
+            study.set_metric_names([o.metric for o in cfg.objectives])
         named = True
     wrote_study = False
     version = int(attrs.get(_note_ver_key(None), 0))
@@ -89,7 +89,7 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     ]
     todo = missing if limit is None else missing[:limit]
     for t in todo:
-        body = trial_note(TrialRecord.from_trial(t), cfg.objective.metric, cfg.fidelity.max_steps)
+        body = trial_note(TrialRecord.from_trial(t), cfg.metric, cfg.fidelity.max_steps)
         save_note(store.handle(handle_study, t), body)
     return NotesWritten(wrote_study, len(todo), named, len(missing) - len(todo))
 

@@ -153,7 +153,8 @@ def study_note(config: dict[str, Any], study_file: str, storage: str) -> str:
     """What the study is and how to take its best trial further. ``storage`` must already be redacted."""
     study = config.get("study", {})
     name = study.get("name", "?")
-    objective = config.get("objective", {})
+    raw = config.get("objective", {})
+    objectives = raw if isinstance(raw, list) else [raw]  # several: a multi-objective study
     fidelity = config.get("fidelity", {})
     lines = [f"## {name}", ""]
     if study.get("description"):
@@ -162,7 +163,10 @@ def study_note(config: dict[str, Any], study_file: str, storage: str) -> str:
         "| | |",
         "|---|---|",
         f"| task | {_cell(config.get('task', '-'))} |",
-        f"| objective | {objective.get('direction', '?')} **{objective.get('metric', '?')}** |",
+        "| objective | "
+        + ", ".join(f"{o.get('direction', '?')} **{o.get('metric', '?')}**" for o in objectives)
+        + (" (Pareto front)" if len(objectives) > 1 else "")
+        + " |",
         f"| model | {_cell(_model(config.get('model', {})))} |",
         f"| data | {_cell(_data(config.get('data', {})))} |",
         f"| sampler | {_cell(_describe(config.get('sampler')))} |",

@@ -49,6 +49,8 @@ class Loaded:
     study_file: str
     storage: str  # redacted
     description: str | None = None
+    confirmation: Any = None  # hpo.confirm.Confirmation, when `hpo confirm` has run
+    pareto: Any = None  # several objectives: (the study itself, objective names) for the Pareto front
 
 
 def load(study_file: str | Path) -> Loaded:
@@ -56,7 +58,18 @@ def load(study_file: str | Path) -> Loaded:
     cfg = load_study_file(study_file)
     study = load_existing(cfg)
     points = read_curves(cfg.storage_url, cfg.study.name)
-    return Loaded(D.collect(study, points), study, str(study_file), redact(cfg.storage_url), cfg.study.description)
+    from hpo.confirm import stored
+
+    confirmation = stored(cfg, study)
+    pareto = None
+    if len(study.directions) > 1:  # the figures made for one objective show the first; the front shows all
+        from hpo.objectives import first_objective_view
+
+        pareto, study = (study, [o.metric for o in cfg.objectives]), first_objective_view(study)
+    loaded = Loaded(D.collect(study, points), study, str(study_file), redact(cfg.storage_url), cfg.study.description)
+    loaded.confirmation = confirmation
+    loaded.pareto = pareto
+    return loaded
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -304,7 +317,28 @@ def build(loaded: Sequence[Loaded]) -> Report:
         by_model = model_table(sd, x.study.user_attrs.get(ATTR_CONFIG))
         if by_model:
             tables.insert(0, by_model)
-        sections.append(Section(f"study-{slug}", sd.name, intro, study_figures(x.study, sd, slug), tables))
+        figs = study_figures(x.study, sd, slug)
+        if x.pareto is not None:
+            from dashboards.winners import pareto_figure
+            from hpo.objectives import front
+
+            real, names = x.pareto
+            intro.append(
+                _esc(
+                    f"{len(names)} objectives ({', '.join(names)}): the other figures show the first; "
+                    f"Pareto front: trials {', '.join(str(t.number) for t in front(real))}."
+                )
+            )
+            figs.insert(0, Figure(f"{slug}-pareto", "Pareto front", pareto_figure(real, names)))
+        if x.confirmation is not None:  # `hpo confirm`: each top configuration as an interval over seeds
+            from dashboards.winners import confirmation_figure, confirmation_rows
+            from hpo.confirm import describe
+
+            intro.append(_esc(describe(x.confirmation)))
+            figs.insert(1, Figure(f"{slug}-confirm", "Confirmation over seeds", confirmation_figure(x.confirmation)))
+            head = ["trial", "search", "mean", "std", "95% CI", "P(best)", "runs"]
+            tables.insert(0, f"<h3>Confirmation</h3>{_table(head, confirmation_rows(x.confirmation))}")
+        sections.append(Section(f"study-{slug}", sd.name, intro, figs, tables))
     title = "hpo report — " + " vs ".join(labels)
     return Report(title, sections, summaries, found)
 

@@ -54,16 +54,22 @@ def validate(path: str | Path) -> StudyConfig:
 
 
 def run(
-    path: str | Path, display: RunDisplay | None = None, join_only: bool = False, enqueue: str | Path | None = None
+    path: str | Path,
+    display: RunDisplay | None = None,
+    join_only: bool = False,
+    enqueue: str | Path | None = None,
+    config: StudyConfig | None = None,
 ) -> RunSummary:
     """Run or resume the study of a file until its n_trials total (or timeout, or Ctrl-C).
 
     ``join_only``: work on a study another `hpo run` created (e.g. on another machine); never create it.
     ``enqueue``: a YAML file of configurations to run first (``hpo.warmstart``), once per study.
+    ``config``: run this study instead of the file's, already validated (`hpo confirm`'s runs).
     """
-    cfg = validate(path)  # a bad file (or a bad reference in it) stops here: nothing started, nothing written
-    # Warm-start configurations are checked (and an earlier study read) before anything is written too.
-    warm = None if join_only else warmstart.plan(cfg, str(path), enqueue)
+    cfg = validate(path) if config is None else config  # a bad file stops here: nothing started, nothing written
+    # Warm-start configurations are checked (and an earlier study read) before anything is written too; a
+    # confirmation study (``config``) runs only its own fixed configurations.
+    warm = None if join_only or config is not None else warmstart.plan(cfg, str(path), enqueue)
     if join_only:
         load_existing(cfg, strict=True)  # raises, naming `hpo run`, when there is nothing to join
     display = display or RunDisplay()
@@ -101,7 +107,7 @@ def run(
         header = _header(cfg, specs, created, counts, others)
         if warm is not None:
             header += warmstart.enqueue(study, warm)
-        display.start(cfg.study.name, cfg.objective.metric, done, done + left, header)
+        display.start(cfg.study.name, cfg.metric, done, done + left, header)
         summary = orch.run(timeout=cfg.study.timeout)
         summary.created = created
         summary.counted, summary.n_trials, summary.grid_points = ledger.counted(), ledger.n_trials, ledger.grid_points
@@ -163,7 +169,7 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
     return [
         f"[bold]{cfg.study.name}[/] — {what}",
         f"  storage  {redact(cfg.storage_url)}",
-        f"  task     {cfg.task}, objective {cfg.objective.metric} ({cfg.direction})",
+        f"  task     {cfg.task}, objective {cfg.metric} ({cfg.direction})",
         f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.budget} {cfg.fidelity.unit}/trial,"
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
@@ -186,8 +192,11 @@ def _row(r: TrialRecord, proxied: bool = False) -> TrialRow:
     return TrialRow(
         number=r.number,
         state=r.state.name,
-        # A generation objective's pruned trial last reported the pruning proxy, not the objective (hpo.genstudy).
-        value=None if proxied and r.state == TrialState.PRUNED else r.value,
+        # A generation objective's pruned trial last reported the pruning proxy, not the objective (hpo.genstudy);
+        # several objectives: the first.
+        value=None
+        if proxied and r.state == TrialState.PRUNED
+        else (r.value if r.value is not None or not r.values else r.values[0]),
         params=dict(r.params),
         steps=r.steps,
         duration=r.duration,
@@ -214,15 +223,15 @@ def status(path: str | Path) -> StudyStatus:
     cfg = load_study_file(path)
     study = load_existing(cfg)
     trials = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
-    best = best_of(trials, study.direction)
+    best = best_of(trials, study.directions[0])  # several objectives: no one best (`hpo best` lists the front)
     return StudyStatus(
         name=cfg.study.name,
         storage=redact(cfg.storage_url),
         direction=cfg.direction,
-        metric=cfg.objective.metric,
+        metric=cfg.metric,
         n_trials=int(study.user_attrs.get(ATTR_N_TRIALS, cfg.study.n_trials)),
         counted=sum(1 for t in trials if t.counted),
-        rows=[_row(t, uses_proxy(cfg.objective.metric)) for t in trials],
+        rows=[_row(t, uses_proxy(cfg.metric)) for t in trials],
         best=_row(best) if best is not None else None,
         by_model=group_by_model(
             ((t.number, t.state.name, t.value, t.params) for t in trials if t.counted),
@@ -241,6 +250,21 @@ def best(path: str | Path) -> tuple[StudyConfig, TrialRecord]:
     if trial is None:
         raise HpoError(f"study {cfg.study.name!r} has no complete trial yet; run `hpo run {path}`")
     return cfg, trial
+
+
+def front(path: str | Path) -> tuple[StudyConfig, list[TrialRecord]] | None:
+    """The Pareto front of a file's multi-objective study, ordered by the first objective; None when the
+    study has one objective."""
+    from hpo.objectives import front as pareto
+
+    cfg = load_study_file(path)
+    if not cfg.multi_objective:
+        return None
+    study = load_existing(cfg)
+    trials = [TrialRecord.from_trial(t) for t in pareto(study)]
+    if not trials:
+        raise HpoError(f"study {cfg.study.name!r} has no complete trial yet; run `hpo run {path}`")
+    return cfg, trials
 
 
 def curves(path: str | Path, trial: int | None = None) -> list[CurvePoint]:

@@ -168,7 +168,10 @@ def _run(study_file: Path, join_only: bool, enqueue: Path | None = None) -> None
     verb = "interrupted after" if summary.interrupted else "ran"
     counts = fmt_counts(summary.counted, summary.n_trials, summary.grid_points)
     out.print(f"\n{verb} {plural(summary.ran, 'trial')} in {summary.wall_time:.0f}s ({states}); {counts} in the study")
-    if status.best is None:
+    pareto = api.front(study_file) if status.best is None and summary.states.get("COMPLETE") else None
+    if pareto is not None:
+        out.print(f"Pareto front: {plural(len(pareto[1]), 'trial')} (`hpo best {study_file}` lists them)")
+    elif status.best is None:
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
@@ -325,19 +328,29 @@ def best(
     study_file: StudyFile,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the best complete trial: value, parameters and metrics."""
-    cfg, t = _api().best(study_file)
-    if as_json:
-        out.print_json(
-            json.dumps(
-                {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.to_user_attrs()},
-                default=str,
-            )
-        )
+    """Show the best complete trial (the confirmed winner after `hpo confirm`): value, parameters, metrics."""
+    from hpo.confirm import confirmed_best, describe
+
+    api = _api()
+    pareto = api.front(study_file)
+    if pareto is not None:  # several objectives: no single best, the front of trials none beats on all
+        _print_front(study_file, *pareto, as_json)
         return
+    cfg, t = api.best(study_file)
+    confirmed = confirmed_best(study_file)  # `hpo confirm` re-trained the top trials: its winner is preferred
+    if confirmed is not None:
+        t = confirmed[0]
+    if as_json:
+        body = {"number": t.number, "value": t.value, "params": t.params, "user_attrs": t.to_user_attrs()}
+        if confirmed is not None:
+            body["confirmation"] = confirmed[1].to_json()
+        out.print_json(json.dumps(body, default=str))
+        return
+    if confirmed is not None:
+        out.print(describe(confirmed[1]), highlight=False, soft_wrap=True)
     out.print(
-        f"[bold]best trial {t.number}[/] of study {cfg.study.name!r}: "
-        f"{cfg.objective.metric} = {fmt_value(t.value)} ({cfg.direction})",
+        f"[bold]{'confirmed best' if confirmed else 'best'} trial {t.number}[/] of study {cfg.study.name!r}: "
+        f"{cfg.metric} = {fmt_value(t.value)} ({cfg.direction})",
         highlight=False,
     )
     for k, v in t.params.items():
@@ -353,6 +366,92 @@ def best(
     ):
         if v is not None:
             out.print(f"  {key}: {v}", highlight=False)
+
+
+@app.command()
+@_errors
+def confirm(
+    study_file: StudyFile,
+    top: Annotated[int, typer.Option("--top", help="Re-train the K best complete trials.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", help="Fresh seeds per configuration (at least 2).")] = 3,
+    steps: Annotated[int | None, typer.Option("--steps", help="Steps per run (default: the trials' own).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Re-train the best trials on fresh seeds: mean, std, 95% CI and P(best) per configuration (resumable)."""
+    from rich import box
+    from rich.table import Table
+
+    from hpo.confirm import confirm as do_confirm
+    from hpo.confirm import describe
+
+    with _sigterm_as_ctrl_c() as terms:
+        res = do_confirm(study_file, top, seeds, steps)
+    conf = res.confirmation
+    if as_json:
+        out.print_json(json.dumps(conf.to_json()))
+    else:
+        table = Table(
+            title=f"{conf.study}: {conf.metric} over seeds {conf.seeds}, {conf.steps} steps per run",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        for col in ("trial", "search", "mean", "std", "95% CI", "P(best)", "runs"):
+            table.add_column(col)
+        for c in conf.configs:
+            ci = "-" if c.ci_low != c.ci_low else f"{c.ci_low:.4g} – {c.ci_high:.4g}"
+            mark = "*" if c.trial == conf.winner else ""
+            table.add_row(
+                f"{c.trial}{mark}",
+                fmt_value(c.search_value),
+                fmt_value(c.mean if c.mean == c.mean else None),
+                fmt_value(c.std if c.std == c.std else None),
+                ci,
+                f"{c.p_best:.2f}",
+                str(len(c.values)),
+            )
+        out.print(table)
+        if conf.complete:
+            out.print(describe(conf), highlight=False, soft_wrap=True)
+    if res.interrupted or not conf.complete:
+        out.print(f"{len(conf.missing)} runs missing; resume with: hpo confirm {study_file}", highlight=False)
+        if res.interrupted:
+            raise typer.Exit(_exit_code(terms[0] if terms else None))
+        raise typer.Exit(1)
+
+
+def _count_or_value(v: float) -> str:
+    """A count (params) in full, with thousands separators; other values as everywhere else."""
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1000 else fmt_value(v)
+
+
+def _print_front(study_file: Path, cfg: Any, trials: list[Any], as_json: bool) -> None:
+    from rich import box
+    from rich.table import Table
+
+    names = [o.metric for o in cfg.objectives]
+    if as_json:
+        rows = [
+            {"number": t.number, "values": dict(zip(names, t.values, strict=True)), "params": t.params} for t in trials
+        ]
+        out.print_json(json.dumps({"objectives": names, "directions": cfg.directions, "front": rows}, default=str))
+        return
+    what = ", ".join(f"{n} ({d})" for n, d in zip(names, cfg.directions, strict=True))
+    out.print(
+        f"[bold]Pareto front[/] of study {cfg.study.name!r}: {plural(len(trials), 'trial')}; {what}", highlight=False
+    )
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column("#")
+    for n in names:
+        table.add_column(n)
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    for p in params:
+        table.add_column(_SHORT.get(p, p))
+    for t in trials:
+        table.add_row(
+            str(t.number), *(_count_or_value(v) for v in t.values), *(_cell(t.params.get(p, "")) for p in params)
+        )
+    out.print(table)
+    out.print(f"export any of them: hpo export {study_file} --trial N", highlight=False)
 
 
 @app.command()
@@ -416,6 +515,8 @@ def export(
     from hpo.export import export as do_export
 
     for e in do_export(study_file, out_dir, trial, top, steps, trial_length, force):
+        if e.note:
+            out.print(escape(e.note), highlight=False, soft_wrap=True)
         out.print(
             f"[bold]trial {e.trial}[/] ({fmt_value(e.value) if not isinstance(e.value, list) else e.value}) "
             f"-> {escape(str(e.dir))}/  length: {escape(e.length)}",

@@ -12,10 +12,20 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from hpo import yamlio
 from hpo.batching import check_effective, derive
@@ -43,6 +53,20 @@ TASK_METRICS: dict[str, dict[str, Literal["minimize", "maximize"]]] = {
 GENERATING_CAUSAL_METRICS = {**TASK_METRICS["causal_lm"], **GENERATION_METRICS}
 
 
+# Costs every trial's worker measures the same way (multi-objective studies): lower is better. ``params``
+# counts every parameter of the model, ``trainable_params`` those the optimizer updates; ``latency_ms`` is
+# inference per example on the first eval batch (trainers/latency.py), ``train_time`` seconds in train steps.
+COST_METRICS: dict[str, Literal["minimize", "maximize"]] = {
+    "params": "minimize",
+    "trainable_params": "minimize",
+    "peak_memory_mb": "minimize",
+    "train_time": "minimize",
+    "latency_ms": "minimize",
+}
+# Samplers that handle several objectives (the others are refused in a multi-objective study).
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid", "qmc")
+
+
 class _Strict(BaseModel):
     # Frozen: a validated study is never edited; a variant is a copy (`model_copy(update=...)`).
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -60,8 +84,16 @@ class ObjectiveSection(_Strict):
     metric: Literal[
         "eval_loss", "perplexity", "accuracy", "f1_macro",
         "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match",
+        "params", "trainable_params", "peak_memory_mb", "train_time", "latency_ms",
     ]  # fmt: skip
     direction: Literal["minimize", "maximize"] | None = None  # default: the metric's natural direction
+
+
+# One section or a list, told apart by the shape written (so an error names only the form the file used).
+Objectives = Annotated[
+    Union[Annotated[ObjectiveSection, Tag("one")], Annotated[list[ObjectiveSection], Tag("many")]],
+    Discriminator(lambda v: "many" if isinstance(v, list) else "one"),
+]
 
 
 class FidelitySection(_Strict):
@@ -152,7 +184,9 @@ class StudyConfig(_Strict):
 
     study: StudySection
     task: Task
-    objective: ObjectiveSection
+    # One objective, or a list (multi-objective: the first must be a metric the trainer reports at each
+    # eval, since pruning follows it; costs such as latency_ms come after).
+    objective: Objectives
     sampler: SamplerConfig = Field(default_factory=lambda: TPESamplerConfig(name="tpe"))
     # No pruner in the file: the median pruner warmed up for a sixth of a trial (`_fill_defaults`, from
     # fidelity); this default only stands in while an invalid fidelity section is reported.
@@ -190,12 +224,21 @@ class StudyConfig(_Strict):
             fidelity = _valid(FidelitySection, data.get("fidelity"))
             if fidelity is not None:
                 data["pruner"] = default_pruner(fidelity.budget)
-        objective = _valid(ObjectiveSection, data.get("objective"))
         task = data.get("task")
-        if objective is not None and objective.direction is None and isinstance(task, str):
-            natural = _task_metrics(task, data.get("data")).get(objective.metric)
-            if natural is not None:  # a metric the task does not report is an error below
-                data["objective"] = objective.model_copy(update={"direction": natural})
+        raw = data.get("objective")
+
+        def filled(value: Any) -> Any:
+            objective = _valid(ObjectiveSection, value)
+            if objective is None or objective.direction is not None or not isinstance(task, str):
+                return value
+            natural = {**_task_metrics(task, data.get("data")), **COST_METRICS}.get(objective.metric)
+            if natural is None:  # a metric the task does not report is an error below
+                return value
+            return objective.model_copy(update={"direction": natural})
+
+        data["objective"] = [filled(o) for o in raw] if isinstance(raw, list) else filled(raw)
+        if raw is None:
+            del data["objective"]
         return data
 
     @model_validator(mode="after")
@@ -205,28 +248,70 @@ class StudyConfig(_Strict):
         if info.context is not None:
             self._base_dir = info.context.get("base_dir")
         metrics = _task_metrics(self.task, self.data)
-        if self.objective.metric not in metrics:
-            if self.objective.metric in GENERATION_METRICS and self.task == "causal_lm":
+        objectives = self.objectives
+        many = isinstance(self.objective, list)
+        if many and not objectives:
+            raise ValueError("objective: give at least one {metric: ...}")
+        for i, o in enumerate(objectives):
+            where = f"objective[{i}]" if many else "objective"
+            natural = {**metrics, **COST_METRICS}.get(o.metric)
+            if o.metric in GENERATION_METRICS and self.task == "causal_lm" and natural is None:
                 raise ValueError(
-                    f"objective.metric: {self.objective.metric!r} needs generated text: task causal_lm generates "
+                    f"{where}.metric: {o.metric!r} needs generated text: task causal_lm generates "
                     "only as prompt -> completion (set data.prompt_column and data.target_column)"
                 )
-            raise ValueError(
-                f"objective.metric: {self.objective.metric!r} is not reported by task {self.task!r} "
-                f"(choose from {', '.join(metrics)})"
-            )
-        natural = metrics[self.objective.metric]
-        if self.objective.direction != natural:
-            raise ValueError(
-                f"objective.direction: must be {natural!r} for metric {self.objective.metric!r}, "
-                f"but got {self.objective.direction!r}"
-            )
+            if natural is None or (o.metric in COST_METRICS and not many):
+                choose = ", ".join(metrics) + (", " + ", ".join(COST_METRICS) if many else "")
+                raise ValueError(
+                    f"{where}.metric: {o.metric!r} is not reported by task {self.task!r} (choose from {choose})"
+                    + ("; cost metrics go in a list after a quality metric" if o.metric in COST_METRICS else "")
+                )
+            if o.direction != natural:
+                raise ValueError(
+                    f"{where}.direction: must be {natural!r} for metric {o.metric!r}, but got {o.direction!r}"
+                )
+        if many:
+            names = [o.metric for o in objectives]
+            if len(set(names)) != len(names):
+                raise ValueError(f"objective: each metric once, but got {names}")
+            if objectives[0].metric in COST_METRICS:
+                raise ValueError(
+                    f"objective[0].metric: must be a metric the trainer reports at each eval ({', '.join(metrics)}): "
+                    f"pruning follows the first objective, and {objectives[0].metric!r} is measured only at the end"
+                )
+            if len(objectives) > 1 and self.sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+                raise ValueError(
+                    f"sampler {self.sampler.name!r} optimises one objective; with several use one of "
+                    f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+                )
         return self
 
     @property
+    def objectives(self) -> list[ObjectiveSection]:
+        """Every objective, in the file's order (one for a single-objective study)."""
+        return list(self.objective) if isinstance(self.objective, list) else [self.objective]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def metric(self) -> str:
+        """The (first) objective's metric: what is reported at each eval and pruned on."""
+        return self.objectives[0].metric
+
+    @property
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        out = []
+        for o in self.objectives:
+            assert o.direction is not None  # filled in by validation
+            out.append(o.direction)
+        return out
+
+    @property
     def direction(self) -> Literal["minimize", "maximize"]:
-        assert self.objective.direction is not None  # filled in by validation
-        return self.objective.direction
+        """The (first) objective's direction."""
+        return self.directions[0]
 
     @property
     def storage_url(self) -> str:
@@ -254,6 +339,7 @@ class StudyConfig(_Strict):
             # Filled in for every generation task, so `generation.<key>` is a path search_space can set.
             generation=(self.generation or GenerationConfig()) if generates else self.generation,
             decode_only=decode_only,
+            measure_latency=any(o.metric == "latency_ms" for o in self.objectives),
         )
         return run if self.fidelity.unit == "steps" else with_length(run, self.fidelity.length(run))
 
@@ -316,7 +402,9 @@ class StudyConfig(_Strict):
         unset = {k for k in ("max_samples", "max_tokens") if getattr(self.fidelity, k) is None}
         parts = {
             "task": self.task,
-            "objective": self.objective.model_dump(),
+            "objective": [o.model_dump() for o in self.objective]
+            if isinstance(self.objective, list)
+            else self.objective.model_dump(),
             "fidelity": self.fidelity.model_dump(exclude=unset),
             "model": self.model.model_dump(),
             "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION},  # same data, same results
@@ -554,6 +642,8 @@ _UNION_PARTS = re.compile(r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|lite
 def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
     """Whether loc[i] was inserted by pydantic (a union's tag or member type), not a key of the file."""
     s, prev = str(loc[i]), loc[i - 1] if i > 0 else None
+    if i == 1 and loc[0] == "objective":
+        return s in ("one", "many")
     if i == 1 and loc[0] == "sampler":
         return s in SAMPLER_NAMES
     if (i == 1 and loc[0] == "pruner") or prev == "wrapped":

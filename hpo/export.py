@@ -348,7 +348,7 @@ def provenance(
         "storage": redact(cfg.storage_url),
         "trial": trial.number,
         "rank": rank,
-        "objective": cfg.objective.metric,
+        "objective": cfg.metric,
         "direction": [d.name.lower() for d in study.directions] if multi else cfg.direction,
         "value": list(trial.values) if multi else trial.value,
         "trial_metrics": None if a.metrics is None else dict(a.metrics),
@@ -405,6 +405,7 @@ class Exported:
     dir: Path
     length: str
     files: list[Path]
+    note: str | None = None  # e.g. that the trial is the confirmed winner (`hpo confirm`), not the search's best
 
 
 def _header(prov: dict[str, Any], out: Path) -> str:
@@ -441,6 +442,14 @@ def export(
     cfg = load_study_file(path)
     study = load_existing(cfg)
     trials = pick_trials(study, path, trial, top)
+    note = None
+    if trial is None and top is None:  # "the best": after `hpo confirm`, its winner
+        from hpo.confirm import describe, winner_trial
+
+        confirmed = winner_trial(cfg, study)
+        if confirmed is not None:
+            trials = [t for t in study.get_trials(deepcopy=False) if t.number == confirmed[0].number]
+            note = describe(confirmed[1])
     root = Path(out_dir) if out_dir is not None else Path(DEFAULT_RUNS_DIR) / f"{cfg.study.name}-export"
     length = Length(trial=trial_length, steps=steps)
 
@@ -476,7 +485,7 @@ def export(
             adapter = lora_config(run).to_dict()
             contents[ADAPTER_NAME] = json.dumps(adapter, indent=2, sort_keys=True, default=sorted) + "\n"
         value = list(t.values) if len(study.directions) > 1 else t.value
-        plans.append((Exported(t.number, value, out, what, [out / n for n in contents]), contents))
+        plans.append((Exported(t.number, value, out, what, [out / n for n in contents], note), contents))
 
     for e, _ in plans:
         for d in (e.dir, *e.dir.parents):

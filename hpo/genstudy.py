@@ -99,9 +99,9 @@ def check_generation(cfg: StudyConfig) -> list[tuple[str, str]]:
                          f"data.max_length={d.max_length}"))  # fmt: skip
     if cfg.fidelity.max_steps == 0:
         problems += _check_decode_only(cfg, gen)
-    if uses_proxy(cfg.objective.metric) and cfg.pruner.name == "threshold":
+    if uses_proxy(cfg.metric) and cfg.pruner.name == "threshold":
         problems.append(("pruner", f"threshold bounds would apply to the pruning proxy ({PROXY_METRIC}), not to "
-                         f"{cfg.objective.metric}: use another pruner"))  # fmt: skip
+                         f"{cfg.metric}: use another pruner"))  # fmt: skip
     return problems
 
 

@@ -33,6 +33,7 @@ from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
 from hpo.genstudy import pruning_value, uses_proxy
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
+from hpo.objectives import ProxyPruner, trial_values
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
 from hpo.space import to_distributions
@@ -59,6 +60,7 @@ class Running:
     reason: Reason | None = None  # prune reason once decided
     stop_sent: Stop = Stop.NONE
     length: TrialLength | None = None  # steps, and the pruner's step of an eval (hpo/budget.py)
+    curve: dict[str, float] = field(default_factory=dict)  # multi-objective: first objective per step (hpo keeps it)
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Orchestrator:
         self.study = study
         self.display = display
         self.runner = runner  # what workers call per trial (TrainerRunner, or a test double)
-        self.metric = cfg.objective.metric
+        self.metric = cfg.metric
         self.distributions = to_distributions(cfg.search_space)
         self._ctx = mp_context()
         self.results = results if results is not None else self._ctx.Queue()
@@ -203,7 +205,9 @@ class Orchestrator:
         self._beat = _Heartbeat(self.store, self._running_ids, interval / 2, STALL)
         self._last_orphan_check = 0.0
         self._last_best_read = -math.inf
-        if isinstance(study.pruner, optuna.pruners.PercentilePruner):  # MedianPruner is one too
+        # Several objectives: Optuna cannot prune them; the pruner judges the first one (hpo.objectives).
+        self.proxy = ProxyPruner(study, cfg.pruner.build(), cfg.direction) if cfg.multi_objective else None
+        if self.proxy is None and isinstance(study.pruner, optuna.pruners.PercentilePruner):  # Median is one too
             study.pruner = _SnapshotPruner(study.pruner, study)
 
     # ------------------------------------------------------------------------------------------ workers
@@ -394,14 +398,20 @@ class Orchestrator:
         length = r.length or self.cfg.fidelity.length(self.cfg.trial_run(r.params))
         seen = length.report_step(step)  # the pruner compares trials at equal data seen
         try:
-            r.trial.report(value, seen)
+            if self.proxy is not None:  # Optuna keeps no intermediate values here: hpo does
+                r.curve[str(step)] = value
+                self._set_attrs(r.trial, TrialAttrs(objective_curve=dict(r.curve)).to_user_attrs())
+            else:
+                r.trial.report(value, seen)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another process closed the trial (it found no heartbeat): its result will be dropped, so
             # there is no point training on; `_finish` says so when the worker returns.
             self._stop(r, Stop.PRUNE)
             return
         self.display.trial_eval(r.trial.number, step, value)
-        if seen < length.budget and r.trial.should_prune():
+        if seen >= length.budget:
+            return
+        if self.proxy.should_prune(r.trial.number, seen, value) if self.proxy is not None else r.trial.should_prune():
             at = str(step) if length.unit == "steps" else f"{step} ({seen} {length.unit})"
             r.reason = Reason.pruned(self.cfg.pruner.name, at, name, value)
             self._stop(r, Stop.PRUNE)
@@ -424,6 +434,7 @@ class Orchestrator:
             trainable_params=result.trainable_params,
             total_params=result.total_params,
             peak_memory_mb=result.peak_memory_mb,
+            latency_ms=result.latency_ms,
             processes=result.processes if multi else None,
             rank_steps=tuple(result.rank_steps) if multi else None,
             oom_retries=result.oom_retries if oom else None,
@@ -435,6 +446,12 @@ class Orchestrator:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)
         elif stopped == Stop.PRUNE.reason or r.stop_sent == Stop.PRUNE:
             self._finish(r, TrialState.PRUNED, summary, reason=r.reason or Reason.pruned(), attrs=attrs)
+        elif self.proxy is not None:  # several objectives: the metric first, then the costs the worker measured
+            values, missing = trial_values(self.cfg, result)
+            if values is None:
+                self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(str(missing)), attrs=attrs)
+            else:
+                self._finish(r, TrialState.COMPLETE, summary, value=values, attrs=attrs)
         elif self.metric not in result.metrics:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(self.metric), attrs=attrs)
         else:
@@ -445,7 +462,7 @@ class Orchestrator:
         r: Running,
         state: TrialState,
         summary: RunSummary,
-        value: float | None = None,
+        value: float | list[float] | None = None,
         reason: Reason | None = None,
         attrs: dict[str, Any] | None = None,
         requeue: bool = False,
@@ -470,23 +487,26 @@ class Orchestrator:
                 raise
             summary.states["DROPPED"] = summary.states.get("DROPPED", 0) + 1
             return
+        first = value[0] if isinstance(value, list) else value
+        if self.proxy is not None:
+            self.proxy.finish(trial.number, state, first)
         if requeue:
             self.ledger.requeue(trial.number, r.params, trial.user_attrs if hasattr(trial, "user_attrs") else {})
         self.curves.flush()
         summary.ran += 1
         summary.states[state.name] = summary.states.get(state.name, 0) + 1
         frozen = self.store.trial(trial)
-        shown = value if value is not None else (frozen.value if frozen.value is not None else None)
-        if value is None and uses_proxy(self.metric):
+        shown = first if first is not None else (frozen.value if len(frozen.values or ()) == 1 else None)
+        if first is None and uses_proxy(self.metric):
             shown = None  # the last value reported was the pruning proxy, not the objective (hpo.genstudy)
         self.display.trial_finished(trial.number, state.name, shown, int(attrs.get("steps", r.step)), str(reason or ""))
-        if state == TrialState.COMPLETE and value is not None:
+        if state == TrialState.COMPLETE and isinstance(value, float | int):  # one objective: a best to show
             best = self.display.best
             if best is None or better(value, best[1], self.cfg.direction):
                 self.display.set_best(trial.number, value)
         self._update_best()
 
-    def _closed_elsewhere(self, r: Running, value: float | None) -> bool:
+    def _closed_elsewhere(self, r: Running, value: float | list[float] | None) -> bool:
         """Whether another process already finished this trial; if so, say that its result is dropped.
 
         That happens when this process was paused (SIGSTOP, a suspended VM) or cut off from the storage for
@@ -498,7 +518,8 @@ class Orchestrator:
             return False
         silent = time.monotonic() - self._beat.last_ok
         why = frozen.user_attrs.get(A_REASON) or frozen.state.name
-        got = f" ({self.metric}={value:.6g})" if value is not None else ""
+        first = value[0] if isinstance(value, list) else value
+        got = f" ({self.metric}={first:.6g})" if first is not None else ""
         self.display.message(
             f"[yellow]result of trial {r.trial.number}{got} dropped: another process had already closed it "
             f"({why}; no heartbeat from here for {silent:.0f}s)[/]"
@@ -518,7 +539,7 @@ class Orchestrator:
         self._last_best_read = now
         try:
             best = self.study.best_trial
-        except ValueError:
+        except (ValueError, RuntimeError):  # none complete yet; or several objectives: a front, no one best
             return
         assert best.value is not None
         self.display.set_best(best.number, best.value)

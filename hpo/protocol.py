@@ -102,6 +102,7 @@ class TrialResult:
     total_params: int | None = None
     peak_memory_mb: float | None = None  # see TrainResult.peak_memory_mb: what each device can measure
     examples: list[dict[str, str]] | None = None  # generation: (source, reference, prediction) of the final eval
+    latency_ms: float | None = None  # see TrainResult.latency_ms
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:
@@ -120,6 +121,7 @@ class TrialResult:
             total_params=r.total_params,
             peak_memory_mb=r.peak_memory_mb,
             examples=r.examples,
+            latency_ms=r.latency_ms,
             **extra,
         )
 

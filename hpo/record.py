@@ -111,6 +111,10 @@ class TrialAttrs:
     trainable_params: int | None = _attr(_int, "parameters trained (with a LoRA adapter: the adapter's)")
     total_params: int | None = _attr(_int, "parameters of the model, trained or frozen")
     peak_memory_mb: float | None = _attr(_float, "CUDA: peak allocated on the device; CPU: process peak RSS")
+    latency_ms: float | None = _attr(_float, "inference ms per example on the first eval batch (when measured)")
+    objective_curve: Mapping[str, float] | None = _attr(
+        _metrics, "multi-objective: the first objective per eval step (Optuna keeps none), for the pruner"
+    )
     processes: int | None = _attr(_int, "processes of a multi-GPU trial (only when more than one)")
     rank_steps: tuple[int, ...] | None = _attr(_ints, "steps each rank ran (multi-process trials)")
     oom_retries: int | None = _attr(_int, "times the batch was split after running out of memory")

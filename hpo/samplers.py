@@ -149,6 +149,29 @@ class QMCSamplerConfig(_Sampler):
         return TrialNumberQMCSampler(**self.model_dump(exclude={"name"}), independent_sampler=first)
 
 
+class NSGAIISamplerConfig(_Sampler):
+    """NSGA-II (multi-objective; also runs a single objective). Generations live in the storage."""
+
+    name: Literal["nsga2"]
+    population_size: int = Field(default=50, ge=2)
+    mutation_prob: float | None = Field(default=None, ge=0.0, le=1.0)
+    crossover_prob: float = Field(default=0.9, ge=0.0, le=1.0)
+    swapping_prob: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    def build(self, grid: Mapping[str, Sequence[Any]] | None = None) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(**self.model_dump(exclude={"name"}))
+
+
+class NSGAIIISamplerConfig(NSGAIISamplerConfig):
+    """NSGA-III: NSGA-II with reference points, for three or more objectives."""
+
+    name: Literal["nsga3"]  # type: ignore[assignment]
+    dividing_parameter: int = Field(default=3, ge=1)
+
+    def build(self, grid: Mapping[str, Sequence[Any]] | None = None) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIIISampler(**self.model_dump(exclude={"name"}))
+
+
 SamplerConfig = Annotated[
     Union[
         RandomSamplerConfig,
@@ -157,6 +180,8 @@ SamplerConfig = Annotated[
         GPSamplerConfig,
         CmaEsSamplerConfig,
         QMCSamplerConfig,
+        NSGAIISamplerConfig,
+        NSGAIIISamplerConfig,
     ],
     Field(discriminator="name"),
 ]

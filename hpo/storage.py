@@ -250,7 +250,7 @@ def create_or_resume(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> 
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            direction=cfg.direction,
+            directions=cfg.directions,
             sampler=sampler,
             pruner=pruner,
             load_if_exists=True,  # another process may create it between our load and create
@@ -308,11 +308,12 @@ def check_fingerprint(cfg: StudyConfig, study: optuna.Study, strict: bool = True
         )
     if stored == cfg.fingerprint():
         return
-    if not study.get_trials(deepcopy=False) and study.direction.name.lower() == cfg.direction:
+    same_directions = [d.name.lower() for d in study.directions] == cfg.directions
+    if not study.get_trials(deepcopy=False) and same_directions:
         return  # nothing to compare yet (e.g. a run that failed at start-up on a typo): the name stays usable
     old = attrs.get(ATTR_SECTIONS, {})
     changed = [k for k, v in cfg.fingerprints().items() if old.get(k) != v]
-    if study.direction.name.lower() != cfg.direction:
+    if not same_directions:
         changed.append("direction")
     what = ", ".join(changed) or "configuration"
     if not strict:

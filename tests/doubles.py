@@ -60,6 +60,11 @@ def final_loss(lr: float) -> float:
     return 1.0 + (math.log10(lr) + 3.0) ** 2
 
 
+def seed_offset(seed: int) -> float:
+    """A fixed pseudo-random offset in [-0.5, 0.5) per seed."""
+    return ((seed * 7919) % 101) / 101 - 0.5
+
+
 def curve(lr: float, step: int) -> float:
     return final_loss(lr) + 5.0 / step
 
@@ -74,6 +79,9 @@ class CurveRunner:
     - ``close_elsewhere`` = (storage URL, study name, trial number): before that trial's first eval, this
       worker process does what another process's orphan check does to a trial without heartbeat (FAIL,
       re-queued), as if its orchestrator had been paused past the heartbeat grace.
+    - ``params_from_lr``: report ``total_params`` = ``trainable_params`` = lr x 1e6 (a cost that grows with
+      the learning rate, against a loss best at 1e-3: a Pareto front for multi-objective tests).
+    - ``seed_noise``: add ``seed_noise * seed_offset(training.seed)`` to every value (seed-to-seed noise).
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class CurveRunner:
         block: bool = False,
         step_sleep: float = 0.0,
         close_elsewhere: tuple[str, str, int] | None = None,
+        seed_noise: float = 0.0,
+        params_from_lr: bool = False,
     ) -> None:
         self.fail_above = fail_above
         self.nan_above = nan_above
@@ -93,6 +103,8 @@ class CurveRunner:
         self.block = block
         self.step_sleep = step_sleep
         self.close_elsewhere = close_elsewhere
+        self.seed_noise = seed_noise
+        self.params_from_lr = params_from_lr
         self.verdicts = Verdicts()
 
     def setup(self, spec: Any) -> None:
@@ -100,6 +112,7 @@ class CurveRunner:
 
     def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
         lr = float(run["training"]["learning_rate"])
+        noise = self.seed_noise * seed_offset(int(run["training"]["seed"]))
         steps = int(run["training"]["max_steps"])
         every = int(run["training"]["eval_steps"])
         if self.fail_above is not None and lr > self.fail_above:
@@ -125,7 +138,7 @@ class CurveRunner:
             if step % every == 0 or step == steps:
                 if step == every and self.close_elsewhere and self.close_elsewhere[2] == reporter.trial:
                     _fail_and_requeue(*self.close_elsewhere)
-                v = curve(lr, step)
+                v = curve(lr, step) + noise
                 metrics = {"eval_loss": v, "perplexity": math.exp(v)}
                 reporter.on_eval(step, metrics)
                 if self.verdicts.armed:
@@ -143,6 +156,8 @@ class CurveRunner:
             device="cpu",
             precision="no",
             stopped=stopped if stopped is not None else reporter.stop_reason(),
+            total_params=int(lr * 1e6) if self.params_from_lr else None,
+            trainable_params=int(lr * 1e6) if self.params_from_lr else None,
         )
 
 
@@ -245,3 +260,34 @@ def run_orchestrators(url: str, study: dict[str, Any], processes: int, workers: 
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0] * processes
+
+
+def run_confirmation(
+    path: str, top: int, seeds: int, workers: int = 2, seed_noise: float = 0.0, step_sleep: float = 0.0
+) -> Any:
+    """What `hpo confirm` does, with ``CurveRunner`` workers: plan, enqueue, run, summarize (and store when
+    complete). Returns the ``hpo.confirm.Confirmation``. Also the entry point of a process a test kills."""
+    import io
+
+    from orchestrators import Orchestrator
+    from rich.console import Console
+
+    from hpo import confirm
+    from hpo.display import RunDisplay
+    from hpo.storage import open_storage
+    from hpo.worker import WorkerSpec
+
+    plan = confirm.plan(path, top, seeds)
+    cfg, study, todo = confirm.prepare(plan, open_storage(plan.source.storage_url, create=False))
+    if todo:
+        display = RunDisplay(console=Console(file=io.StringIO()), live=False)
+        specs = [WorkerSpec(i, 1, {}, "cpu") for i in range(workers)]
+        orch = Orchestrator(cfg, study, specs, CurveRunner(seed_noise=seed_noise, step_sleep=step_sleep), display)
+        try:
+            orch.run()
+        finally:
+            orch.close()
+    conf = confirm.confirmation(plan, study.get_trials(deepcopy=False))
+    if conf.complete:
+        confirm.store_summary(study, conf)
+    return conf

@@ -409,13 +409,13 @@ BAD: list[Bad] = [
     Bad(
         "unknown-sampler",
         "sampler",
-        "`name` must be one of random, grid, tpe, gp, cmaes, qmc, but got 'bogus'",
+        "`name` must be one of random, grid, tpe, gp, cmaes, qmc, nsga2, nsga3, but got 'bogus'",
         put("sampler", value={"name": "bogus"}),
     ),
     Bad(
         "sampler-missing-name",
         "sampler",
-        "`name` must be one of random, grid, tpe, gp, cmaes, qmc (it is missing)",
+        "`name` must be one of random, grid, tpe, gp, cmaes, qmc, nsga2, nsga3 (it is missing)",
         put("sampler", value={"seed": 1}),
     ),
     Bad(
@@ -711,6 +711,8 @@ SAMPLER_CONFIGS: dict[str, dict[str, Any]] = {
     "gp": {"name": "gp", "deterministic_objective": True},
     "cmaes": {"name": "cmaes", "popsize": 4},
     "qmc": {"name": "qmc", "qmc_type": "halton"},
+    "nsga2": {"name": "nsga2", "population_size": 8},
+    "nsga3": {"name": "nsga3", "dividing_parameter": 2},
 }
 
 

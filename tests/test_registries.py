@@ -60,7 +60,7 @@ def quickstart(sampler: dict[str, Any] | None = None, grid: bool = False) -> Stu
 
 # (registry, the union it is read from, the names in the union's order: error messages list them so)
 REGISTRIES: list[tuple[str, tuple[str, ...], Any, list[str]]] = [
-    ("samplers", SAMPLER_NAMES, SamplerConfig, ["random", "grid", "tpe", "gp", "cmaes", "qmc"]),
+    ("samplers", SAMPLER_NAMES, SamplerConfig, ["random", "grid", "tpe", "gp", "cmaes", "qmc", "nsga2", "nsga3"]),
     (
         "pruners",
         PRUNER_NAMES,
@@ -179,6 +179,18 @@ SAMPLER_CASES: list[tuple[str, dict[str, Any], type, dict[str, Any]]] = [
         {"name": "cmaes", "with_margin": True},
         optuna.samplers.CmaEsSampler,
         {"with_margin": True, "use_separable_cma": False, "n_startup_trials": 1},
+    ),
+    (
+        "nsga2",
+        {"name": "nsga2", "seed": 3, "population_size": 8, "mutation_prob": 0.1},
+        optuna.samplers.NSGAIISampler,
+        {"seed": 3, "population_size": 8, "mutation_prob": 0.1, "crossover_prob": 0.9, "swapping_prob": 0.5},
+    ),
+    (
+        "nsga3",
+        {"name": "nsga3", "population_size": 10, "dividing_parameter": 4},
+        optuna.samplers.NSGAIIISampler,
+        {"population_size": 10, "dividing_parameter": 4},
     ),
     (
         "qmc",

@@ -36,6 +36,8 @@ SAMPLERS: list[tuple[str, dict[str, Any]]] = [
     ("cmaes", {"name": "cmaes", "seed": 0, "n_startup_trials": 4}),  # trials 4-5 come from CMA-ES
     ("qmc", {"name": "qmc", "seed": 0, "scramble": True}),
     ("grid", {"name": "grid", "seed": 0}),
+    ("nsga2", {"name": "nsga2", "seed": 0, "population_size": 4}),  # trials 4-5: NSGA-II's second generation
+    ("nsga3", {"name": "nsga3", "seed": 0, "population_size": 4}),
 ]
 
 

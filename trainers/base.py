@@ -114,6 +114,7 @@ class TrainResult:
     peak_memory_mb: float | None = None
     # Generation tasks: a few (source, reference, prediction) of the final eval, for whoever shows them.
     examples: list[dict[str, str]] | None = None
+    latency_ms: float | None = None  # inference per example on the first eval batch (``trainers.latency``), when asked
     # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
     # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
     model: Any = field(default=None, repr=False, compare=False)

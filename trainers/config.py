@@ -319,6 +319,7 @@ class RunConfig(_Strict):
     eval_batches: int | None = Field(default=None, ge=1)  # cap on eval batches per evaluation
     generation: GenerationConfig | None = None  # generation tasks: decoding at the final eval
     decode_only: bool = False  # evaluate (and decode) the model as loaded: no training step
+    measure_latency: bool = False  # time inference on the first eval batch after training (trainers.latency)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -326,8 +327,9 @@ class RunConfig(_Strict):
         out: dict[str, Any] = handler(self)
         if out.get("generation", 0) is None:
             del out["generation"]
-        if out.get("decode_only") is False:
-            del out["decode_only"]
+        for flag in ("decode_only", "measure_latency"):
+            if out.get(flag) is False:
+                del out[flag]
         return out
 
     @property

@@ -303,6 +303,21 @@ def f1_macro(pred: np.ndarray, true: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+LATENCY_ROWS = 8
+
+
+def _latency(model: torch.nn.Module, data: PreparedData, run: RunConfig, device: torch.device) -> float:
+    from trainers.latency import latency_ms
+
+    return latency_ms(model, _to_batch(data, "eval", latency_rows(data, run), run.task, device), device)
+
+
+def latency_rows(data: PreparedData, run: RunConfig) -> np.ndarray:
+    """The eval rows latency is measured on: the first rows of the eval split (at most one eval batch, at most
+    ``LATENCY_ROWS``: timing costs a few passes per trial), the same rows for every trial."""
+    return np.arange(0, min(run.training.per_device_eval_batch_size, LATENCY_ROWS, len(data.eval_ids)))
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     """See ``TrainResult.peak_memory_mb``: what each device type can measure."""
     if device.type == "cuda":
@@ -473,6 +488,7 @@ def train(
         trainable_params=trainable,
         total_params=total,
         peak_memory_mb=_peak_memory_mb(device),
+        latency_ms=_latency(accelerator.unwrap_model(model), data, run, device) if run.measure_latency else None,
         model=accelerator.unwrap_model(model),
     )
 

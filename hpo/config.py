@@ -53,10 +53,19 @@ class ObjectiveSection(_Strict):
     direction: Literal["minimize", "maximize"] | None = None  # default: the metric's natural direction
 
 
+class SaveModelsSection(_Strict):
+    """Keep the final weights of the best ``top_k`` complete trials (``hpo.saved_models``); others are deleted."""
+
+    top_k: int = Field(ge=1)
+    dir: str | None = None  # default: `<study>-models` next to the SQLite file (runs/ for a server database)
+
+
 class FidelitySection(_Strict):
     max_steps: int = Field(ge=1)  # optimizer steps per trial (the full run's length lives in `training`)
     eval_every: int = Field(ge=1)  # report to the pruner every N steps
     eval_batches: int | None = Field(default=None, ge=1)  # cap eval cost; the same batches every time
+    # Not fingerprinted: keeping weights changes no result, so it may be added to a study that already ran.
+    save_models: SaveModelsSection | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FidelitySection:
@@ -253,7 +262,7 @@ class StudyConfig(_Strict):
         parts = {
             "task": self.task,
             "objective": self.objective.model_dump(),
-            "fidelity": self.fidelity.model_dump(),
+            "fidelity": self.fidelity.model_dump(exclude={"save_models"}),
             "model": self.model.model_dump(),
             "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION},  # same data, same results
             "training": self.training.model_dump(),

@@ -32,6 +32,7 @@ from hpo.errors import Terminated, WorkerSetupError
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
+from hpo.saved_models import A_MODEL_DIR, keeper_of
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
 from hpo.worker import WorkerHandle, WorkerSpec, close_all, mp_context
@@ -200,6 +201,7 @@ class Orchestrator:
         self._last_best_read = -math.inf
         if isinstance(study.pruner, optuna.pruners.PercentilePruner):  # MedianPruner is one too
             study.pruner = _SnapshotPruner(study.pruner, study)
+        self.keeper = keeper_of(cfg)  # fidelity.save_models: which trials keep their weights
 
     # ------------------------------------------------------------------------------------------ workers
     def _start(self, spec: WorkerSpec) -> WorkerHandle:
@@ -407,7 +409,14 @@ class Orchestrator:
         elif self.metric not in result.metrics:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(self.metric), attrs=attrs)
         else:
-            self._finish(r, TrialState.COMPLETE, summary, value=result.metrics[self.metric], attrs=attrs)
+            value = result.metrics[self.metric]
+            if result.model_dir is not None and self.keeper is not None and self.keeper.admit(
+                self.study, r.trial.number, value
+            ):
+                attrs[A_MODEL_DIR] = result.model_dir  # referenced only once it is whole and among the best K
+            self._finish(r, TrialState.COMPLETE, summary, value=value, attrs=attrs)
+        if result.model_dir is not None and self.keeper is not None:
+            self.keeper.prune(self.study)  # the trials out of the best K (this one too, if so) lose their weights
 
     def _finish(
         self,

@@ -101,6 +101,7 @@ class TrialResult:
     trainable_params: int | None = None  # parameters the optimizer updates (with LoRA: the adapter's)
     total_params: int | None = None
     peak_memory_mb: float | None = None  # see TrainResult.peak_memory_mb: what each device can measure
+    model_dir: str | None = None  # fidelity.save_models: the folder (under the models root) the weights went to
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:

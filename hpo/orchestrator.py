@@ -410,8 +410,10 @@ class Orchestrator:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(self.metric), attrs=attrs)
         else:
             value = result.metrics[self.metric]
-            if result.model_dir is not None and self.keeper is not None and self.keeper.admit(
-                self.study, r.trial.number, value
+            if (
+                result.model_dir is not None
+                and self.keeper is not None
+                and self.keeper.admit(self.study, r.trial.number, value)
             ):
                 attrs[A_MODEL_DIR] = result.model_dir  # referenced only once it is whole and among the best K
             self._finish(r, TrialState.COMPLETE, summary, value=value, attrs=attrs)

@@ -170,7 +170,6 @@ class TrainerRunner:
                     }
                 )
 
-
     def _save(self, done: Any, run: RunConfig, data: Any, reporter: Any) -> str | None:
         """fidelity.save_models: write the weights of a trial that ran to its end (the orchestrator keeps the best)."""
         if self.save_models is None or done.stopped is not None or done.model is None or not done.metrics:

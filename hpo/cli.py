@@ -513,6 +513,13 @@ def compress(
         out.print(escape(line), highlight=False, soft_wrap=True)
 
 
+def _no_progress_bars() -> None:
+    """transformers' loading/saving bars: noise between the lines of a table (this command's process only)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def entrypoint() -> None:  # pragma: no cover - console script
     try:
         app()

@@ -484,6 +484,10 @@ def ensemble(
     """Fuse the best trials: prediction ensemble (greedy selection) and model soups, measured on held-out rows."""
     from hpo.ensemble import ensemble as build
     from hpo.ensemble import render
+    from trainers.base import quiet_libraries
+
+    quiet_libraries()
+    _no_progress_bars()
 
     def say(line: str) -> None:
         err.print(escape(line), highlight=False, soft_wrap=True)
@@ -507,6 +511,10 @@ def compress(
     """Quantize (dynamic int8) and prune the model; keep the smallest variant within --max-drop of its quality."""
     from hpo.compress import compress as run_compress
     from hpo.compress import render
+    from trainers.base import quiet_libraries
+
+    quiet_libraries()
+    _no_progress_bars()
 
     r = run_compress(model_dir, out_dir, max_drop, max_examples, force=force)
     for line in render(r):

@@ -152,7 +152,7 @@ def _excluded(model: Any) -> set[int]:
 
 
 def prunable(model: Any) -> list[tuple[str, Any, int]]:
-    """(name, module, output dim) of every linear layer: ``nn.Linear`` (out, in) and transformers ``Conv1D`` (in, out)."""
+    """(name, module, output dim) of every linear layer: ``nn.Linear`` (out, in), transformers ``Conv1D`` (in, out)."""
     skip = _excluded(model)
     found = []
     for name, m in model.named_modules():

@@ -194,16 +194,16 @@ def _retrain(study_path: Path, trial: int, out: Path) -> None:
 
 @dataclass
 class Split:
-    """The study's eval rows, cut into a selection half and a report half (fixed permutation, seed 0)."""
+    """The study's eval rows, cut into a selection half and a report half (a fixed permutation: ``seed``)."""
 
     data: Any  # trainers.data.PreparedData
     selection: np.ndarray
     report: np.ndarray
 
     @classmethod
-    def of(cls, data: Any, max_examples: int | None = None) -> Split:
+    def of(cls, data: Any, max_examples: int | None = None, seed: int = 0) -> Split:
         n = len(data.eval_ids)
-        rows = np.random.default_rng(0).permutation(n)
+        rows = np.random.default_rng(seed).permutation(n)
         if max_examples is not None:
             rows = rows[:max_examples]
         if len(rows) < 2:
@@ -278,10 +278,11 @@ class EnsembleResult:
         return self.candidates[0]
 
     def gain(self, c: Candidate) -> float | None:
+        """Improvement over the best single model on the report half, in the metric's units (+ = better)."""
         b = self.best_single().report
         if c.report is None or b is None:
             return None
-        return c.report - b
+        return c.report - b if self.direction == "maximize" else b - c.report
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -306,6 +307,7 @@ def ensemble(
     rounds: int | None = None,
     force: bool = False,
     say: Any = print,
+    split_seed: int = 0,
 ) -> EnsembleResult:
     """Build the prediction ensemble and the soups of a study's top trials, measure them, write the chosen one."""
     from hpo.api import cache_dir
@@ -333,7 +335,7 @@ def ensemble(
     if len(keys) > 1:
         raise HpoError("the members tokenise the eval data differently (data settings searched): cannot align them")
     data = prepare(members[0].run, cache_dir())
-    split = Split.of(data, max_examples)
+    split = Split.of(data, max_examples, split_seed)
     n_classes = len(data.label_names) if data.label_names else None
     bs = members[0].run.training.per_device_eval_batch_size
 
@@ -618,7 +620,8 @@ def render(r: EnsembleResult) -> list[str]:
     lines = [
         f"study {r.study!r}: {r.metric} ({r.direction}) of the top {len(r.members)} trials on the eval split: "
         f"{r.split.get('selection')} rows select, {r.split.get('report')} rows report",
-        f"{'candidate':34} {'select':>9} {'report':>9} {'gain':>9} {'params':>7} {'ms/ex':>7}  note",
+        f"{'candidate':34} {'select':>9} {'report':>9} {'gain':>9} {'params':>7} {'ms/ex':>7}  note "
+        "(gain: on the report half over the best single model, + = better)",
     ]
     for c in r.candidates:
         if c.skipped is not None:

@@ -384,3 +384,32 @@ def test_study_saves_top_k_then_ensembles_and_compresses(tmp_path: Path, monkeyp
     ens = load(tmp_path / "ens")
     labels = ens.predict(["good great fine lovely", "bad awful poor dull"])
     assert set(labels) <= {"pos", "neg"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["fusion.py", "compress.py"])
+def test_benchmark_quick_mode_runs_and_writes_json(script: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out.json"
+    extra = ["--work", str(tmp_path / "work")] if script == "fusion.py" else []
+    env = {**os.environ, "PYTHONPATH": str(root), "HPO_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--quick", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["load_avg_before"] and data["load_avg_after"]
+    if script == "fusion.py":
+        rows = [r for res in data["results"].values() for r in res["rows"]]
+        assert {r["candidate"] for r in rows} >= {"best single", "ensemble, greedy selection", "uniform soup"}
+        assert all(r["gain"]["n"] == 2 for r in rows if "gain" in r)
+    else:
+        names = {r["variant"] for r in data["variants"]}
+        assert {"unchanged (fp32)", "int8 dynamic", "prune unstructured 50%"} <= names

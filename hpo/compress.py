@@ -5,9 +5,10 @@ The model folder is one hpo wrote (``hpo train``, ``fidelity.save_models``, a so
 the study's eval split with the study's metric. Variants:
 
 - ``int8 dynamic``: torch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``) of the
-  ``nn.Linear`` layers: int8 weights, activations quantized on the fly; CPU inference. The output layer is
-  left alone when it is tied to the input embedding (quantizing it would store a second copy). Models
-  without ``nn.Linear`` layers (GPT-2's blocks are transformers ``Conv1D``) skip it, with that reason.
+  linear layers: int8 weights, activations quantized on the fly; CPU inference. GPT-2's transformers
+  ``Conv1D`` layers are turned into the equal ``nn.Linear`` first. The output layer (often tied to the input
+  embedding: quantizing it would store a second copy) and a classification head are left alone. A model
+  without other linear layers skips it, with that reason.
 - ``prune unstructured S``: L1 magnitude pruning of each linear layer's weights (``torch.nn.utils.prune``)
   at sparsity S; ``prune structured S``: whole output units by L2 norm. Embeddings and the output layer
   are not pruned. The zeros stay in dense tensors: the file on disk is as large as before (the zipped
@@ -166,18 +167,30 @@ def prunable(model: Any) -> list[tuple[str, Any, int]]:
 
 
 def quantizable(model: Any) -> list[str]:
-    skip = _excluded(model)
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in skip]
+    """Names of the layers int8 takes: ``nn.Linear`` and transformers ``Conv1D`` (made a Linear first)."""
+    return [n for n, _, _ in prunable(model)]
 
 
 def why_no_int8(model: Any) -> str | None:
     if quantizable(model):
         return None
-    conv = sum(type(m).__name__ == "Conv1D" for m in model.modules())
-    kind = getattr(model.config, "model_type", "this model")
-    if conv:
-        return f"{kind} has no nn.Linear layers to quantize: its {conv} linear layers are transformers Conv1D"
-    return f"{kind} has no nn.Linear layers outside the output layer"
+    return f"{getattr(model.config, 'model_type', 'this model')} has no linear layers outside the output layer"
+
+
+def _conv1d_as_linear(model: Any) -> None:
+    """Replace each transformers ``Conv1D`` (GPT-2's blocks; weight [in, out], y = x W + b) by the equal
+    ``nn.Linear`` (weight [out, in]): torch's dynamic quantization only knows ``nn.Linear``."""
+    for name, m, out_dim in prunable(model):
+        if out_dim != 1:
+            continue
+        n_in, n_out = m.weight.shape
+        lin = torch.nn.Linear(n_in, n_out, bias=m.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(m.weight.t())
+            if m.bias is not None:
+                lin.bias.copy_(m.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
 
 
 def apply_pruning(model: Any, how: str, sparsity: float) -> None:
@@ -194,9 +207,11 @@ def apply_pruning(model: Any, how: str, sparsity: float) -> None:
 def apply_int8(model: Any) -> Any:
     from torch.ao.quantization import quantize_dynamic
 
+    names = set(quantizable(model))
+    _conv1d_as_linear(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.x marks torch.ao.quantization deprecated (torchao is next)
-        return quantize_dynamic(model, set(quantizable(model)), dtype=torch.qint8)
+        return quantize_dynamic(model, names, dtype=torch.qint8)
 
 
 def nonzero_params(model: Any) -> tuple[int, int]:
@@ -302,7 +317,7 @@ def compress(
         if base_value is None:
             base_value = v.metric
         sign = 1.0 if direction == "maximize" else -1.0
-        v.drop = sign * (base_value - v.metric) / abs(base_value) if base_value else 0.0
+        v.drop = (sign * (base_value - v.metric) / abs(base_value) if base_value else 0.0) + 0.0  # no -0.0
         blob = _saved_bytes(m, v.quantize)
         v.size_mb = len(blob) / 1e6
         v.zipped_mb = len(zlib.compress(blob, 1)) / 1e6
@@ -362,11 +377,9 @@ def load(path: str | Path) -> Any:
 
     root = Path(path)
     info = json.loads((root / RESULT_FILE).read_text())
-    task = "causal_lm" if info["metric"] in ("perplexity",) else None
     cfg = AutoConfig.from_pretrained(str(root))
-    if task is None:
-        archs = cfg.architectures or []
-        task = "causal_lm" if any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in archs) else "classification"
+    archs = cfg.architectures or []
+    task = "causal_lm" if any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in archs) else "classification"
     cls = model_class(task)
     if not info.get("quantized"):
         return cls.from_pretrained(str(root))

@@ -49,6 +49,8 @@ def combine(outputs: Sequence[np.ndarray], weights: Sequence[float], average: Av
     """The ensemble's log-probabilities from its members' (weighted mean of probabilities, or of logits)."""
     w = np.asarray(weights, dtype=np.float64)
     keep = w > 0
+    if keep.sum() == 1:  # one member: its own output, exactly (no rounding through the average)
+        return np.asarray(outputs[int(np.argmax(keep))])
     w = w[keep] / w[keep].sum()
     stack = np.stack([np.asarray(o, dtype=np.float64) for o, k in zip(outputs, keep, strict=True) if k])
     if average == "logits":
@@ -456,7 +458,8 @@ def ensemble(
 
 
 def _choose(cands: list[Candidate], kind: str, direction: str) -> Candidate:
-    """By the selection half (never the report half): the greedy ensemble or the better soup."""
+    """By the selection half (never the report half): the greedy ensemble or the better soup; a tie goes to a
+    soup (one model's cost)."""
     pool = [
         c
         for c in cands
@@ -469,6 +472,7 @@ def _choose(cands: list[Candidate], kind: str, direction: str) -> Candidate:
         if not pool:
             why = next(c.skipped for c in cands if c.name == "greedy soup")
             raise HpoError(f"--kind soup: no soup of these members: {why}")
+    pool.reverse()  # soups first: another candidate must be strictly better
     best = pool[0]
     for c in pool[1:]:
         assert c.selection is not None and best.selection is not None

@@ -5,6 +5,7 @@ of a study with saved models is marked slow.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -413,3 +414,22 @@ def test_benchmark_quick_mode_runs_and_writes_json(script: str, tmp_path: Path) 
     else:
         names = {r["variant"] for r in data["variants"]}
         assert {"unchanged (fp32)", "int8 dynamic", "prune unstructured 50%"} <= names
+
+
+def test_gpt2_conv1d_layers_become_equal_linears_for_int8() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hpo.compress import _conv1d_as_linear, apply_int8, quantizable
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab_size=40)).eval()
+    ids = torch.randint(0, 40, (2, 9))
+    before = model(input_ids=ids).logits
+    linear = copy.deepcopy(model)
+    _conv1d_as_linear(linear)
+    assert not any(type(m).__name__ == "Conv1D" for m in linear.modules())
+    torch.testing.assert_close(linear(input_ids=ids).logits, before)
+    assert len(quantizable(model)) == 4  # c_attn, c_proj (attention), c_fc, c_proj (MLP); not the tied lm_head
+    q = apply_int8(copy.deepcopy(model))
+    assert type(q.lm_head) is torch.nn.Linear  # tied to the embedding: left alone
+    assert (q(input_ids=ids).logits - before).abs().max() < 0.05  # int8: close, not equal

@@ -129,6 +129,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the selection/report split")
     ap.add_argument("--max-examples", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--existing", default=None, help="NAME=STUDY.yaml,...: measure studies this script already ran (no new run)"
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "fusion-work")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion.json")
     a = ap.parse_args()
@@ -153,10 +156,16 @@ def main() -> None:
     os.chdir(ROOT)
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
+    existing = dict(x.split("=", 1) for x in a.existing.split(",")) if a.existing else {}
+    if existing:
+        files = dict.fromkeys(existing, {})
     for name, data in files.items():
-        stamp = dt.datetime.now().strftime("%H%M%S")
-        path = prepare_study(data, f"{name}-fusion-{stamp}", a.work, trials, steps, max(tops))
-        wall = run_study(path)
+        if name in existing:
+            path, wall = Path(existing[name]).resolve(), float("nan")
+        else:
+            stamp = dt.datetime.now().strftime("%H%M%S")
+            path = prepare_study(data, f"{name}-fusion-{stamp}", a.work, trials, steps, max(tops))
+            wall = run_study(path)
         rows = measure(path, tops, seeds, a.max_examples)
         results[name] = {"study_file": str(path), "study_wall_s": round(wall, 1), "rows": rows}
         for row in rows:

@@ -158,7 +158,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     existing = dict(x.split("=", 1) for x in a.existing.split(",")) if a.existing else {}
     if existing:
-        files = dict.fromkeys(existing, {})
+        files = {key: {} for key in existing}
     for name, data in files.items():
         if name in existing:
             path, wall = Path(existing[name]).resolve(), float("nan")

@@ -120,6 +120,22 @@ def measure(path: Path, tops: list[int], seeds: list[int], max_examples: int | N
     return rows
 
 
+def write_json(
+    path: Path, load_before: Any, tops: list[int], seeds: list[int], trials: Any, steps: Any, quick: bool, results: Any
+) -> None:
+    """Written after each study: a run cut short keeps what it measured."""
+    out = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "args": {"tops": tops, "seeds": seeds, "trials": trials, "steps": steps, "quick": quick},
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default="quickstart,bbc")
@@ -178,16 +194,8 @@ def main() -> None:
                 f"{name:12} top {row['top']}  {row['candidate']:30} {row['metric']} gain {g['median']:+.4f} "
                 f"[{g['min']:+.4f}, {g['max']:+.4f}]  params {row['params_x']}x  {lat_s}"
             )
-    out = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(),
-        "args": {"tops": tops, "seeds": seeds, "trials": trials, "steps": steps, "quick": a.quick},
-        "results": results,
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
+        write_json(a.out, load_before, tops, seeds, trials, steps, a.quick, results)
+    write_json(a.out, load_before, tops, seeds, trials, steps, a.quick, results)
     print(f"load average before {load_before}, after {os.getloadavg()}; wrote {a.out}")
 
 

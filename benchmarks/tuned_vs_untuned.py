@@ -148,7 +148,7 @@ def paired_ci(tuned: list[float], default: list[float]) -> tuple[float, float] |
 
 
 def summarise(cfg: Any, best: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    metric = cfg.objective.metric
+    metric = cfg.metric
     candidates = (metric, "perplexity", "eval_loss", "accuracy", "f1_macro", "rouge1", "rouge2", "bleu", "chrf")
     keys = [k for k in candidates if k in runs[0]["metrics"]]
     keys = list(dict.fromkeys(keys))
@@ -203,7 +203,7 @@ def main() -> None:
         cfg, best = api.best(path)
         jobs = [(str(path), "tuned", best.params, s) for s in seeds]
         jobs += [(str(path), "default", default_params(cfg), s) for s in seeds]
-        print(f"  best trial {best.number}: {cfg.objective.metric}={best.value:.4g} {best.params}", flush=True)
+        print(f"  best trial {best.number}: {cfg.metric}={best.value:.4g} {best.params}", flush=True)
         print(f"  training {len(jobs)} runs of {cfg.fidelity.max_steps} steps, 2 at a time ...", flush=True)
         t0 = time.perf_counter()
         with mp.get_context("spawn").Pool(2) as pool:

@@ -91,7 +91,9 @@ def run(
     specs, others = host.claim(cfg.study.name, plan)
     ctx = mp_context()
     results = ctx.Queue()
-    runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom)
+    from hpo.saved_models import SaveSpec
+
+    runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom, save_models=SaveSpec.of(cfg))
     workers: list[WorkerHandle] = []
     orch: Orchestrator | None = None
     created = False

@@ -641,6 +641,66 @@ def report(
     )
 
 
+@app.command()
+@_errors
+def ensemble(
+    study_file: StudyFile,
+    top: Annotated[int, typer.Option("--top", "-k", help="Fuse the K best complete trials.")] = 3,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write the chosen fusion here.")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="auto (by the selection half), ensemble or soup.")] = "auto",
+    average: Annotated[str, typer.Option("--average", help="probs (default) or logits (classification).")] = "probs",
+    max_examples: Annotated[
+        int | None, typer.Option("--max-examples", help="Use at most N eval rows (half select, half report).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Fuse the best trials: prediction ensemble (greedy selection) and model soups, measured on held-out rows."""
+    from hpo.ensemble import ensemble as build
+    from hpo.ensemble import render
+    from trainers.base import quiet_libraries
+
+    quiet_libraries()
+    _no_progress_bars()
+
+    def say(line: str) -> None:
+        err.print(escape(line), highlight=False, soft_wrap=True)
+
+    r = build(study_file, top, out_dir, kind, average, max_examples, force=force, say=say)  # type: ignore[arg-type]
+    for line in render(r):
+        out.print(escape(line), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_errors
+def compress(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder hpo wrote (hpo train, save_models, ensemble).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write the chosen variant here.")] = None,
+    max_drop: Annotated[
+        str, typer.Option("--max-drop", help="Largest quality drop allowed, relative: 1% or 0.01.")
+    ] = "1%",
+    max_examples: Annotated[int | None, typer.Option("--max-examples", help="Evaluate on at most N eval rows.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Quantize (dynamic int8) and prune the model; keep the smallest variant within --max-drop of its quality."""
+    from hpo.compress import compress as run_compress
+    from hpo.compress import render
+    from trainers.base import quiet_libraries
+
+    quiet_libraries()
+    _no_progress_bars()
+
+    r = run_compress(model_dir, out_dir, max_drop, max_examples, force=force)
+    for line in render(r):
+        out.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def _no_progress_bars() -> None:
+    """transformers' loading/saving bars: noise between the lines of a table (this command's process only)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def entrypoint() -> None:  # pragma: no cover - console script
     try:
         app()

@@ -94,6 +94,11 @@ Objectives = Annotated[
     Union[Annotated[ObjectiveSection, Tag("one")], Annotated[list[ObjectiveSection], Tag("many")]],
     Discriminator(lambda v: "many" if isinstance(v, list) else "one"),
 ]
+class SaveModelsSection(_Strict):
+    """Keep the final weights of the best ``top_k`` complete trials (``hpo.saved_models``); others are deleted."""
+
+    top_k: int = Field(ge=1)
+    dir: str | None = None  # default: `<study>-models` next to the SQLite file (runs/ for a server database)
 
 
 class FidelitySection(_Strict):
@@ -105,6 +110,8 @@ class FidelitySection(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     eval_every: int = Field(ge=1)  # report to the pruner every N steps (samples, tokens)
     eval_batches: int | None = Field(default=None, ge=1)  # cap eval cost; the same batches every time
+    # Not fingerprinted: keeping weights changes no result, so it may be added to a study that already ran.
+    save_models: SaveModelsSection | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FidelitySection:
@@ -405,7 +412,7 @@ class StudyConfig(_Strict):
             "objective": [o.model_dump() for o in self.objective]
             if isinstance(self.objective, list)
             else self.objective.model_dump(),
-            "fidelity": self.fidelity.model_dump(exclude=unset),
+            "fidelity": self.fidelity.model_dump(exclude=unset | {"save_models"}),
             "model": self.model.model_dump(),
             "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION},  # same data, same results
             "training": self.training.model_dump(),

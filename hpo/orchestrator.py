@@ -36,6 +36,7 @@ from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.objectives import ProxyPruner, trial_values
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs, better
+from hpo.saved_models import A_MODEL_DIR, keeper_of
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
 from hpo.tail import Busy, lend_idle_cores
@@ -209,6 +210,7 @@ class Orchestrator:
         self.proxy = ProxyPruner(study, cfg.pruner.build(), cfg.direction) if cfg.multi_objective else None
         if self.proxy is None and isinstance(study.pruner, optuna.pruners.PercentilePruner):  # Median is one too
             study.pruner = _SnapshotPruner(study.pruner, study)
+        self.keeper = keeper_of(cfg)  # fidelity.save_models: which trials keep their weights
 
     # ------------------------------------------------------------------------------------------ workers
     def _start(self, spec: WorkerSpec) -> WorkerHandle:
@@ -455,7 +457,16 @@ class Orchestrator:
         elif self.metric not in result.metrics:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.no_metric(self.metric), attrs=attrs)
         else:
-            self._finish(r, TrialState.COMPLETE, summary, value=result.metrics[self.metric], attrs=attrs)
+            value = result.metrics[self.metric]
+            if (
+                result.model_dir is not None
+                and self.keeper is not None
+                and self.keeper.admit(self.study, r.trial.number, value)
+            ):
+                attrs[A_MODEL_DIR] = result.model_dir  # referenced only once it is whole and among the best K
+            self._finish(r, TrialState.COMPLETE, summary, value=value, attrs=attrs)
+        if result.model_dir is not None and self.keeper is not None:
+            self.keeper.prune(self.study)  # the trials out of the best K (this one too, if so) lose their weights
 
     def _finish(
         self,

@@ -103,6 +103,7 @@ class TrialResult:
     peak_memory_mb: float | None = None  # see TrainResult.peak_memory_mb: what each device can measure
     examples: list[dict[str, str]] | None = None  # generation: (source, reference, prediction) of the final eval
     latency_ms: float | None = None  # see TrainResult.latency_ms
+    model_dir: str | None = None  # fidelity.save_models: the folder (under the models root) the weights went to
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:

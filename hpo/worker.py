@@ -107,8 +107,10 @@ class TrainerRunner:
         warm_run: RunConfig | None = None,
         oom: dict[str, Any] | None = None,
         train_fn: TrainFn | None = None,
+        save_models: Any = None,
     ) -> None:
         self.cache_dir = cache_dir
+        self.save_models = save_models  # hpo.saved_models.SaveSpec: keep finished trials' weights
         self.warm_run = warm_run
         self.oom = oom or {"policy": "retry", "retries": 3}
         self.train_fn = train_fn
@@ -163,7 +165,8 @@ class TrainerRunner:
                 done = train_fn(run, reporter, self.cache_dir, data=data)
                 t = run.training
                 micro_batch = [t.per_device_train_batch_size, t.gradient_accumulation_steps] if retries else None
-                return TrialResult.from_train(done, oom_retries=retries, micro_batch=micro_batch)
+                saved = self._save(done, run, data, reporter)
+                return TrialResult.from_train(done, oom_retries=retries, micro_batch=micro_batch, model_dir=saved)
             except torch.OutOfMemoryError as e:
                 _free_memory()
                 t = run.training
@@ -183,6 +186,16 @@ class TrainerRunner:
                         )
                     }
                 )
+
+    def _save(self, done: Any, run: RunConfig, data: Any, reporter: Any) -> str | None:
+        """fidelity.save_models: write the weights of a trial that ran to its end (the orchestrator keeps the best)."""
+        if self.save_models is None or done.stopped is not None or done.model is None or not done.metrics:
+            return None
+        from hpo.saved_models import save_trial_model
+
+        return save_trial_model(
+            self.save_models, reporter.trial, done.model, data.tokenizer_dir, run.model_dump(mode="json"), done.metrics
+        )
 
 
 class TrialOutOfMemory(RuntimeError):

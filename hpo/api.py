@@ -17,7 +17,7 @@ from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
 from hpo.hostload import HostRun, HostRuns
 from hpo.orchestrator import Orchestrator, RunSummary
-from hpo.record import TrialRecord, best_of
+from hpo.record import ATTR_DATA_CLEAN, TrialRecord, best_of
 from hpo.references import check_references
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import (
@@ -193,6 +193,7 @@ class StudyStatus:
     counted: int
     rows: list[TrialRow]
     best: TrialRow | None
+    data_clean: dict[str, Any] | None = None  # what data.clean removed (trainers/clean.py)
 
 
 def status(path: str | Path) -> StudyStatus:
@@ -210,6 +211,7 @@ def status(path: str | Path) -> StudyStatus:
         counted=sum(1 for t in trials if t.counted),
         rows=[_row(t) for t in trials],
         best=_row(best) if best is not None else None,
+        data_clean=study.user_attrs.get(ATTR_DATA_CLEAN),
     )
 
 

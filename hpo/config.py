@@ -25,6 +25,7 @@ from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
 from trainers.data import CACHE_VERSION
+from trainers.distill import DistillationConfig, TeacherRef
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
 
@@ -129,9 +130,13 @@ class StudyConfig(_Strict):
     search_space: dict[str, ParamSpec] = Field(min_length=1)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
+    distillation: DistillationConfig | None = None  # a teacher for the student (trainers/distill.py)
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
     # working directory). Not part of the file, so not fingerprinted: a moved study keeps its results.
     _base_dir: Path | None = PrivateAttr(default=None)
+    # A teacher given as a trial of another study: the model folder it resolves to (hpo.teacher), set once
+    # by `validate_study` (it reads that study's storage).
+    _teacher_dir: Path | None = PrivateAttr(default=None)
 
     @property
     def base_dir(self) -> Path | None:
@@ -202,7 +207,20 @@ class StudyConfig(_Strict):
             data=self._resolved_data(),
             training=training,
             eval_batches=self.fidelity.eval_batches,
+            distillation=self._resolved_distillation(),
         )
+
+    def _resolved_distillation(self) -> DistillationConfig | None:
+        """The distillation section with its teacher as an absolute model folder (what workers load)."""
+        d = self.distillation
+        if d is None:
+            return None
+        if isinstance(d.teacher, TeacherRef):
+            if self._teacher_dir is None:
+                raise ValueError("distillation.teacher: a study reference is resolved by validate_study")
+            return d.model_copy(update={"teacher": str(self._teacher_dir)})
+        local = resolve_local(d.teacher, self._base_dir)
+        return d.model_copy(update={"teacher": str(local)}) if local is not None else d
 
     def _resolved_data(self) -> DataConfig:
         """The data section with local paths made absolute, so every worker and the cache key see one file."""
@@ -259,6 +277,8 @@ class StudyConfig(_Strict):
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }
+        if self.distillation is not None:  # absent: the fingerprint of older files stays as it was
+            parts["distillation"] = self.distillation.model_dump()
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
@@ -319,6 +339,10 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
         cfg = StudyConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
+    if cfg.distillation is not None and isinstance(cfg.distillation.teacher, TeacherRef):
+        from hpo.teacher import resolve_teacher  # reads the other study's storage (read-only)
+
+        cfg._teacher_dir = resolve_teacher(cfg.distillation.teacher, cfg, source)
     problems = _check_space(cfg) + _check_builds(cfg)
     if problems:
         raise StudyFileError(source, problems)

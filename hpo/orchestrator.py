@@ -31,7 +31,7 @@ from hpo.display import RunDisplay
 from hpo.errors import Terminated, WorkerSetupError
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
-from hpo.record import A_REASON, TrialAttrs, better
+from hpo.record import A_REASON, ATTR_DATA_CLEAN, TrialAttrs, better
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
 from hpo.worker import WorkerHandle, WorkerSpec, close_all, mp_context
@@ -394,11 +394,14 @@ class Orchestrator:
             trainable_params=result.trainable_params,
             total_params=result.total_params,
             peak_memory_mb=result.peak_memory_mb,
+            teacher_time=None if result.teacher_time is None else round(result.teacher_time, 3),
             processes=result.processes if multi else None,
             rank_steps=tuple(result.rank_steps) if multi else None,
             oom_retries=result.oom_retries if oom else None,
             micro_batch=tuple(result.micro_batch) if oom and result.micro_batch else None,  # [batch, accumulation]
         ).to_user_attrs()
+        if result.data_clean and self.study.user_attrs.get(ATTR_DATA_CLEAN) != result.data_clean:
+            self.study.set_user_attr(ATTR_DATA_CLEAN, result.data_clean)  # what data.clean removed: once per study
         stopped = result.stopped
         if stopped == Stop.INTERRUPT.reason or r.stop_sent == Stop.INTERRUPT:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)

@@ -101,6 +101,8 @@ class TrialResult:
     trainable_params: int | None = None  # parameters the optimizer updates (with LoRA: the adapter's)
     total_params: int | None = None
     peak_memory_mb: float | None = None  # see TrainResult.peak_memory_mb: what each device can measure
+    teacher_time: float | None = None  # distillation: seconds in teacher forward passes (inside train_time)
+    data_clean: dict[str, Any] | None = None  # data.clean: rows each rule removed (trainers/clean.py)
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:
@@ -118,6 +120,8 @@ class TrialResult:
             trainable_params=r.trainable_params,
             total_params=r.total_params,
             peak_memory_mb=r.peak_memory_mb,
+            teacher_time=r.teacher_time,
+            data_clean=r.data_clean,
             **extra,
         )
 

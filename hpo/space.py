@@ -21,7 +21,7 @@ from hpo.registry import union_tags
 CategoricalValue = Union[None, bool, int, float, str]
 
 # Where a search-space path may point. Anything else would silently do nothing.
-TARGET_ROOTS = ("model", "data", "training")
+TARGET_ROOTS = ("model", "data", "training", "distillation")
 
 
 class _Spec(BaseModel):

@@ -112,6 +112,8 @@ class TrainResult:
     # CPU: the process's peak resident set size so far (getrusage ru_maxrss): process-wide and never
     # lowered, so in a worker that ran earlier trials it is at least their peak.
     peak_memory_mb: float | None = None
+    teacher_time: float | None = None  # distillation: seconds in teacher forward passes (inside train_time)
+    data_clean: dict[str, Any] | None = None  # data.clean: rows each rule removed, per split
     # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
     # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
     model: Any = field(default=None, repr=False, compare=False)

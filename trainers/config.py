@@ -21,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from trainers.augment import AugmentConfig
+from trainers.clean import CleanConfig
+from trainers.distill import DistillationConfig
+
 Task = Literal["causal_lm", "sequence_classification"]
 
 # Built-in offline corpora (see trainers/corpora.py). A closed set: a study file never names code to import.
@@ -185,6 +189,18 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
     seed: int = 0  # for the train/eval split and sample limits; fixed so all trials see the same data
+    clean: CleanConfig | None = None  # rules applied before tokenising (trainers/clean.py)
+    augment: AugmentConfig | None = None  # training batches changed on the fly (trainers/augment.py)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset sections are left out of every dump: the cache key and fingerprint of a file without them
+        # stay what they were before the sections existed.
+        out: dict[str, Any] = handler(self)
+        for k in ("clean", "augment"):
+            if out.get(k, 0) is None:
+                del out[k]
+        return out
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -239,6 +255,14 @@ class RunConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval_batches: int | None = Field(default=None, ge=1)  # cap on eval batches per evaluation
+    distillation: DistillationConfig | None = None  # a teacher's softened outputs (trainers/distill.py)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("distillation", 0) is None:  # unset: dumps (export, checkpoint digests) stay as before
+            del out["distillation"]
+        return out
 
     @model_validator(mode="after")
     def _task_fits(self) -> RunConfig:

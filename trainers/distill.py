@@ -212,14 +212,38 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
     return (sq * m).sum() / m.sum().clamp(min=1.0)
 
 
-def distiller_for(run: Any, model: Any, device: torch.device, label_names: list[str] | None, autocast: Any) -> Any:
+def _vocab(folder: Path) -> dict[str, int] | None:
+    import json
+
+    try:
+        vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return vocab if isinstance(vocab, dict) else None
+
+
+def check_tokenizer(teacher_dir: str, student_tokenizer: Path) -> None:
+    """Refuse a teacher whose tokenizer maps tokens to other ids than the student's (same size or not)."""
+    t, s = _vocab(Path(teacher_dir)), _vocab(student_tokenizer)
+    if t is not None and s is not None and t != s:
+        same = sum(1 for k, v in s.items() if t.get(k) == v)
+        raise ConfigError(
+            "distillation.teacher",
+            f"the teacher's vocabulary has {len(t)} tokens and the student's {len(s)}, {same} of them with the same "
+            "ids: teacher and student must share the tokenizer (set model.tokenizer.name_or_path to the teacher's "
+            "folder)",
+        )
+
+
+def distiller_for(run: Any, model: Any, device: torch.device, data: Any, autocast: Any) -> Any:
     """The run's loss function: a :class:`Distiller` with its teacher, or ``label_loss``."""
     cfg: DistillationConfig | None = run.distillation
     if cfg is None or not cfg.enabled:
         return label_loss
     if not isinstance(cfg.teacher, str):  # resolved to a folder by the study (hpo.teacher) before any run
         raise ConfigError("distillation.teacher", "a study reference must be resolved to a model folder first")
+    check_tokenizer(cfg.teacher, data.tokenizer_dir)
     teacher = load_teacher(cfg.teacher, run.task, device)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA student
-    check_pair(base, teacher, run.task, cfg, label_names)
+    check_pair(base, teacher, run.task, cfg, data.label_names)
     return Distiller(teacher, cfg, run.task, autocast)

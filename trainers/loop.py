@@ -376,7 +376,7 @@ def train(
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     model.train()
     # The loss of a micro-batch: the model's own, or a teacher's softened outputs mixed in (distillation).
-    loss_fn = distiller_for(run, accelerator.unwrap_model(model), device, data.label_names, accelerator.autocast)
+    loss_fn = distiller_for(run, accelerator.unwrap_model(model), device, data, accelerator.autocast)
     eval_every = t.eval_steps or max(1, steps // 10)
     setup_time = time.perf_counter() - t0
 

@@ -108,6 +108,7 @@ def _run(model: dict[str, Any], steps: int = 4, **over: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_teacher_is_frozen_outside_the_optimizer_and_loaded_once(
     lm_teacher: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,6 +146,7 @@ def test_teacher_is_frozen_outside_the_optimizer_and_loaded_once(
     assert runs[0].teacher_time == 0.0 and runs[1].teacher_time is not None and runs[1].teacher_time > 0
 
 
+@pytest.mark.slow
 def test_runtime_vocabulary_mismatch_names_both_sizes(lm_teacher: tuple[Path, Path], tmp_path: Path) -> None:
     from trainers.base import ConfigError, NullReporter
     from trainers.config import RunConfig

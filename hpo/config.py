@@ -134,8 +134,8 @@ class StudyConfig(_Strict):
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
     # working directory). Not part of the file, so not fingerprinted: a moved study keeps its results.
     _base_dir: Path | None = PrivateAttr(default=None)
-    # A teacher given as a trial of another study: the model folder it resolves to (hpo.teacher), set once
-    # by `validate_study` (it reads that study's storage).
+    # A teacher given as a trial of another study: the model folder it resolves to (hpo.teacher), set by
+    # `resolve_teacher` where runs are made (validate, run, worker, export); read-only commands never need it.
     _teacher_dir: Path | None = PrivateAttr(default=None)
 
     @property
@@ -210,15 +210,22 @@ class StudyConfig(_Strict):
             distillation=self._resolved_distillation(),
         )
 
+    def resolve_teacher(self, source: str) -> None:
+        """Find the model folder of a teacher given as a trial of another study (reads that study's storage,
+        read-only); a StudyFileError naming ``distillation.teacher`` when there is none."""
+        d = self.distillation
+        if d is not None and isinstance(d.teacher, TeacherRef) and self._teacher_dir is None:
+            from hpo.teacher import resolve_teacher
+
+            self._teacher_dir = resolve_teacher(d.teacher, self, source)
+
     def _resolved_distillation(self) -> DistillationConfig | None:
         """The distillation section with its teacher as an absolute model folder (what workers load)."""
         d = self.distillation
         if d is None:
             return None
-        if isinstance(d.teacher, TeacherRef):
-            if self._teacher_dir is None:
-                raise ValueError("distillation.teacher: a study reference is resolved by validate_study")
-            return d.model_copy(update={"teacher": str(self._teacher_dir)})
+        if isinstance(d.teacher, TeacherRef):  # unresolved (validation alone): workers refuse it
+            return d if self._teacher_dir is None else d.model_copy(update={"teacher": str(self._teacher_dir)})
         local = resolve_local(d.teacher, self._base_dir)
         return d.model_copy(update={"teacher": str(local)}) if local is not None else d
 
@@ -339,10 +346,6 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
         cfg = StudyConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
-    if cfg.distillation is not None and isinstance(cfg.distillation.teacher, TeacherRef):
-        from hpo.teacher import resolve_teacher  # reads the other study's storage (read-only)
-
-        cfg._teacher_dir = resolve_teacher(cfg.distillation.teacher, cfg, source)
     problems = _check_space(cfg) + _check_builds(cfg)
     if problems:
         raise StudyFileError(source, problems)

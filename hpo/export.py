@@ -428,6 +428,7 @@ def export(
     path = Path(study_path)
     cfg = load_study_file(path)
     study = load_existing(cfg)
+    cfg.resolve_teacher(str(path))  # a teacher named by study and trial: its folder goes into train.yaml
     trials = pick_trials(study, path, trial, top)
     root = Path(out_dir) if out_dir is not None else Path(DEFAULT_RUNS_DIR) / f"{cfg.study.name}-export"
     length = Length(trial=trial_length, steps=steps)

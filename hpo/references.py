@@ -85,7 +85,7 @@ def check_references(cfg: StudyConfig, source: str) -> None:
     if cfg.distillation is not None:
         from hpo.teacher import check_teacher
 
-        check_teacher(cfg, problems)
+        check_teacher(cfg, source, problems)
     if problems:
         raise StudyFileError(source, problems)
 

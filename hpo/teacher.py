@@ -147,10 +147,15 @@ def _hidden(config: dict[str, Any]) -> int | None:
     return None
 
 
-def check_teacher(cfg: StudyConfig, problems: list[tuple[str, str]]) -> None:
+def check_teacher(cfg: StudyConfig, source: str, problems: list[tuple[str, str]]) -> None:
     """Append a problem when the teacher folder is missing or does not fit the student (sizes named)."""
     d = cfg.distillation
     if d is None:
+        return
+    try:
+        cfg.resolve_teacher(source)
+    except StudyFileError as e:
+        problems.extend(e.problems)
         return
     run = cfg.base_run()
     assert run.distillation is not None and isinstance(run.distillation.teacher, str)

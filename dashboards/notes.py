@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from hpo.record import TrialRecord
+from trainers.clean import summary as clean_summary
 
 STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -149,8 +150,15 @@ def _space(space: dict[str, Any]) -> list[str]:
     return rows
 
 
-def study_note(config: dict[str, Any], study_file: str, storage: str) -> str:
-    """What the study is and how to take its best trial further. ``storage`` must already be redacted."""
+def _teacher(d: dict[str, Any]) -> str:
+    t = d.get("teacher")
+    who = f"trial {t.get('trial')} of study {t.get('study')}" if isinstance(t, dict) else str(t)
+    return f"{who}; temperature {d.get('temperature')}, alpha {d.get('alpha')} (distillation)"
+
+
+def study_note(config: dict[str, Any], study_file: str, storage: str, data_clean: dict[str, Any] | None = None) -> str:
+    """What the study is and how to take its best trial further. ``storage`` must already be redacted.
+    ``data_clean``: what ``data.clean`` removed (the study's ``data_clean`` attribute), when it ran."""
     study = config.get("study", {})
     name = study.get("name", "?")
     raw = config.get("objective", {})
@@ -169,6 +177,8 @@ def study_note(config: dict[str, Any], study_file: str, storage: str) -> str:
         + " |",
         f"| model | {_cell(_model(config.get('model', {})))} |",
         f"| data | {_cell(_data(config.get('data', {})))} |",
+        *([f"| data.clean | {_cell(clean_summary(data_clean))} |"] if data_clean else []),
+        *([f"| teacher | {_cell(_teacher(config['distillation']))} |"] if config.get("distillation") else []),
         f"| sampler | {_cell(_describe(config.get('sampler')))} |",
         f"| pruner | {_cell(_describe(config.get('pruner')))} |",
         f"| trials | {_cell(study.get('n_trials', '?'))}, of up to {_cell(fidelity.get('max_steps', '?'))} steps "

@@ -306,6 +306,10 @@ def build(loaded: Sequence[Loaded]) -> Report:
     for x, sd, s in zip(loaded, datas, summaries, strict=True):
         slug = _slug(sd.name)
         found[sd.name] = facts(s, D.compute(sd))
+        if sd.data_clean:
+            from trainers.clean import summary as clean_summary
+
+            found[sd.name].append(f"Data cleaning (data.clean): {clean_summary(sd.data_clean)}.")
         intro = [_esc(line) for line in found[sd.name]]
         meta = f"study file <code>{_esc(x.study_file)}</code>, storage <code>{_esc(x.storage)}</code>"
         if sd.task:

@@ -20,7 +20,7 @@ from hpo.genstudy import uses_proxy
 from hpo.hostload import HostRun, HostRuns
 from hpo.modelchoice import ModelGroup, group_by_model
 from hpo.orchestrator import Orchestrator, RunSummary
-from hpo.record import TrialRecord, best_of
+from hpo.record import ATTR_DATA_CLEAN, TrialRecord, best_of
 from hpo.references import validate_file
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
 from hpo.storage import (
@@ -218,6 +218,7 @@ class StudyStatus:
     rows: list[TrialRow]
     best: TrialRow | None
     by_model: list[ModelGroup] = field(default_factory=list)  # a study that chooses its model: per model
+    data_clean: dict[str, Any] | None = None  # what data.clean removed (trainers/clean.py)
 
 
 def status(path: str | Path) -> StudyStatus:
@@ -240,6 +241,7 @@ def status(path: str | Path) -> StudyStatus:
             {"search_space": {k: v.model_dump() for k, v in cfg.search_space.items()}},
             cfg.direction,
         ),
+        data_clean=study.user_attrs.get(ATTR_DATA_CLEAN),
     )
 
 

@@ -275,6 +275,10 @@ def status(
             *([escape(r.reason or "")] if wide else []),
         )
     out.print(table)
+    if st.data_clean:
+        from trainers.clean import summary as clean_summary
+
+        out.print(f"data.clean removed: {clean_summary(st.data_clean)}", highlight=False)
     if not wide:
         for r in st.rows:
             if r.reason:

@@ -39,6 +39,7 @@ from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from hpo.warmstart import WarmStartSection, to_params
 from trainers.config import DataConfig, GenerationConfig, ModelConfig, RunConfig, Task, TrainingConfig
+from trainers.distill import DistillationConfig, TeacherRef
 from trainers.textmetrics import GENERATION_METRICS
 
 DEFAULT_RUNS_DIR = "runs"  # default home of SQLite files and data caches, relative to the working directory
@@ -209,9 +210,13 @@ class StudyConfig(_Strict):
     generation: GenerationConfig | None = None  # generation tasks: decoding (default: GenerationConfig())
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
+    distillation: DistillationConfig | None = None  # a teacher for the student (trainers/distill.py)
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
     # working directory). Not part of the file, so not fingerprinted: a moved study keeps its results.
     _base_dir: Path | None = PrivateAttr(default=None)
+    # A teacher given as a trial of another study: the model folder it resolves to (hpo.teacher), set by
+    # `resolve_teacher` where runs are made (validate, run, worker, export); read-only commands never need it.
+    _teacher_dir: Path | None = PrivateAttr(default=None)
 
     @property
     def base_dir(self) -> Path | None:
@@ -347,8 +352,28 @@ class StudyConfig(_Strict):
             generation=(self.generation or GenerationConfig()) if generates else self.generation,
             decode_only=decode_only,
             measure_latency=any(o.metric == "latency_ms" for o in self.objectives),
+            distillation=self._resolved_distillation(),
         )
         return run if self.fidelity.unit == "steps" else with_length(run, self.fidelity.length(run))
+
+    def resolve_teacher(self, source: str) -> None:
+        """Find the model folder of a teacher given as a trial of another study (reads that study's storage,
+        read-only); a StudyFileError naming ``distillation.teacher`` when there is none."""
+        d = self.distillation
+        if d is not None and isinstance(d.teacher, TeacherRef) and self._teacher_dir is None:
+            from hpo.teacher import resolve_teacher
+
+            self._teacher_dir = resolve_teacher(d.teacher, self, source)
+
+    def _resolved_distillation(self) -> DistillationConfig | None:
+        """The distillation section with its teacher as an absolute model folder (what workers load)."""
+        d = self.distillation
+        if d is None:
+            return None
+        if isinstance(d.teacher, TeacherRef):  # unresolved (validation alone): workers refuse it
+            return d if self._teacher_dir is None else d.model_copy(update={"teacher": str(self._teacher_dir)})
+        local = resolve_local(d.teacher, self._base_dir)
+        return d.model_copy(update={"teacher": str(local)}) if local is not None else d
 
     def _resolved_data(self) -> DataConfig:
         """The data section with local paths made absolute, so every worker and the cache key see one file."""
@@ -422,6 +447,8 @@ class StudyConfig(_Strict):
             parts["models"] = self.models
         if self.generation is not None:  # only where set: fingerprints of other studies stay what they were
             parts["generation"] = self.generation.model_dump()
+        if self.distillation is not None:  # absent: the fingerprint of older files stays as it was
+            parts["distillation"] = self.distillation.model_dump()
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:

@@ -441,6 +441,7 @@ def export(
     path = Path(study_path)
     cfg = load_study_file(path)
     study = load_existing(cfg)
+    cfg.resolve_teacher(str(path))  # a teacher named by study and trial: its folder goes into train.yaml
     trials = pick_trials(study, path, trial, top)
     note = None
     if trial is None and top is None:  # "the best": after `hpo confirm`, its winner

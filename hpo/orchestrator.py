@@ -35,7 +35,7 @@ from hpo.genstudy import pruning_value, uses_proxy
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.objectives import ProxyPruner, trial_values
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
-from hpo.record import A_REASON, TrialAttrs, better
+from hpo.record import A_REASON, ATTR_DATA_CLEAN, TrialAttrs, better
 from hpo.saved_models import A_MODEL_DIR, keeper_of
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
@@ -437,12 +437,15 @@ class Orchestrator:
             total_params=result.total_params,
             peak_memory_mb=result.peak_memory_mb,
             latency_ms=result.latency_ms,
+            teacher_time=None if result.teacher_time is None else round(result.teacher_time, 3),
             processes=result.processes if multi else None,
             rank_steps=tuple(result.rank_steps) if multi else None,
             oom_retries=result.oom_retries if oom else None,
             micro_batch=tuple(result.micro_batch) if oom and result.micro_batch else None,  # [batch, accumulation]
             examples=tuple(result.examples) if result.examples else None,
         ).to_user_attrs()
+        if result.data_clean and self.study.user_attrs.get(ATTR_DATA_CLEAN) != result.data_clean:
+            self.study.set_user_attr(ATTR_DATA_CLEAN, result.data_clean)  # what data.clean removed: once per study
         stopped = result.stopped
         if stopped == Stop.INTERRUPT.reason or r.stop_sent == Stop.INTERRUPT:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)

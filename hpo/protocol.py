@@ -104,6 +104,8 @@ class TrialResult:
     examples: list[dict[str, str]] | None = None  # generation: (source, reference, prediction) of the final eval
     latency_ms: float | None = None  # see TrainResult.latency_ms
     model_dir: str | None = None  # fidelity.save_models: the folder (under the models root) the weights went to
+    teacher_time: float | None = None  # distillation: seconds in teacher forward passes (inside train_time)
+    data_clean: dict[str, Any] | None = None  # data.clean: rows each rule removed (trainers/clean.py)
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:
@@ -123,6 +125,8 @@ class TrialResult:
             peak_memory_mb=r.peak_memory_mb,
             examples=r.examples,
             latency_ms=r.latency_ms,
+            teacher_time=r.teacher_time,
+            data_clean=r.data_clean,
             **extra,
         )
 

@@ -43,6 +43,8 @@ A_RETRY_OF = "retry_of"
 A_RETRIES = "retries"
 A_HOST = "host"
 A_PID = "orchestrator_pid"
+# A study user attribute (not a trial's): {rule: {"train": n, "eval": n}} of what data.clean removed.
+ATTR_DATA_CLEAN = "data_clean"
 
 
 # --------------------------------------------------------------------------------- reading stored values
@@ -115,6 +117,7 @@ class TrialAttrs:
     objective_curve: Mapping[str, float] | None = _attr(
         _metrics, "multi-objective: the first objective per eval step (Optuna keeps none), for the pruner"
     )
+    teacher_time: float | None = _attr(_float, "distillation: seconds in teacher forward passes (in train_time)")
     processes: int | None = _attr(_int, "processes of a multi-GPU trial (only when more than one)")
     rank_steps: tuple[int, ...] | None = _attr(_ints, "steps each rank ran (multi-process trials)")
     oom_retries: int | None = _attr(_int, "times the batch was split after running out of memory")

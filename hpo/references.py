@@ -93,6 +93,10 @@ def check_references(cfg: StudyConfig, source: str) -> None:
     rows = _check_data(cfg, base, problems)
     positions = _check_models(cfg, base, problems)
     _check_sizes(cfg, rows, positions, problems)
+    if cfg.distillation is not None:
+        from hpo.teacher import check_teacher
+
+        check_teacher(cfg, source, problems)
     if problems:
         raise StudyFileError(source, problems)
 

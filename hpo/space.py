@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported where distributions are built: validating a file n
 CategoricalValue = Union[None, bool, int, float, str]
 
 # Where a search-space path may point. Anything else would silently do nothing.
-TARGET_ROOTS = ("model", "data", "training", "generation")
+TARGET_ROOTS = ("model", "data", "training", "generation", "distillation")
 
 
 class _Spec(BaseModel):

@@ -409,6 +409,7 @@ def _save(
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
             "peak_memory_mb": result.peak_memory_mb,
+            "teacher_time": result.teacher_time,  # distillation: seconds in teacher forward passes
             "device": result.device,
             "precision": result.precision,
             "resumed_from": result.resumed_from,

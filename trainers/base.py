@@ -115,6 +115,8 @@ class TrainResult:
     # Generation tasks: a few (source, reference, prediction) of the final eval, for whoever shows them.
     examples: list[dict[str, str]] | None = None
     latency_ms: float | None = None  # inference per example on the first eval batch (``trainers.latency``), when asked
+    teacher_time: float | None = None  # distillation: seconds in teacher forward passes (inside train_time)
+    data_clean: dict[str, Any] | None = None  # data.clean: rows each rule removed, per split
     # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
     # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
     model: Any = field(default=None, repr=False, compare=False)

@@ -21,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from trainers.augment import AugmentConfig
+from trainers.clean import CleanConfig
+from trainers.distill import DistillationConfig
+
 Task = Literal["causal_lm", "sequence_classification", "seq2seq"]
 
 # Built-in offline corpora (see trainers/corpora.py). A closed set: a study file never names code to import.
@@ -198,11 +202,15 @@ class DataConfig(_Strict):
     source_suffix: str | None = None  # appended to every source / prompt (a decoder's "\nHeadline:")
     max_source_length: int | None = Field(default=None, ge=4)  # default: max_length (causal: the rest of it)
     max_target_length: int | None = Field(default=None, ge=1)  # longer targets are truncated and counted
+    clean: CleanConfig | None = None  # rules applied before tokenising (trainers/clean.py)
+    augment: AugmentConfig | None = None  # training batches changed on the fly (trainers/augment.py)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset keys and sections are left out of every dump: the cache key and fingerprint of a file
+        # without them stay what they were before they existed.
         out: dict[str, Any] = handler(self)
-        for k in GENERATION_DATA_KEYS:
+        for k in (*GENERATION_DATA_KEYS, "clean", "augment"):
             if out.get(k, 0) is None:
                 del out[k]
         return out
@@ -320,13 +328,15 @@ class RunConfig(_Strict):
     generation: GenerationConfig | None = None  # generation tasks: decoding at the final eval
     decode_only: bool = False  # evaluate (and decode) the model as loaded: no training step
     measure_latency: bool = False  # time inference on the first eval batch after training (trainers.latency)
+    distillation: DistillationConfig | None = None  # a teacher's softened outputs (trainers/distill.py)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out when unset: run configs (and exports) of other tasks stay what they were.
+        # Left out when unset: run configs (and exports, checkpoint digests) of other studies stay what they were.
         out: dict[str, Any] = handler(self)
-        if out.get("generation", 0) is None:
-            del out["generation"]
+        for key in ("generation", "distillation"):
+            if out.get(key, 0) is None:
+                del out[key]
         for flag in ("decode_only", "measure_latency"):
             if out.get(flag) is False:
                 del out[flag]

@@ -23,6 +23,7 @@ import numpy as np
 
 from trainers import corpora, generation
 from trainers.base import ConfigError
+from trainers.clean import clean_records, length_filter
 from trainers.config import DataConfig, ModelConfig, RunConfig
 
 CACHE_VERSION = 2  # bump when the on-disk layout or the tokenisation changes (2: shuffled eval order)
@@ -44,6 +45,8 @@ class PreparedData:
     pad_id: int
     eos_id: int | None
     eval_prompt_lengths: np.ndarray | None = None  # causal prompt -> completion: where each completion starts
+    train_words: np.ndarray | None = None  # with data.augment (classification): word id per token, -1 special
+    clean_counts: dict[str, Any] | None = None  # with data.clean: rows each rule removed, per split
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -52,14 +55,17 @@ class PreparedData:
 
 def cache_key(run: RunConfig) -> str:
     """Hash of everything that decides the tokens; the same for all trials of a study."""
+    # Augmentation happens on the fly: its settings (searchable) share one cache; it only needs word ids.
     parts = {
         "v": CACHE_VERSION,
         "task": run.task,
-        "data": run.data.model_dump(),
+        "data": run.data.model_dump(exclude={"augment"}),
         "tokenizer": run.model.tokenizer.model_dump(),
         "tokenizer_source": run.model.tokenizer.name_or_path or run.model.name_or_path,
         "revision": run.model.revision,
     }
+    if run.data.augment is not None and run.task == "sequence_classification":
+        parts["word_ids"] = True
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -201,6 +207,8 @@ def _load(path: Path) -> PreparedData:
         pad_id=meta["pad_id"],
         eos_id=meta.get("eos_id"),
         eval_prompt_lengths=arr("eval_prompt_lengths"),
+        train_words=arr("train_words"),
+        clean_counts=meta.get("clean"),
     )
 
 
@@ -333,6 +341,8 @@ def _check_cells(d: Any, split: str, data: DataConfig, pairs: RunConfig | None =
             )
         values = d[col]
         blank = key != "data.label_column" and not plain_text
+        if data.clean is not None and data.clean.drop_empty:
+            continue  # dropped (and counted) by the cleaning rules instead
         for i, v in enumerate(values):
             if v is None or (blank and isinstance(v, str) and not v.strip()):
                 raise ConfigError(key, f"{_row_origin(data, split, i)}: the {col!r} cell is empty")
@@ -405,13 +415,39 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
     return tok
 
 
+def _word_ids(enc: Any, n: int, width: int) -> np.ndarray:
+    """[n, width] word index of each token (-1: special or padding), for word-level augmentation."""
+    words = np.full((n, width), -1, dtype=np.int32)
+    for i in range(n):
+        try:
+            ids = enc.word_ids(i)
+        except (ValueError, AttributeError):  # a slow tokenizer: each token counts as a word
+            ids = list(range(width))
+        words[i, : len(ids)] = [-1 if w is None else w for w in ids]
+    return words
+
+
 def _build(run: RunConfig, out: Path) -> None:
     is_cls = run.task == "sequence_classification"
     train, evals = load_records(run.data, need_labels=is_cls, run=run)
+    rules = run.data.clean
+    counts: dict[str, Any] | None = None
+    if rules is not None:
+        train, evals, counts = clean_records(train, evals, rules)
     if not train["text"] or not evals["text"]:
-        raise ConfigError("data", "the train or eval split is empty")
+        raise ConfigError("data.clean" if rules is not None else "data", "the train or eval split is empty")
     tok = load_tokenizer(run.model, train["text"] + train.get("target", []), out / "tokenizer")
+    if rules is not None and counts is not None:
+        if rules.needs_tokens:  # lengths in tokens: once the tokenizer exists
+            train = length_filter(
+                train, rules, counts, lambda texts: [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+            )
+            if not train["text"]:
+                raise ConfigError("data.clean", "the length rules leave no training rows")
+        counts["kept"] = {"train": len(train["text"]), "eval": len(evals["text"])}
     meta: dict[str, Any] = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id}
+    if counts is not None:
+        meta["clean"] = counts
     L = run.data.max_length
     if run.generates:
         meta.update(generation.build_pairs(run, tok, train, evals, out))
@@ -434,6 +470,8 @@ def _build(run: RunConfig, out: Path) -> None:
             np.save(out / f"{split}_ids.npy", ids)
             np.save(out / f"{split}_lengths.npy", np.asarray(enc["attention_mask"]).sum(1).astype(np.int32))
             np.save(out / f"{split}_labels.npy", np.asarray([index[str(x)] for x in cols["label"]], np.int64))
+            if split == "train" and run.data.augment is not None:
+                np.save(out / "train_words.npy", _word_ids(enc, len(ids), L))
     else:
         eos = tok.eos_token_id
         for split, cols in (("train", train), ("eval", evals)):

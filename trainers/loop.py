@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from trainers import generation
+from trainers.augment import Augmenter
 from trainers.base import ConfigError, Diverged, NonFiniteLoss, Reporter, TrainResult, diverged
 from trainers.checkpoints import Checkpoints
 from trainers.config import RunConfig
 from trainers.data import PreparedData, prepare
+from trainers.distill import distiller_for
 from trainers.models import build_model, parameter_counts
 
 
@@ -160,12 +162,19 @@ class _Indices(torch.utils.data.Dataset[int]):
 
 
 def _train_loader(data: PreparedData, run: RunConfig, order: BatchOrder) -> torch.utils.data.DataLoader[int]:
-    """The training batches on the CPU; ``accelerator.prepare`` shards them and moves them to the device."""
+    """The training batches on the CPU; ``accelerator.prepare`` shards them and moves them to the device.
+    With ``data.augment``, each batch is augmented as it is cut (seeded by the run's seed, epoch and row)."""
     cpu = torch.device("cpu")
+    aug = Augmenter(run.data.augment, run.task, run.training.seed) if run.data.augment is not None else None
+
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        batch = _to_batch(data, "train", np.asarray(rows), run, cpu)
+        return aug(batch, data, np.asarray(rows), order.epoch) if aug is not None else batch
+
     return torch.utils.data.DataLoader(
         _Indices(len(data.train_ids)),
         batch_sampler=order,
-        collate_fn=lambda rows: _to_batch(data, "train", np.asarray(rows), run, cpu),
+        collate_fn=collate,
         # Its own generator: each pass over a DataLoader draws a seed from it, which would otherwise come
         # from torch's global generator and shift every dropout mask after it.
         generator=torch.Generator(),
@@ -309,7 +318,7 @@ LATENCY_ROWS = 8
 def _latency(model: torch.nn.Module, data: PreparedData, run: RunConfig, device: torch.device) -> float:
     from trainers.latency import latency_ms
 
-    return latency_ms(model, _to_batch(data, "eval", latency_rows(data, run), run.task, device), device)
+    return latency_ms(model, _to_batch(data, "eval", latency_rows(data, run), run, device), device)
 
 
 def latency_rows(data: PreparedData, run: RunConfig) -> np.ndarray:
@@ -390,6 +399,8 @@ def train(
     loader = _train_loader(data, run, order)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     model.train()
+    # The loss of a micro-batch: the model's own, or a teacher's softened outputs mixed in (distillation).
+    loss_fn = distiller_for(run, accelerator.unwrap_model(model), device, data, accelerator.autocast)
     eval_every = t.eval_steps or max(1, steps // 10)
     setup_time = time.perf_counter() - t0
 
@@ -417,7 +428,7 @@ def train(
             for _ in range(t.gradient_accumulation_steps):
                 batch = next(batches)
                 state.batches += 1
-                loss = model(**batch).loss / t.gradient_accumulation_steps
+                loss = loss_fn(model, batch) / t.gradient_accumulation_steps
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
                 state.tokens += _tokens(batch)
@@ -489,6 +500,8 @@ def train(
         total_params=total,
         peak_memory_mb=_peak_memory_mb(device),
         latency_ms=_latency(accelerator.unwrap_model(model), data, run, device) if run.measure_latency else None,
+        teacher_time=getattr(loss_fn, "teacher_time", None),
+        data_clean=data.clean_counts,
         model=accelerator.unwrap_model(model),
     )
 

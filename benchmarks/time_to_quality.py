@@ -184,6 +184,8 @@ def run_trainer(side: str, seed: int, setup: dict[str, Any], tmp: Path, cores: i
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     if procs > 1:
         env["OMP_NUM_THREADS"] = "1"
+    else:  # a user's one process: OpenMP's defaults (a caller's OMP_NUM_THREADS=1 would cripple it)
+        env.pop("OMP_NUM_THREADS", None)
     children = []
     n_total = setup["n_trials"]
     for rank in range(procs):

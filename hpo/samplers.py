@@ -159,6 +159,8 @@ class NSGAIISamplerConfig(_Sampler):
     swapping_prob: float = Field(default=0.5, ge=0.0, le=1.0)
 
     def build(self, grid: Mapping[str, Sequence[Any]] | None = None) -> optuna.samplers.BaseSampler:
+        import optuna
+
         return optuna.samplers.NSGAIISampler(**self.model_dump(exclude={"name"}))
 
 
@@ -169,6 +171,8 @@ class NSGAIIISamplerConfig(NSGAIISamplerConfig):
     dividing_parameter: int = Field(default=3, ge=1)
 
     def build(self, grid: Mapping[str, Sequence[Any]] | None = None) -> optuna.samplers.BaseSampler:
+        import optuna
+
         return optuna.samplers.NSGAIIISampler(**self.model_dump(exclude={"name"}))
 
 

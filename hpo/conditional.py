@@ -15,11 +15,12 @@ itself inactive is inactive too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from hpo.space import CategoricalSpec, FloatSpec, IntSpec, param_name, to_distributions
+
+if TYPE_CHECKING:  # only annotations: validating a study file never needs Optuna
+    import optuna
 
 Spec = FloatSpec | IntSpec | CategoricalSpec
 

@@ -18,7 +18,7 @@ proxy's units, is refused for generation objectives.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainers.config import GENERATION_DATA_KEYS
 from trainers.textmetrics import GENERATION_METRICS
@@ -124,10 +124,10 @@ def _check_decode_only(cfg: StudyConfig, gen: bool) -> list[tuple[str, str]]:
 
 def architecture_problem(task: str, model_type: str) -> str | None:
     """Why ``model_type`` cannot run ``task`` (a decoder-only model for seq2seq, or the reverse), or None."""
-    from transformers.models.auto import modeling_auto as auto
+    from hpo.modelkeys import task_model_types  # read from transformers' source: validating stays light
 
-    seq2seq: Any = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-    causal: Any = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    seq2seq = task_model_types("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES")
+    causal = task_model_types("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
     if task == "seq2seq" and model_type not in seq2seq:
         kind = "a decoder-only model" if model_type in causal else "not a sequence-to-sequence model"
         return f"{model_type!r} is {kind}; task seq2seq needs an encoder-decoder (e.g. t5, bart, mt5, pegasus)"

@@ -249,6 +249,22 @@ def config_keys(model_type: str, exact: bool = False) -> tuple[set[str], dict[st
         return _from_import(model_type)
 
 
+@functools.cache
+def task_model_types(mapping: str) -> frozenset[str]:
+    """The model types of one of transformers' auto-model mappings (e.g. ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``),
+    read from ``modeling_auto.py`` without importing it (which would bring torch); imported when unreadable."""
+    root = _root()
+    try:
+        if root is None:
+            raise _Unreadable("transformers is not installed")
+        text = root.joinpath("models", "auto", "modeling_auto.py").read_text(encoding="utf-8")
+        return frozenset(_pairs(text, mapping))
+    except (_Unreadable, OSError, ValueError):
+        from transformers.models.auto import modeling_auto
+
+        return frozenset(getattr(modeling_auto, mapping))
+
+
 def known_model_types() -> list[str]:
     """Every model type transformers knows (for "did you mean" hints)."""
     try:

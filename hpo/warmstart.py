@@ -22,13 +22,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpo.errors import HpoError, StudyFileError
 from hpo.space import CategoricalSpec, FloatSpec, IntSpec, param_name
+
+if TYPE_CHECKING:  # the study file's section is read without Optuna; enqueuing imports it
+    import optuna
 
 ATTR_ENQUEUED = "hpo:warm_start"  # digests of the configuration sets already enqueued
 A_WARM_START = "warm_start"  # trial user attribute: where an enqueued configuration came from
@@ -135,7 +137,9 @@ def _from_study(cfg: Any, source: str, section: WarmStartSection, out: WarmStart
         raise StudyFileError(source, [("warm_start.from", f"{section.from_}: {e}")]) from None
     records = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
     ranked: list[TrialRecord] = []
-    pool = [r for r in records if r.state == optuna.trial.TrialState.COMPLETE and r.value is not None]
+    from optuna.trial import TrialState
+
+    pool = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
     while pool and len(ranked) < section.top:
         best = best_of(pool, study.direction)
         assert best is not None

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where batches are augmented: reading a study file stays light
+    import numpy as np
     import torch
 
     from trainers.data import PreparedData
@@ -65,6 +65,7 @@ class AugmentConfig(BaseModel):
 
 def row_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     """The generator of one example's augmentation in one epoch."""
+    import numpy as np
     return np.random.default_rng([seed, epoch, int(row)])
 
 
@@ -116,6 +117,7 @@ class Augmenter:
 
     def rows(self, data: PreparedData, rows: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The (augmented) token ids of training ``rows`` in ``epoch``, and their lengths (classification)."""
+        import numpy as np
         c = self.cfg
         ids = data.train_ids[rows].astype(np.int64)
         if self.task == "causal_lm":
@@ -153,6 +155,7 @@ class Augmenter:
         self, batch: dict[str, torch.Tensor], data: PreparedData, rows: np.ndarray, epoch: int
     ) -> dict[str, torch.Tensor]:
         """``batch`` (cut from ``rows`` as the loop cuts it) with augmented inputs; labels unchanged."""
+        import numpy as np
         import torch
 
         ids, lengths = self.rows(data, rows, epoch)

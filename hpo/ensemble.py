@@ -220,14 +220,14 @@ class Split:
 @torch.no_grad()
 def outputs_of(model: Any, data: Any, rows: np.ndarray, task: str, batch_size: int) -> np.ndarray:
     """Log-probabilities of a model on these eval rows (see ``combine``)."""
-    from trainers.loop import _to_batch
+    from trainers.loop import task_batch
 
     model.eval()
     out: list[np.ndarray] = []
     cpu = torch.device("cpu")
     for s in range(0, len(rows), batch_size):
         idx = rows[s : s + batch_size]
-        batch = _to_batch(data, "eval", idx, task, cpu)
+        batch = task_batch(data, "eval", idx, task, cpu)
         batch.pop("labels")
         logits = model(**batch).logits.float()
         logp = torch.log_softmax(logits, dim=-1)

@@ -33,9 +33,9 @@ TWO = [{"metric": "eval_loss"}, {"metric": "params"}]
     "objective, sampler, fragment",
     [
         ({"metric": "latency_ms"}, None, "cost metrics go in a list after a quality metric"),
-        ([{"metric": "params"}, {"metric": "eval_loss"}], None, "objective[0].metric must be a metric the trainer"),
+        ([{"metric": "params"}, {"metric": "eval_loss"}], None, "objective[0].metric: must be a metric the trainer"),
         ([{"metric": "eval_loss"}, {"metric": "eval_loss"}], None, "each metric once"),
-        ([{"metric": "eval_loss"}, {"metric": "accuracy"}], None, "objective[1].metric 'accuracy' is not reported"),
+        ([{"metric": "eval_loss"}, {"metric": "accuracy"}], None, "objective[1].metric: 'accuracy' is not reported"),
         ([{"metric": "eval_loss"}, {"metric": "params", "direction": "maximize"}], None, "must be 'minimize'"),
         (TWO, {"name": "cmaes"}, "sampler 'cmaes' optimises one objective"),
         ([], None, "give at least one"),

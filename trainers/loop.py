@@ -239,8 +239,16 @@ def _to_batch(
 ) -> dict[str, torch.Tensor]:
     if run.generates:
         return generation.to_batch(data, split, idx, device)
+    return task_batch(data, split, idx, run.task, device)
+
+
+def task_batch(
+    data: PreparedData, split: str, idx: np.ndarray, task: str, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The rows ``idx`` of a split as model inputs with labels, for the plain (non-generating) tasks; also
+    what ``hpo ensemble`` / ``hpo compress`` score members on."""
     ids = getattr(data, f"{split}_ids")[idx]
-    if run.task == "causal_lm":
+    if task == "causal_lm":
         t = torch.from_numpy(ids.astype(np.int64)).to(device)
         return {"input_ids": t, "labels": t}
     lengths = getattr(data, f"{split}_lengths")[idx]

@@ -23,6 +23,7 @@ from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, Pru
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
+from trainers.clean import EVAL_KEYS
 from trainers.config import DataConfig, ModelConfig, RunConfig, Task, TrainingConfig
 from trainers.data import CACHE_VERSION
 from trainers.distill import DistillationConfig, TeacherRef
@@ -368,6 +369,9 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
             problems.append(
                 (loc, f"the path must start with one of {', '.join(TARGET_ROOTS)} (e.g. training.learning_rate)")
             )
+            continue
+        if path.split(".")[:2] == ["data", "clean"] and path.rsplit(".", 1)[-1] in EVAL_KEYS:
+            problems.append((loc, "changes the eval rows every trial is judged on: set it in data.clean, not searched"))
             continue
         msg = _check_target(base, path, spec)
         if msg:

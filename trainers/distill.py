@@ -104,6 +104,9 @@ def _auto_class(task: str) -> Any:
 
 def load_teacher(folder: str, task: str, device: torch.device) -> Any:
     """The teacher from ``folder`` (loaded on the first call in this process), on ``device``, frozen."""
+    from trainers.corpora import resolve_model_path
+
+    folder = resolve_model_path(folder)  # builtin:<model> is a folder shipped in a package
     key = (str(Path(folder).resolve()), task, str(device))
     if key not in _TEACHERS:
         if not (Path(folder) / "config.json").is_file():

@@ -44,6 +44,7 @@ from distillation import ROOT, STUDIES, cut, hpo, t_interval
 def noisy_data(work: Path, train_size: int, flip: float, seed: int = 0) -> dict[str, Any]:
     """Write train.jsonl (subset, labels flipped) and eval.jsonl (true labels); return what was done."""
     from trainers import corpora
+    from trainers.clean import normalized
     from trainers.data import _split
 
     texts, labels = corpora.bbc_news()
@@ -58,10 +59,19 @@ def noisy_data(work: Path, train_size: int, flip: float, seed: int = 0) -> dict[
     with open(work / "train.jsonl", "w", encoding="utf-8") as f:
         for i, lab in zip(chosen, train_labels, strict=True):
             f.write(json.dumps({"text": texts[i], "label": lab}) + "\n")
+    # The eval split is deduplicated here (as `dedup: normalized` would): both studies are then judged on the
+    # same rows, which cleaning inside one study would otherwise change.
+    seen: set[str] = set()
+    kept = []
+    for i in ev:
+        key = normalized(texts[i])
+        if key not in seen:
+            seen.add(key)
+            kept.append(i)
     with open(work / "eval.jsonl", "w", encoding="utf-8") as f:
-        for i in ev:
+        for i in kept:
             f.write(json.dumps({"text": texts[i], "label": labels[i]}) + "\n")
-    return {"train": len(chosen), "flipped": len(flipped), "eval": len(ev)}
+    return {"train": len(chosen), "flipped": len(flipped), "eval": len(kept), "eval_duplicates": len(ev) - len(kept)}
 
 
 def study(kind: str, work: Path) -> dict[str, Any]:

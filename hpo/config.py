@@ -38,6 +38,7 @@ from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
 from hpo.space import SPEC_TYPES, TARGET_ROOTS, ParamSpec, apply_params, grid_values, param_name, with_values
 from hpo.warmstart import WarmStartSection, to_params
+from trainers.clean import EVAL_KEYS
 from trainers.config import DataConfig, GenerationConfig, ModelConfig, RunConfig, Task, TrainingConfig
 from trainers.distill import DistillationConfig, TeacherRef
 from trainers.textmetrics import GENERATION_METRICS
@@ -552,6 +553,9 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
             continue
         if path == PRESET:
             continue  # checked by check_presets
+        if path.split(".")[:2] == ["data", "clean"] and path.rsplit(".", 1)[-1] in EVAL_KEYS:
+            problems.append((loc, "changes the eval rows every trial is judged on: set it in data.clean, not searched"))
+            continue
         msg = _check_target(base, path, spec)
         if msg:
             problems.append((loc, msg))

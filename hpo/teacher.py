@@ -159,7 +159,16 @@ def check_teacher(cfg: StudyConfig, source: str, problems: list[tuple[str, str]]
         return
     run = cfg.base_run()
     assert run.distillation is not None and isinstance(run.distillation.teacher, str)
-    teacher = _model_folder(run.distillation.teacher, KEY, cfg.base_dir, problems, need="config.json")
+    name = run.distillation.teacher
+    if not name.startswith("builtin:"):
+        local = resolve_local(name, cfg.base_dir)
+        if local is None or not local.exists():  # the teacher is loaded from a folder, never from the hub
+            problems.append(
+                (KEY, f"no such folder: {local or name}; give the folder `hpo train` (or save_pretrained) wrote, or "
+                      "{study: FILE_OR_NAME, trial: best}")
+            )  # fmt: skip
+            return
+    teacher = _model_folder(name, KEY, cfg.base_dir, problems, need="config.json")
     if teacher is None:
         return
     t_cfg = _config(teacher)

@@ -55,7 +55,7 @@ def test_noisy_data_flips_a_fifth_of_the_subset_and_keeps_eval_true(tmp_path: Pa
     from trainers import corpora
 
     made = clean_augment.noisy_data(tmp_path, 200, 0.2)
-    assert made == {"train": 200, "flipped": 40, "eval": 222}
+    assert made == {"train": 200, "flipped": 40, "eval": 221, "eval_duplicates": 1}  # one copy left the eval
     texts, labels = corpora.bbc_news()
     truth: dict[str, set[str]] = {}
     for t, lab in zip(texts, labels, strict=True):
@@ -64,6 +64,7 @@ def test_noisy_data_flips_a_fifth_of_the_subset_and_keeps_eval_true(tmp_path: Pa
     evals = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert sum(r["label"] not in truth[r["text"]] for r in train) == 40
     assert all(r["label"] in truth[r["text"]] for r in evals)
+    assert len({r["text"] for r in evals}) == len(evals)
     assert clean_augment.noisy_data(tmp_path, 200, 0.2) == made  # seeded: the same data every run
     both = clean_augment.study("clean+augment", tmp_path)
     assert both["data"]["clean"] and "data.augment.p" in both["search_space"]
@@ -85,3 +86,4 @@ def test_clean_augment_quick_runs_end_to_end(tmp_path: Path) -> None:
     kinds = {r["kind"]: r for r in out["rows"]}
     assert set(kinds) == {"clean+augment", "plain"}
     assert kinds["clean+augment"]["data_clean"]["kept"]["train"] <= 200 and kinds["plain"]["data_clean"] is None
+    assert kinds["clean+augment"]["data_clean"]["kept"]["eval"] == out["data"]["eval"]  # one yardstick for both

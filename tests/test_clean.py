@@ -221,3 +221,20 @@ def test_counts_reach_the_study_status_and_notes(tmp_path: Path, monkeypatch: py
     assert f"data.clean removed: {summary(st.data_clean)}" in " ".join(shown.output.split())
     note = study_note({"study": {"name": "s"}}, str(path), "sqlite:///x", st.data_clean)
     assert f"| data.clean | {summary(st.data_clean)} |" in note
+
+
+@pytest.mark.parametrize(("key", "refused"), [("dedup", True), ("min_label_count", True), ("min_length", False)])
+def test_rules_that_change_the_eval_rows_are_not_searchable(tmp_path: Path, key: str, refused: bool) -> None:
+    from hpo.errors import StudyFileError
+
+    d = _study(tmp_path, {})
+    d["search_space"][f"data.clean.{key}"] = (
+        {"type": "categorical", "choices": ["exact", "normalized"]}
+        if key == "dedup"
+        else {"type": "int", "low": 0, "high": 3}
+    )
+    if not refused:
+        assert validate_study(d).trial_run({"learning_rate": 1e-3, key: 2}).data.clean.min_length == 2  # type: ignore[union-attr]
+        return
+    with pytest.raises(StudyFileError, match=rf"search_space\[data.clean.{key}\]: changes the eval rows"):
+        validate_study(d)

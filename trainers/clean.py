@@ -29,6 +29,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RULES = ("unicode", "empty", "duplicates", "leakage", "min_length", "max_length", "rare_labels")
+# Keys that change the eval rows: trials that differed in them would be judged on different rows, so they
+# are set for a study, never searched (hpo.config refuses them in search_space).
+EVAL_KEYS = ("unicode", "drop_empty", "dedup", "min_label_count")
 
 
 class CleanConfig(BaseModel):

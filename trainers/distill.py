@@ -97,11 +97,16 @@ def _auto_class(task: str) -> Any:
 
     if task == "causal_lm":
         return transformers.AutoModelForCausalLM
+    if task == "seq2seq":  # issue 10's task: the same token-level loss over the decoder's positions
+        return transformers.AutoModelForSeq2SeqLM
     return transformers.AutoModelForSequenceClassification
 
 
 def load_teacher(folder: str, task: str, device: torch.device) -> Any:
     """The teacher from ``folder`` (loaded on the first call in this process), on ``device``, frozen."""
+    from trainers.corpora import resolve_model_path
+
+    folder = resolve_model_path(folder)  # builtin:<model> is a folder shipped in a package
     key = (str(Path(folder).resolve()), task, str(device))
     if key not in _TEACHERS:
         if not (Path(folder) / "config.json").is_file():
@@ -125,7 +130,7 @@ def load_teacher(folder: str, task: str, device: torch.device) -> Any:
 def check_pair(student: Any, teacher: Any, task: str, cfg: DistillationConfig, label_names: list[str] | None) -> None:
     """Refuse a teacher whose outputs cannot be compared with the student's, naming the sizes."""
     s, t = student.config, teacher.config
-    if task == "causal_lm":
+    if task != "sequence_classification":  # token-level: one vocabulary
         if s.vocab_size != t.vocab_size:
             raise ConfigError(
                 "distillation.teacher",
@@ -184,7 +189,9 @@ class Distiller:
         if c.alpha == 0.0 and not hidden:
             return out.loss  # type: ignore[no-any-return]
         t0 = time.perf_counter()
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        # The teacher sees the inputs only; a seq2seq teacher also needs the labels, from which it builds its
+        # decoder inputs (its own loss is not used).
+        inputs = batch if self.task == "seq2seq" else {k: v for k, v in batch.items() if k != "labels"}
         with torch.no_grad(), self.autocast() if self.autocast is not None else contextlib.nullcontext():
             t_out = self.teacher(**inputs, output_hidden_states=hidden) if hidden else self.teacher(**inputs)
         self.teacher_time += time.perf_counter() - t0
@@ -200,6 +207,8 @@ class Distiller:
     def _mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if self.task == "causal_lm":
             return batch.get("attention_mask")  # blocks of a causal LM have no padding: None, every token
+        if self.task == "seq2seq":
+            return batch["labels"] != -100  # the decoder's real target positions
         return None  # classification: one distribution per example
 
 

@@ -232,3 +232,24 @@ def test_report_shows_the_confirmation_as_intervals(tmp_path: Path, monkeypatch:
         [c.ci_high for c in conf.configs]
     )
     assert "95% CI" in "".join(report.sections[-1].tables)
+
+
+@pytest.mark.slow
+def test_cli_confirm_with_the_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    d = studies.causal_lm(n_trials=3)
+    d["resources"] = {"workers": 1}
+    (tmp_path / "s.yaml").write_text(dumps(d))
+    cli = CliRunner()
+    assert cli.invoke(app, ["run", "s.yaml"]).exit_code == 0
+    res = cli.invoke(app, ["confirm", "s.yaml", "--top", "2", "--seeds", "2", "--steps", "8"])
+    assert res.exit_code == 0, res.output
+    assert "over seeds [43, 44], 8 steps per run" in res.output and "confirmed winner: trial" in res.output
+    runs = optuna.load_study(study_name="tiny:confirm", storage="sqlite:///runs/tiny.db").get_trials()
+    assert len(runs) == 4 and all(t.state == TrialState.COMPLETE and t.user_attrs["steps"] == 8 for t in runs)
+    # the two seeds of one configuration train differently (init and batch order)
+    by_config: dict[float, set[float]] = {}
+    for t in runs:
+        by_config.setdefault(t.params["learning_rate"], set()).add(t.values[0])
+    assert all(len(v) == 2 for v in by_config.values())
+    assert len(optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny.db").get_trials()) == 3

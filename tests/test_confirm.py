@@ -169,6 +169,17 @@ def test_confirm_resumes_after_kill_9_without_repeating_a_result(tmp_path: Path)
     assert conf.complete and all(len(c.values) == 3 for c in conf.configs)
 
 
+def test_failed_runs_are_run_again_by_the_next_confirm(tmp_path: Path) -> None:
+    path = search(tmp_path, n_trials=4)
+    failed = run_confirmation(str(path), top=2, seeds=2, fail_above=0.0)  # every run crashes
+    assert not failed.complete and len(failed.missing) == 4
+    assert confirm.ATTR_SUMMARY not in load(path, "t:confirm").user_attrs  # nothing to prefer yet
+    fixed = run_confirmation(str(path), top=2, seeds=2)
+    runs = load(path, "t:confirm").get_trials()
+    assert [t.state for t in runs] == [TrialState.FAIL] * 4 + [TrialState.COMPLETE] * 4
+    assert fixed.complete and all(len(c.values) == 2 for c in fixed.configs)
+
+
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     path = search(tmp_path, n_trials=3)
     db = tmp_path / "study.db"

@@ -264,3 +264,27 @@ def test_cli_confirm_with_the_real_trainer(tmp_path: Path, monkeypatch: pytest.M
         by_config.setdefault(t.params["learning_rate"], set()).add(t.values[0])
     assert all(len(v) == 2 for v in by_config.values())
     assert len(optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny.db").get_trials()) == 3
+
+
+def test_an_interrupted_run_requeued_by_the_ledger_is_not_enqueued_twice(tmp_path: Path) -> None:
+    from hpo.ledger import Reason, TrialLedger
+    from hpo.record import TrialAttrs
+    from hpo.space import to_distributions
+    from hpo.store import study_store
+
+    path = search(tmp_path, n_trials=4)
+    plan = confirm.plan(path, 2, 2)
+    storage = open_storage(plan.source.storage_url, create=False)
+    cfg, study, todo = confirm.prepare(plan, storage)
+    assert todo == 4 and cfg.study.n_trials == 4
+    # What Ctrl-C does to a running confirmation run: FAIL "interrupted", re-queued with its parameters (the
+    # queued copy carries `retry_of`, not the attributes it was first enqueued with).
+    trial = study.ask(to_distributions(cfg.search_space))
+    ledger = TrialLedger(study, study_store(study), cfg.study.n_trials, None)
+    ledger.set_attrs(trial, TrialAttrs(reason=str(Reason.interrupted()), requeued=True).to_user_attrs())
+    study.tell(trial, state=TrialState.FAIL)
+    ledger.requeue(trial.number, trial.params, trial.user_attrs)
+    cfg, study, todo = confirm.prepare(plan, storage)
+    assert todo == 4 and cfg.study.n_trials == 4  # 4 waiting (one of them the re-queued run), nothing added
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(waiting) == 4 and sum("retry_of" in t.user_attrs for t in waiting) == 1

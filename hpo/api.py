@@ -171,7 +171,9 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
     return [
         f"[bold]{cfg.study.name}[/] — {what}",
         f"  storage  {redact(cfg.storage_url)}",
-        f"  task     {cfg.task}, objective {cfg.metric} ({cfg.direction})",
+        f"  task     {cfg.task}, objective "
+        + ", ".join(f"{o.metric} ({o.direction})" for o in cfg.objectives)
+        + (": a Pareto front, pruned on the first" if cfg.multi_objective else ""),
         f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.budget} {cfg.fidelity.unit}/trial,"
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",

@@ -417,7 +417,8 @@ def confirm(
         if conf.complete:
             out.print(describe(conf), highlight=False, soft_wrap=True)
     if res.interrupted or not conf.complete:
-        out.print(f"{len(conf.missing)} runs missing; resume with: hpo confirm {study_file}", highlight=False)
+        missing = plural(len(conf.missing), "run")
+        out.print(f"{missing} without a result; run them with: hpo confirm {study_file}", highlight=False)
         if res.interrupted:
             raise typer.Exit(_exit_code(terms[0] if terms else None))
         raise typer.Exit(1)

@@ -57,7 +57,7 @@ GENERATING_CAUSAL_METRICS = {**TASK_METRICS["causal_lm"], **GENERATION_METRICS}
 
 # Costs every trial's worker measures the same way (multi-objective studies): lower is better. ``params``
 # counts every parameter of the model, ``trainable_params`` those the optimizer updates; ``latency_ms`` is
-# inference per example on the first eval batch (trainers/latency.py), ``train_time`` seconds in train steps.
+# inference per example on the first eval rows (trainers/latency.py), ``train_time`` seconds in train steps.
 COST_METRICS: dict[str, Literal["minimize", "maximize"]] = {
     "params": "minimize",
     "trainable_params": "minimize",

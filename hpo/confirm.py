@@ -11,9 +11,10 @@ the confirmation runs, each with the configuration's parameters plus ``confirm_s
 with those fixed parameters and run by the study's own workers through the orchestrator (``hpo.api.run``),
 so faults are handled as in ``hpo run`` (interrupted or orphaned runs are failed and re-queued with the same
 parameters). Being another study, the runs never count towards the search's ``n_trials`` and the search's
-sampler never sees them. Resuming is planning again: each (configuration, seed) pair with no counted run
-and none waiting in the queue is enqueued, and the confirmation study's total is set to what it has counted
-plus what waits, so a rerun after a kill or Ctrl-C runs exactly the missing pairs.
+sampler never sees them. Resuming is planning again: each (configuration, seed) pair with no complete or
+running run and none waiting in the queue is enqueued (so a failed run is tried again), and the
+confirmation study's total is set to what it has counted plus what waits, so a rerun after a kill or
+Ctrl-C runs exactly the missing pairs.
 
 The summary is stored in the confirmation study's user attribute ``hpo:confirm_summary`` once every
 planned pair has a complete run; ``hpo best`` and ``hpo export`` then prefer its winner (best mean).
@@ -389,7 +390,10 @@ def prepare(plan: Plan, storage: optuna.storages.BaseStorage) -> tuple[StudyConf
             )
     trials = existing.get_trials(deepcopy=False) if existing is not None else []
     n_counted = sum(1 for t in trials if counted(t))
-    covered = {p for t in trials if (counted(t) or t.state == TrialState.WAITING) and (p := _pair_of(t, plan, trials))}
+    # A pair is done, under way or queued; a pair whose run failed or was pruned runs again (the cause may
+    # be fixed), its failed run still counted in the total below.
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    covered = {p for t in trials if t.state in live and (p := _pair_of(t, plan, trials))}
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     todo = [p for p in plan.pairs() if p not in covered]
     cfg = plan.study_config(n_counted + waiting + len(todo))

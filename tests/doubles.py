@@ -263,7 +263,13 @@ def run_orchestrators(url: str, study: dict[str, Any], processes: int, workers: 
 
 
 def run_confirmation(
-    path: str, top: int, seeds: int, workers: int = 2, seed_noise: float = 0.0, step_sleep: float = 0.0
+    path: str,
+    top: int,
+    seeds: int,
+    workers: int = 2,
+    seed_noise: float = 0.0,
+    step_sleep: float = 0.0,
+    fail_above: float | None = None,
 ) -> Any:
     """What `hpo confirm` does, with ``CurveRunner`` workers: plan, enqueue, run, summarize (and store when
     complete). Returns the ``hpo.confirm.Confirmation``. Also the entry point of a process a test kills."""
@@ -282,7 +288,9 @@ def run_confirmation(
     if todo:
         display = RunDisplay(console=Console(file=io.StringIO()), live=False)
         specs = [WorkerSpec(i, 1, {}, "cpu") for i in range(workers)]
-        orch = Orchestrator(cfg, study, specs, CurveRunner(seed_noise=seed_noise, step_sleep=step_sleep), display)
+        orch = Orchestrator(
+            cfg, study, specs, CurveRunner(seed_noise=seed_noise, step_sleep=step_sleep, fail_above=fail_above), display
+        )
         try:
             orch.run()
         finally:

@@ -169,6 +169,17 @@ def test_confirm_resumes_after_kill_9_without_repeating_a_result(tmp_path: Path)
     assert conf.complete and all(len(c.values) == 3 for c in conf.configs)
 
 
+def test_failed_runs_are_run_again_by_the_next_confirm(tmp_path: Path) -> None:
+    path = search(tmp_path, n_trials=4)
+    failed = run_confirmation(str(path), top=2, seeds=2, fail_above=0.0)  # every run crashes
+    assert not failed.complete and len(failed.missing) == 4
+    assert confirm.ATTR_SUMMARY not in load(path, "t:confirm").user_attrs  # nothing to prefer yet
+    fixed = run_confirmation(str(path), top=2, seeds=2)
+    runs = load(path, "t:confirm").get_trials()
+    assert [t.state for t in runs] == [TrialState.FAIL] * 4 + [TrialState.COMPLETE] * 4
+    assert fixed.complete and all(len(c.values) == 2 for c in fixed.configs)
+
+
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     path = search(tmp_path, n_trials=3)
     db = tmp_path / "study.db"
@@ -232,3 +243,48 @@ def test_report_shows_the_confirmation_as_intervals(tmp_path: Path, monkeypatch:
         [c.ci_high for c in conf.configs]
     )
     assert "95% CI" in "".join(report.sections[-1].tables)
+
+
+@pytest.mark.slow
+def test_cli_confirm_with_the_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    d = studies.causal_lm(n_trials=3)
+    d["resources"] = {"workers": 1}
+    (tmp_path / "s.yaml").write_text(dumps(d))
+    cli = CliRunner()
+    assert cli.invoke(app, ["run", "s.yaml"]).exit_code == 0
+    res = cli.invoke(app, ["confirm", "s.yaml", "--top", "2", "--seeds", "2", "--steps", "8"])
+    assert res.exit_code == 0, res.output
+    assert "over seeds [43, 44], 8 steps per run" in res.output and "confirmed winner: trial" in res.output
+    runs = optuna.load_study(study_name="tiny:confirm", storage="sqlite:///runs/tiny.db").get_trials()
+    assert len(runs) == 4 and all(t.state == TrialState.COMPLETE and t.user_attrs["steps"] == 8 for t in runs)
+    # the two seeds of one configuration train differently (init and batch order)
+    by_config: dict[float, set[float]] = {}
+    for t in runs:
+        by_config.setdefault(t.params["learning_rate"], set()).add(t.values[0])
+    assert all(len(v) == 2 for v in by_config.values())
+    assert len(optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny.db").get_trials()) == 3
+
+
+def test_an_interrupted_run_requeued_by_the_ledger_is_not_enqueued_twice(tmp_path: Path) -> None:
+    from hpo.ledger import Reason, TrialLedger
+    from hpo.record import TrialAttrs
+    from hpo.space import to_distributions
+    from hpo.store import study_store
+
+    path = search(tmp_path, n_trials=4)
+    plan = confirm.plan(path, 2, 2)
+    storage = open_storage(plan.source.storage_url, create=False)
+    cfg, study, todo = confirm.prepare(plan, storage)
+    assert todo == 4 and cfg.study.n_trials == 4
+    # What Ctrl-C does to a running confirmation run: FAIL "interrupted", re-queued with its parameters (the
+    # queued copy carries `retry_of`, not the attributes it was first enqueued with).
+    trial = study.ask(to_distributions(cfg.search_space))
+    ledger = TrialLedger(study, study_store(study), cfg.study.n_trials, None)
+    ledger.set_attrs(trial, TrialAttrs(reason=str(Reason.interrupted()), requeued=True).to_user_attrs())
+    study.tell(trial, state=TrialState.FAIL)
+    ledger.requeue(trial.number, trial.params, trial.user_attrs)
+    cfg, study, todo = confirm.prepare(plan, storage)
+    assert todo == 4 and cfg.study.n_trials == 4  # 4 waiting (one of them the re-queued run), nothing added
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(waiting) == 4 and sum("retry_of" in t.user_attrs for t in waiting) == 1

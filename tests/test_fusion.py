@@ -433,3 +433,22 @@ def test_gpt2_conv1d_layers_become_equal_linears_for_int8() -> None:
     q = apply_int8(copy.deepcopy(model))
     assert type(q.lm_head) is torch.nn.Linear  # tied to the embedding: left alone
     assert (q(input_ids=ids).logits - before).abs().max() < 0.05  # int8: close, not equal
+
+
+def test_without_a_soup_the_ensemble_is_chosen_and_kind_soup_says_why() -> None:
+    from hpo.ensemble import Candidate, _choose
+
+    why = "members differ in training.seed (1, 2): they do not share initialisation"
+    cands = [
+        Candidate("best single (trial 0)", 0.8, 0.8),
+        Candidate("ensemble, greedy selection", 0.85, 0.84, 2.0),
+        Candidate("uniform soup", None, None, skipped=why),
+        Candidate("greedy soup", None, None, skipped=why),
+    ]
+    assert _choose(cands, "auto", "maximize").name == "ensemble, greedy selection"
+    with pytest.raises(HpoError, match=r"no soup of these members: members differ in training\.seed"):
+        _choose(cands, "soup", "maximize")
+    # A soup as good as the ensemble on the selection half wins: it costs one model.
+    cands[2:] = [Candidate("uniform soup", 0.85, 0.83, 1.0), Candidate("greedy soup", 0.80, 0.80, 1.0)]
+    assert _choose(cands, "auto", "maximize").name == "uniform soup"
+    assert _choose(cands, "ensemble", "maximize").name == "ensemble, greedy selection"

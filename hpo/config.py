@@ -180,6 +180,8 @@ class StudyConfig(_Strict):
                 f"objective.metric {self.objective.metric!r} is not reported by task {self.task!r} "
                 f"(choose from {', '.join(metrics)})"
             )
+        if self.fidelity.save_models is not None and self.model.peft is not None:
+            raise ValueError("fidelity.save_models keeps whole models; LoRA trials (model.peft) are not supported yet")
         natural = metrics[self.objective.metric]
         if self.objective.direction != natural:
             raise ValueError(

@@ -172,6 +172,10 @@ def test_save_models_is_not_fingerprinted_and_is_validated() -> None:
     saving["fidelity"]["save_models"] = {"top_k": 0}
     with pytest.raises(HpoError, match=r"fidelity.save_models.top_k"):
         validate_study(saving)
+    saving["fidelity"]["save_models"] = {"top_k": 2}
+    saving["model"]["peft"] = {"type": "lora", "r": 4}
+    with pytest.raises(HpoError, match="LoRA trials"):
+        validate_study(saving)
 
 
 def _finished_study(values: list[float | None]) -> optuna.Study:

@@ -456,3 +456,25 @@ def test_without_a_soup_the_ensemble_is_chosen_and_kind_soup_says_why() -> None:
     cands[2:] = [Candidate("uniform soup", 0.85, 0.83, 1.0), Candidate("greedy soup", 0.80, 0.80, 1.0)]
     assert _choose(cands, "auto", "maximize").name == "uniform soup"
     assert _choose(cands, "ensemble", "maximize").name == "ensemble, greedy selection"
+
+
+@pytest.mark.slow
+def test_ensemble_without_saved_models_retrains_the_top_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `save_models`: the top K are re-trained at their own length, reproducing each trial's metric."""
+    from hpo.export import ranked_trials
+    from hpo.storage import load_existing
+
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    d = studies.causal_lm("lm", 2, f"sqlite:///{tmp_path}/runs/lm.db", resources={"workers": 1})
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(d))
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    res = runner.invoke(app, ["ensemble", str(path), "--top", "2"])
+    assert res.exit_code == 0, res.output
+    assert "greedy selection" in res.output
+    for t in ranked_trials(load_existing(validate_study(d)))[:2]:
+        metrics = json.loads(
+            (tmp_path / "runs" / "lm-models" / "retrained" / f"trial-{t.number}" / "metrics.json").read_text()
+        )
+        assert metrics["metrics"]["perplexity"] == pytest.approx(t.value, rel=1e-9)

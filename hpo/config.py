@@ -261,6 +261,8 @@ class StudyConfig(_Strict):
         if info.context is not None:
             self._base_dir = info.context.get("base_dir")
         metrics = _task_metrics(self.task, self.data)
+        if self.fidelity.save_models is not None and self.model.peft is not None:
+            raise ValueError("fidelity.save_models keeps whole models; LoRA trials (model.peft) are not supported yet")
         objectives = self.objectives
         many = isinstance(self.objective, list)
         if many and not objectives:

@@ -193,9 +193,17 @@ class TrainerRunner:
             return None
         from hpo.saved_models import save_trial_model
 
-        return save_trial_model(
-            self.save_models, reporter.trial, done.model, data.tokenizer_dir, run.model_dump(mode="json"), done.metrics
-        )
+        try:
+            return save_trial_model(
+                self.save_models,
+                reporter.trial,
+                done.model,
+                data.tokenizer_dir,
+                run.model_dump(mode="json"),
+                done.metrics,
+            )
+        except OSError:  # disk full, say: the trial's result still counts, only its weights are not kept
+            return None
 
 
 class TrialOutOfMemory(RuntimeError):

@@ -172,6 +172,10 @@ def test_save_models_is_not_fingerprinted_and_is_validated() -> None:
     saving["fidelity"]["save_models"] = {"top_k": 0}
     with pytest.raises(HpoError, match=r"fidelity.save_models.top_k"):
         validate_study(saving)
+    saving["fidelity"]["save_models"] = {"top_k": 2}
+    saving["model"]["peft"] = {"type": "lora", "r": 4}
+    with pytest.raises(HpoError, match="LoRA trials"):
+        validate_study(saving)
 
 
 def _finished_study(values: list[float | None]) -> optuna.Study:
@@ -433,3 +437,44 @@ def test_gpt2_conv1d_layers_become_equal_linears_for_int8() -> None:
     q = apply_int8(copy.deepcopy(model))
     assert type(q.lm_head) is torch.nn.Linear  # tied to the embedding: left alone
     assert (q(input_ids=ids).logits - before).abs().max() < 0.05  # int8: close, not equal
+
+
+def test_without_a_soup_the_ensemble_is_chosen_and_kind_soup_says_why() -> None:
+    from hpo.ensemble import Candidate, _choose
+
+    why = "members differ in training.seed (1, 2): they do not share initialisation"
+    cands = [
+        Candidate("best single (trial 0)", 0.8, 0.8),
+        Candidate("ensemble, greedy selection", 0.85, 0.84, 2.0),
+        Candidate("uniform soup", None, None, skipped=why),
+        Candidate("greedy soup", None, None, skipped=why),
+    ]
+    assert _choose(cands, "auto", "maximize").name == "ensemble, greedy selection"
+    with pytest.raises(HpoError, match=r"no soup of these members: members differ in training\.seed"):
+        _choose(cands, "soup", "maximize")
+    # A soup as good as the ensemble on the selection half wins: it costs one model.
+    cands[2:] = [Candidate("uniform soup", 0.85, 0.83, 1.0), Candidate("greedy soup", 0.80, 0.80, 1.0)]
+    assert _choose(cands, "auto", "maximize").name == "uniform soup"
+    assert _choose(cands, "ensemble", "maximize").name == "ensemble, greedy selection"
+
+
+@pytest.mark.slow
+def test_ensemble_without_saved_models_retrains_the_top_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `save_models`: the top K are re-trained at their own length, reproducing each trial's metric."""
+    from hpo.export import ranked_trials
+    from hpo.storage import load_existing
+
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    d = studies.causal_lm("lm", 2, f"sqlite:///{tmp_path}/runs/lm.db", resources={"workers": 1})
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(d))
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    res = runner.invoke(app, ["ensemble", str(path), "--top", "2"])
+    assert res.exit_code == 0, res.output
+    assert "greedy selection" in res.output
+    for t in ranked_trials(load_existing(validate_study(d)))[:2]:
+        metrics = json.loads(
+            (tmp_path / "runs" / "lm-models" / "retrained" / f"trial-{t.number}" / "metrics.json").read_text()
+        )
+        assert metrics["metrics"]["perplexity"] == pytest.approx(t.value, rel=1e-9)

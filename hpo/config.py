@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from hpo import yamlio
 from hpo.errors import StudyFileError
+from hpo.pbt import PbtSection, check_section
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
@@ -129,6 +130,7 @@ class StudyConfig(_Strict):
     search_space: dict[str, ParamSpec] = Field(min_length=1)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
+    pbt: PbtSection | None = None  # population-based training instead of independent trials (hpo.pbt)
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
     # working directory). Not part of the file, so not fingerprinted: a moved study keeps its results.
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -259,6 +261,8 @@ class StudyConfig(_Strict):
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }
+        if self.pbt is not None:  # only then: the fingerprints of studies without PBT stay as they were
+            parts["pbt"] = self.pbt.fingerprint()
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
@@ -319,7 +323,7 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
         cfg = StudyConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as e:
         raise StudyFileError(source, _problems(e)) from None
-    problems = _check_space(cfg) + _check_builds(cfg)
+    problems = _check_space(cfg) + _check_builds(cfg) + _check_pbt(cfg)
     if problems:
         raise StudyFileError(source, problems)
     return cfg
@@ -352,6 +356,21 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
                     (f"search_space[{path}]", "the grid sampler needs `grid: [...]` values for this parameter")
                 )
     return problems
+
+
+def _check_pbt(cfg: StudyConfig) -> list[tuple[str, str]]:
+    if cfg.pbt is None:
+        return []
+    f = cfg.fidelity
+    return check_section(
+        cfg.pbt,
+        cfg.search_space,
+        n_trials=cfg.study.n_trials,
+        max_steps=f.max_steps,
+        eval_every=f.eval_every,
+        sampler=cfg.sampler.name,
+        workers=cfg.resources.workers,
+    )
 
 
 def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:

@@ -92,7 +92,7 @@ class PeftConfig(_Strict):
             v = [n.strip() for n in v.split(",")]
         if isinstance(v, list):
             if not v or any(not isinstance(n, str) or not n for n in v):
-                raise ValueError("give module names (e.g. [c_attn, c_proj]), a string \"c_attn,c_proj\" or all-linear")
+                raise ValueError('give module names (e.g. [c_attn, c_proj]), a string "c_attn,c_proj" or all-linear')
             if "all-linear" in v and len(v) > 1:
                 raise ValueError("`all-linear` stands alone: it already targets every linear layer")
         return v
@@ -231,6 +231,29 @@ class TrainingConfig(_Strict):
         return self
 
 
+# Training settings a run may change at given steps (``RunConfig.schedule``): the loop writes them into the
+# optimizer and scheduler, or reads them every step. Nothing that changes the model or the batches.
+SCHEDULABLE = ("training.learning_rate", "training.weight_decay", "training.max_grad_norm")
+
+
+class ScheduleStep(_Strict):
+    """From optimizer step ``step`` on, these settings (``training.learning_rate``: a new peak of the same
+    warm-up/decay curve, at the same position in it). A population-based-training winner's schedule."""
+
+    step: int = Field(ge=0)
+    set: dict[str, float]
+
+    @field_validator("set")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, value in v.items():
+            if key not in SCHEDULABLE:
+                raise ValueError(f"{key!r} cannot change during a run (schedulable: {', '.join(SCHEDULABLE)})")
+            if not value >= 0.0:
+                raise ValueError(f"{key} must be >= 0, but got {value}")
+        return v
+
+
 class RunConfig(_Strict):
     """One resolved training run: what a trainer takes."""
 
@@ -239,9 +262,29 @@ class RunConfig(_Strict):
     data: DataConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval_batches: int | None = Field(default=None, ge=1)  # cap on eval batches per evaluation
+    schedule: list[ScheduleStep] = Field(default_factory=list)  # settings that change at given steps
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # No schedule, no key: the digests of runs and checkpoints without one stay what they were.
+        out: dict[str, Any] = handler(self)
+        if out.get("schedule", 0) == []:
+            del out["schedule"]
+        return out
 
     @model_validator(mode="after")
     def _task_fits(self) -> RunConfig:
         if self.task == "causal_lm" and self.data.text_pair_column is not None:
             raise ValueError("`data.text_pair_column` only applies to sequence_classification")
+        steps = [s.step for s in self.schedule]
+        if steps != sorted(set(steps)):
+            raise ValueError(f"`schedule` steps must be increasing, but got {steps}")
         return self
+
+    def settings_at(self, step: int) -> dict[str, float]:
+        """The scheduled settings in force after ``step`` optimizer steps (empty without a schedule)."""
+        out: dict[str, float] = {}
+        for s in self.schedule:
+            if s.step <= step:
+                out.update(s.set)
+        return out

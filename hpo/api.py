@@ -76,6 +76,12 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
     ctx = mp_context()
     results = ctx.Queue()
     runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom)
+    orchestrator: type[Orchestrator] = Orchestrator
+    if cfg.pbt is not None:  # population-based training: members train in intervals (hpo.pbt_run)
+        from hpo.pbt_run import PbtOrchestrator
+        from hpo.pbt_worker import PbtRunner
+
+        runner, orchestrator = PbtRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom), PbtOrchestrator
     workers: list[WorkerHandle] = []
     orch: Orchestrator | None = None
     created = False
@@ -83,7 +89,7 @@ def run(path: str | Path, display: RunDisplay | None = None, join_only: bool = F
         workers.extend(WorkerHandle(s, runner, results, ctx) for s in specs)
         study, created = create_or_resume(cfg, storage)
         curves = CurveStore(cfg.storage_url, cfg.study.name)
-        orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
+        orch = orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
         # One source for every count shown: the header, the progress bar and the final line.
         ledger = orch.ledger
         done, left = ledger.counted(), ledger.budget_left()

@@ -150,6 +150,10 @@ def _run(study_file: Path, join_only: bool) -> None:
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
+        from hpo.pbt_run import winner_lines  # PBT: the parameters above are the member's first draw
+
+        for line in winner_lines(study_file, status.best.number):
+            out.print(line, highlight=False)
     out.print("\nlook further:", highlight=False)
     for cmd, what in (
         (f"hpo status {study_file}", "every trial, with prune/fail reasons"),

@@ -72,6 +72,11 @@ def trial_note(record: TrialRecord, metric: str, max_steps: int | None = None) -
         run.append(f"precision {a.precision}")
     if run:
         lines += ["", "**Run:** " + ", ".join(run)]
+    pbt = record.extra.get("pbt")
+    if isinstance(pbt, dict):  # a PBT member: the parameters above are its first draw; its lineage and schedule
+        from hpo.pbt import MemberRecord
+
+        lines += ["", MemberRecord.from_json(pbt).note()]
     return "\n".join(lines) + "\n"
 
 

@@ -298,9 +298,12 @@ class MemberRecord:
         )
 
     def note(self) -> str:
-        """The lineage in a few lines (the dashboard's trial note, ``hpo status``)."""
-        lines = [f"PBT member {self.member}: {len(self.lineage)} exploit(s)"]
+        """Lineage and schedule in Markdown (the dashboard's trial note)."""
+        lines = [f"**PBT member {self.member}**: {len(self.lineage)} exploit(s)", ""]
         lines += [f"- {e.describe()}" for e in self.lineage]
+        lines += ["", "| from step | parameters |", "|---|---|"]
+        for step, params in self.schedule:
+            lines.append(f"| {step} | " + ", ".join(f"{k}={_short(v)}" for k, v in params.items()) + " |")
         return "\n".join(lines)
 
 

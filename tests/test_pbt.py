@@ -258,3 +258,52 @@ def test_checkpoint_digest_counts_the_schedule_up_to_its_step() -> None:
     assert run_digest(parent, 8) == run_digest(child, 8)  # the child resumes the parent's checkpoint at 8
     assert run_digest(parent, 9) != run_digest(child, 9)  # not one written after their schedules part
     assert run_digest(_run([])) == run_digest(_run([]), 8)
+
+
+# ------------------------------------------------------------------------------ report, dashboard note
+def _population_study() -> Any:
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(direction="minimize")
+    lineage = {1: [Exploit(8, 1, 0, 0, 9.0, 4.0, {"learning_rate": (2e-3, 2.4e-3)})]}
+    schedules = {0: [(0, {"learning_rate": 2e-3})], 1: [(0, {"learning_rate": 2e-3}), (8, {"learning_rate": 2.4e-3})]}
+    for m, (first, curve) in enumerate([(2e-3, {8: 4.0, 16: 3.5}), (1e-4, {8: 9.0, 16: 3.0})]):
+        rec = MemberRecord(member=m, step=16, value=curve[16], schedule=schedules[m], lineage=lineage.get(m, []))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"learning_rate": first},
+                distributions={"learning_rate": FloatDistribution(1e-5, 1e-2, log=True)},
+                value=curve[16],
+                intermediate_values=curve,
+                user_attrs={"pbt": rec.to_json()},
+            )
+        )
+    return study
+
+
+def test_report_draws_the_population_with_exploits_and_the_winners_schedule() -> None:
+    from dashboards.pbt import pbt_figures, population
+
+    study = _population_study()
+    pd = population(study, "perplexity")
+    assert pd.winner == 1 and [c.curve for c in pd.members] == [[(8, 4.0), (16, 3.5)], [(8, 9.0), (16, 3.0)]]
+    figs = {k: f for k, _, f in pbt_figures(study, "perplexity", 16)}
+    exploit = next(t for t in figs["pbt-population"].data if t.name.startswith("exploit"))
+    assert list(exploit.x) == [8] and list(exploit.y) == [4.0]
+    assert "copied member 0 (trial 0)" in exploit.text[0]
+    lr = figs["pbt-schedule"].data[0]
+    assert list(lr.x) == [0, 8, 8, 16] and list(lr.y) == [2e-3, 2e-3, 2.4e-3, 2.4e-3]
+    import optuna
+
+    assert pbt_figures(optuna.create_study(), "perplexity", 16) == []  # not a PBT study: no figures
+
+
+def test_dashboard_note_of_a_member_shows_lineage_and_schedule() -> None:
+    from dashboards.notes import trial_note
+    from hpo.record import TrialRecord
+
+    note = trial_note(TrialRecord.from_trial(_population_study().trials[1]), "perplexity", 16)
+    assert "**PBT member 1**: 1 exploit(s)" in note
+    assert "- step 8: copied member 0 (trial 0); learning_rate 0.002→0.0024" in note
+    assert "| 8 | learning_rate=0.0024 |" in note

@@ -150,7 +150,7 @@ def _run(study_file: Path, join_only: bool) -> None:
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
-        from hpo.pbt_run import winner_lines  # PBT: the parameters above are the member's first draw
+        from hpo.pbt_run import winner_lines  # a PBT member: its schedule and lineage
 
         for line in winner_lines(study_file, status.best.number):
             out.print(line, highlight=False)
@@ -277,6 +277,10 @@ def best(
     )
     for k, v in t.params.items():
         out.print(f"  {k}: {v!r}", highlight=False)
+    from hpo.pbt_run import member_lines  # a PBT member: its schedule and lineage
+
+    for line in member_lines(t.to_user_attrs()):
+        out.print(line, highlight=False)
     a = t.attrs
     if a.metrics:
         out.print("  metrics: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in a.metrics.items()), highlight=False)

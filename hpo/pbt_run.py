@@ -18,7 +18,7 @@ import os
 import queue
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -107,6 +107,10 @@ class PbtOrchestrator(Orchestrator):
             self.handles[m] = trial
             self.member_of[trial.number] = m
             self._save(m)
+        # This process holds the population now: another `hpo run` / `hpo worker` on it is refused while it lives.
+        owner = TrialAttrs(host=HOSTNAME, orchestrator_pid=os.getpid()).to_user_attrs()
+        for m in self._training():
+            self._set_attrs(self.handles[m], owner)
         self._beat.beat(self._running_ids())
 
     def _refuse_live_owner(self, t: optuna.trial.FrozenTrial) -> None:
@@ -322,25 +326,29 @@ class PbtOrchestrator(Orchestrator):
         self._update_best(force=True)
 
 
+def member_lines(user_attrs: Mapping[str, Any]) -> list[str]:
+    """For a PBT member's trial attributes: its schedule and lineage, as lines to print (else none)."""
+    if ATTR not in user_attrs:
+        return []
+    rec = MemberRecord.from_json(user_attrs[ATTR])
+    lines = ["  (PBT: the parameters above are the member's first draw; the schedule its weights trained with:)"]
+    for step, params in rec.schedule:
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        lines.append(f"  from step {step:>5}: {shown}")
+    lines += [f"  {e.describe()}" for e in rec.lineage]
+    return lines
+
+
 def winner_lines(study_file: Any, number: int) -> list[str]:
-    """For a PBT study: the schedule and lineage of member trial ``number``, as lines to print (else none)."""
+    """``member_lines`` of trial ``number`` of a PBT study file's study (none for other studies)."""
     from hpo.config import load_study_file
     from hpo.storage import load_existing
 
     cfg = load_study_file(study_file)
     if cfg.pbt is None:
         return []
-    study = load_existing(cfg)
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    if ATTR not in trial.user_attrs:
-        return []
-    rec = MemberRecord.from_json(trial.user_attrs[ATTR])
-    lines = ["  (PBT: the first draw of the member; the schedule its weights trained with:)"]
-    for step, params in rec.schedule:
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-        lines.append(f"  from step {step:>5}: {shown}")
-    lines += [f"  {e.describe()}" for e in rec.lineage]
-    return lines
+    trial = next(t for t in load_existing(cfg).get_trials(deepcopy=False) if t.number == number)
+    return member_lines(trial.user_attrs)
 
 
 def export_run(cfg: Any, trial: optuna.trial.FrozenTrial, resolve: Callable[[dict[str, Any]], RunConfig]) -> RunConfig:

@@ -122,30 +122,44 @@ def test_winner_schedule_exports_and_replays_to_its_value(finished: tuple[Path, 
     assert [s["step"] for s in full["schedule"]] == [2 * s for s, _ in rec.schedule]
 
 
+def _start(path: Path, cache: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "HPO_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [HPO, "run", str(path)], cwd=ROOT, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _wait_for_step(storage: str, step: int, timeout: float = 300.0) -> None:
+    """Until some member reported an eval at ``step`` (the population is then inside the next interval)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            got = members(storage)
+        except Exception:  # the study or its attributes are not written yet
+            got = {}
+        if len(got) == 4 and any(step in t.intermediate_values for t, _ in got.values()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the population never reached step {step}")
+
+
+def _workers(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    pids = [int(x) for x in out.split()]
+    return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
 def test_kill_9_of_the_run_resumes_to_the_uninterrupted_result(
     finished: tuple[Path, str, Path], tmp_path: Path
 ) -> None:
     _, expected_storage, cache = finished
     path, storage = pbt_study(tmp_path / "b")
-    env = {**os.environ, "HPO_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [HPO, "run", str(path)], cwd=ROOT, env=env, text=True, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _start(path, cache)
     try:
         # Kill it in the middle of the second interval: the first boundary's copies are done, and some member
         # has evals past step 16 that its checkpoint does not hold yet.
-        end = time.monotonic() + 300
-        while time.monotonic() < end:
-            try:
-                got = members(storage)
-            except (KeyError, Exception):
-                got = {}
-            if len(got) == 4 and any(24 in t.intermediate_values for t, _ in got.values()):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the population never reached step 24")
+        _wait_for_step(storage, 24)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -153,4 +167,25 @@ def test_kill_9_of_the_run_resumes_to_the_uninterrupted_result(
             os.killpg(proc.pid, signal.SIGKILL)
     assert all(t.state == TrialState.RUNNING for t, _ in members(storage).values())
     hpo("run", str(path), cache=cache)
+    assert outcome(storage) == outcome(expected_storage)
+
+
+def test_kill_9_of_a_worker_reruns_its_interval_to_the_uninterrupted_result(
+    finished: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    _, expected_storage, cache = finished
+    path, storage = pbt_study(tmp_path / "c")
+    proc = _start(path, cache)
+    try:
+        _wait_for_step(storage, 24)
+        workers = _workers(proc.pid)
+        assert workers
+        os.kill(workers[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    said = " ".join(out.split())  # the console wraps long lines when it is not a terminal
+    assert "worker died (exit code -9); its interval runs again from step 16" in said
     assert outcome(storage) == outcome(expected_storage)

@@ -158,7 +158,9 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
         f"[bold]{cfg.study.name}[/] — {what}",
         f"  storage  {redact(cfg.storage_url)}",
         f"  task     {cfg.task}, objective {cfg.objective.metric} ({cfg.direction})",
-        f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.max_steps} steps/trial,"
+        f"  sampler  {cfg.sampler.name}, "
+        + (f"pruner {cfg.pruner.name}" if cfg.pbt is None else f"PBT every {cfg.pbt.interval_steps} steps")
+        + f", {cfg.fidelity.max_steps} steps/trial,"
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
     ]

@@ -4,6 +4,7 @@ section's checks, and the schedule a run follows (``RunConfig.schedule``)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,3 +308,31 @@ def test_dashboard_note_of_a_member_shows_lineage_and_schedule() -> None:
     assert "**PBT member 1**: 1 exploit(s)" in note
     assert "- step 8: copied member 0 (trial 0); learning_rate 0.002→0.0024" in note
     assert "| 8 | learning_rate=0.0024 |" in note
+
+
+@pytest.mark.parametrize(
+    ("pbt", "expected"),
+    [
+        ({"population": 4, "interval_steps": 8, "mutable": ["training.per_device_train_batch_size"]},
+         "pbt.mutable[0]: 'training.per_device_train_batch_size' cannot change during training"),
+        ({"population": 4, "interval_steps": 64}, "pbt.interval_steps: interval (64) is longer than a trial"),
+        ({"population": 1, "interval_steps": 8}, "pbt.population: Input should be greater than or equal to 2"),
+    ],
+)  # fmt: skip
+def test_hpo_run_refuses_a_bad_pbt_section_in_one_line_and_writes_nothing(
+    tmp_path: Path, pbt: dict[str, Any], expected: str
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    d = _pbt_study(**pbt)
+    d["study"]["storage"] = f"sqlite:///{tmp_path}/runs/pbt.db"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {expected}"), result.output
+    assert not (tmp_path / "runs").exists()

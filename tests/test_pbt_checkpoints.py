@@ -71,3 +71,20 @@ def test_a_checkpoint_after_schedules_part_is_not_resumed(tmp_path: Path, cache:
 def test_copy_of_a_missing_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="member 0 has no checkpoint at step 8"):
         copy_checkpoint(tmp_path, parent=0, member=1, step=8)
+
+
+def test_weight_decay_and_clip_norm_follow_the_schedule_across_a_copy(tmp_path: Path, cache: Path) -> None:
+    from trainers.loop import train
+
+    base = validate_study(causal_lm()).base_run().model_dump(mode="json")
+    first = {"training.learning_rate": 3e-3, "training.weight_decay": 0.0, "training.max_grad_norm": 1.0}
+    later = {"training.weight_decay": 0.5, "training.max_grad_norm": 0.05}
+    base["training"].update(learning_rate=3e-3, weight_decay=0.0, max_grad_norm=1.0)
+    parent = RunConfig.model_validate({**base, "schedule": [{"step": 0, "set": first}]})
+    child = RunConfig.model_validate({**base, "schedule": [{"step": 0, "set": first}, {"step": 8, "set": later}]})
+    root = tmp_path / "pop"
+    _interval(parent, 8, member_dir(root, 0), cache)
+    copy_checkpoint(root, parent=0, member=1, step=8)
+    continued = _interval(child, 16, member_dir(root, 1), cache)
+    assert train(child, NullReporter(), cache).metrics == continued.metrics
+    assert train(parent, NullReporter(), cache).metrics != continued.metrics

@@ -189,3 +189,17 @@ def test_kill_9_of_a_worker_reruns_its_interval_to_the_uninterrupted_result(
     said = " ".join(out.split())  # the console wraps long lines when it is not a terminal
     assert "worker died (exit code -9); its interval runs again from step 16" in said
     assert outcome(storage) == outcome(expected_storage)
+
+
+def test_a_population_on_postgresql_computes_what_it_does_on_sqlite(
+    finished: tuple[Path, str, Path], tmp_path: Path, postgres_url: str
+) -> None:
+    _, expected_storage, cache = finished
+    path, _ = pbt_study(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["study"]["storage"] = postgres_url
+    spec["pbt"]["checkpoint_dir"] = str(tmp_path / "shared" / "pbt")  # on a filesystem every machine mounts
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    hpo("run", str(path), cache=cache)
+    assert outcome(postgres_url) == outcome(expected_storage)
+    assert sorted(p.name for p in (tmp_path / "shared" / "pbt").iterdir()) == [f"member-{m}" for m in range(4)]

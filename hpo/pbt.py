@@ -33,7 +33,6 @@ from trainers.config import SCHEDULABLE
 MUTABLE_PATHS = SCHEDULABLE
 
 ATTR = "pbt"  # the member's trial user attribute: MemberRecord.to_json()
-INTERVAL_STOP = "pbt-interval"  # the trainer's stop reason at an interval boundary
 
 
 class PbtSection(BaseModel):

@@ -29,13 +29,13 @@ from hpo.ledger import HOSTNAME, Reason, ReasonKind, pid_alive
 from hpo.orchestrator import Orchestrator, Running, RunSummary
 from hpo.pbt import (
     ATTR,
-    INTERVAL_STOP,
     MemberRecord,
     exploit_and_explore,
     mutable_paths,
     mutable_specs,
 )
 from hpo.pbt_store import checkpoint_root, copy_checkpoint, member_dir
+from hpo.pbt_worker import INTERVAL_STOP
 from hpo.protocol import Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs
 from hpo.space import param_name

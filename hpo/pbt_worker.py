@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.pbt import INTERVAL_STOP
 from hpo.protocol import TrialResult
 from hpo.worker import TrainerRunner
 from trainers.base import Reporter
+
+INTERVAL_STOP = "pbt-interval"  # the trainer's stop reason at an interval boundary
 
 
 class IntervalReporter(Reporter):

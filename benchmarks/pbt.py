@@ -187,12 +187,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--interval", type=int, default=None, help="default: a sixth of the study's trial")
     ap.add_argument("--quick", action="store_true", help="quickstart only, population 4, 60-step trials, 1 seed")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "pbt")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/pbt (results/pbt-quick with --quick)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     studies = a.studies or (STUDIES[:1] if a.quick else STUDIES)
     seeds = [int(s) for s in a.seeds.split(",")][: 1 if a.quick else None]
     population = 4 if a.quick else a.population
+    # Quick and full searches share study names: their databases live apart (a study is resumed, not redone).
+    a.out = a.out or HERE / "results" / ("pbt-quick" if a.quick else "pbt")
     a.out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []

@@ -92,6 +92,7 @@ class PbtOrchestrator(Orchestrator):
             rec = MemberRecord.from_json(t.user_attrs[ATTR])
             if t.state == TrialState.RUNNING:
                 self._refuse_live_owner(t)
+                rec.status = "training"  # a run killed while telling the final values: told again at the end
             elif rec.status == "training":
                 continue  # a member closed elsewhere (e.g. failed by an older hpo's orphan check): not ours
             self.records[rec.member] = rec

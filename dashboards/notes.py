@@ -85,6 +85,11 @@ def trial_note(record: TrialRecord, metric: str, max_steps: int | None = None) -
             f"| {_cell(e.get('source', ''))} | {_cell(e.get('reference', ''))} | {_cell(e.get('prediction', ''))} |"
             for e in a.examples
         ]
+    pbt = record.extra.get("pbt")
+    if isinstance(pbt, dict):  # a PBT member: the parameters above are its first draw; its lineage and schedule
+        from hpo.pbt import MemberRecord
+
+        lines += ["", MemberRecord.from_json(pbt).note()]
     return "\n".join(lines) + "\n"
 
 

@@ -135,6 +135,9 @@ def study_figures(study: optuna.Study, sd: D.StudyData, slug: str) -> list[Figur
     for x, y in pairs:
         figs.append(Figure(f"{slug}-contour-{_slug(x)}-{_slug(y)}", "Contour", F.contour_figure(study, sd, x, y)))
     figs.append(Figure(f"{slug}-timeline", "Timeline of trials per device", F.timeline_figure(study, sd)))
+    from dashboards.pbt import pbt_figures  # a PBT study: its population and the winner's schedule
+
+    figs += [Figure(f"{slug}-{k}", title, fig) for k, title, fig in pbt_figures(study, sd.metric, sd.max_steps or 0)]
     return figs
 
 

@@ -94,6 +94,12 @@ def run(
     from hpo.saved_models import SaveSpec
 
     runner = TrainerRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom, save_models=SaveSpec.of(cfg))
+    orchestrator: type[Orchestrator] = Orchestrator
+    if cfg.pbt is not None:  # population-based training: members train in intervals (hpo.pbt_run)
+        from hpo.pbt_run import PbtOrchestrator
+        from hpo.pbt_worker import PbtRunner
+
+        runner, orchestrator = PbtRunner(cache_dir(), warm_run=cfg.base_run(), oom=cfg.oom), PbtOrchestrator
     workers: list[WorkerHandle] = []
     orch: Orchestrator | None = None
     created = False
@@ -101,7 +107,7 @@ def run(
         workers.extend(WorkerHandle(s, runner, results, ctx) for s in specs)
         study, created = create_or_resume(cfg, storage)
         curves = CurveStore(cfg.storage_url, cfg.study.name)
-        orch = Orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
+        orch = orchestrator(cfg, study, specs, runner, display, workers=workers, results=results, curves=curves)
         # One source for every count shown: the header, the progress bar and the final line.
         ledger = orch.ledger
         done, left = ledger.counted(), ledger.budget_left()
@@ -174,7 +180,9 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
         f"  task     {cfg.task}, objective "
         + ", ".join(f"{o.metric} ({o.direction})" for o in cfg.objectives)
         + (": a Pareto front, pruned on the first" if cfg.multi_objective else ""),
-        f"  sampler  {cfg.sampler.name}, pruner {cfg.pruner.name}, {cfg.fidelity.budget} {cfg.fidelity.unit}/trial,"
+        f"  sampler  {cfg.sampler.name}, "
+        + (f"pruner {cfg.pruner.name}" if cfg.pbt is None else f"PBT every {cfg.pbt.interval_steps} steps")
+        + f", {cfg.fidelity.budget} {cfg.fidelity.unit}/trial,"
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
     ]

@@ -175,6 +175,10 @@ def _run(study_file: Path, join_only: bool, enqueue: Path | None = None) -> None
         out.print("no complete trial yet")
     else:
         _print_best(status.metric, status.best)
+        from hpo.pbt_run import winner_lines  # a PBT member: its schedule and lineage
+
+        for line in winner_lines(study_file, status.best.number):
+            out.print(line, highlight=False)
     out.print("\nlook further:", highlight=False)
     for cmd, what in (
         (f"hpo status {study_file}", "every trial, with prune/fail reasons"),
@@ -359,6 +363,10 @@ def best(
     )
     for k, v in t.params.items():
         out.print(f"  {k}: {v!r}", highlight=False)
+    from hpo.pbt_run import member_lines  # a PBT member: its schedule and lineage
+
+    for line in member_lines(t.to_user_attrs()):
+        out.print(line, highlight=False)
     a = t.attrs
     if a.metrics:
         out.print("  metrics: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in a.metrics.items()), highlight=False)

@@ -33,6 +33,7 @@ from hpo.budget import TrialLength, trial_length, with_length
 from hpo.conditional import check_conditions, is_conditional
 from hpo.errors import StudyFileError
 from hpo.modelchoice import NAME, PRESET, check_presets, chosen_model
+from hpo.pbt import PbtSection, check_section
 from hpo.pruners import PRUNER_NAMES, WRAPPABLE_PRUNERS, MedianPrunerConfig, PrunerConfig, default_pruner
 from hpo.references import resolve_file, resolve_local
 from hpo.samplers import SAMPLER_NAMES, SamplerConfig, TPESamplerConfig
@@ -212,6 +213,7 @@ class StudyConfig(_Strict):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     full_run: FullRunSection = Field(default_factory=FullRunSection)  # `hpo export`/`hpo train` only: not fingerprinted
     distillation: DistillationConfig | None = None  # a teacher for the student (trainers/distill.py)
+    pbt: PbtSection | None = None  # population-based training instead of independent trials (hpo.pbt)
     # The study file's folder: relative paths in the file are relative to it (None: as written, i.e. the
     # working directory). Not part of the file, so not fingerprinted: a moved study keeps its results.
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -452,6 +454,8 @@ class StudyConfig(_Strict):
             parts["generation"] = self.generation.model_dump()
         if self.distillation is not None:  # absent: the fingerprint of older files stays as it was
             parts["distillation"] = self.distillation.model_dump()
+        if self.pbt is not None:  # only then: the fingerprints of studies without PBT stay as they were
+            parts["pbt"] = self.pbt.fingerprint()
         return {k: _digest(v) for k, v in parts.items()}
 
     def fingerprint(self) -> str:
@@ -526,7 +530,7 @@ def validate_study(raw: Any, source: str = "<study>", base_dir: Path | None = No
     from hpo.genstudy import check_generation  # the generation task's cross-checks
 
     # Generation keys first: a misplaced one makes the run configuration invalid, which the others build.
-    problems = check_generation(cfg) or (_check_space(cfg) + _check_builds(cfg))
+    problems = check_generation(cfg) or (_check_space(cfg) + _check_builds(cfg) + _check_pbt(cfg))
     if problems:
         raise StudyFileError(source, problems)
     return cfg
@@ -578,6 +582,21 @@ def _check_space(cfg: StudyConfig) -> list[tuple[str, str]]:
                     (f"search_space[{path}]", "the grid sampler needs `grid: [...]` values for this parameter")
                 )
     return problems
+
+
+def _check_pbt(cfg: StudyConfig) -> list[tuple[str, str]]:
+    if cfg.pbt is None:
+        return []
+    f = cfg.fidelity
+    return check_section(
+        cfg.pbt,
+        cfg.search_space,
+        n_trials=cfg.study.n_trials,
+        max_steps=f.max_steps,
+        eval_every=f.eval_every,
+        sampler=cfg.sampler.name,
+        workers=cfg.resources.workers,
+    )
 
 
 def _check_builds(cfg: StudyConfig) -> list[tuple[str, str]]:

@@ -458,6 +458,10 @@ def export(
     for rank, t in enumerate(trials, start=1):
         out = root / f"trial-{t.number}" if top is not None else root
         run = resolve_run(cfg, t.params, length)
+        if cfg.pbt is not None:  # a PBT member: the schedule its weights trained with, stretched to the length
+            from hpo.pbt_run import export_run
+
+            run = export_run(cfg, t, lambda params: resolve_run(cfg, params, length))
         what = length.describe(cfg, run)
         prov = provenance(cfg, study, path, t, rank, what)
         full = cfg.full_run

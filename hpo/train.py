@@ -250,7 +250,7 @@ def _check_out_dir(out: Path, tf: TrainFile, force: bool) -> list[Path]:
     if ckpt is not None:
         if force:
             to_remove.append(out / CHECKPOINTS)
-        elif read_state(ckpt).get("digest") != run_digest(tf.run_config()):
+        elif read_state(ckpt).get("digest") != run_digest(tf.run_config(), int(read_state(ckpt)["step"])):
             raise HpoError(
                 f"{out / CHECKPOINTS} holds checkpoints of a different configuration; "
                 "use --force to start over, or -o another directory"

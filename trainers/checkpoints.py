@@ -30,9 +30,17 @@ FORMAT = 2
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
-def run_digest(run: RunConfig) -> str:
-    """A hash of everything that decides what the run computes: a checkpoint only resumes the same run."""
-    blob = json.dumps(run.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def run_digest(run: RunConfig, step: int | None = None) -> str:
+    """A hash of everything that decides what the run computes: a checkpoint only resumes the same run.
+
+    With ``step`` (a checkpoint's), a schedule counts only up to it: the changes after ``step`` have not
+    happened yet, so two runs whose schedules agree that far share the checkpoint (a population-based-
+    training member continues from the one it copied with its own schedule from there on).
+    """
+    data = run.model_dump(mode="json")
+    if step is not None and "schedule" in data:
+        data["schedule"] = [s for s in data["schedule"] if s["step"] < step]
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -63,7 +71,7 @@ class Checkpoints:
     def __init__(self, root: str | Path, accelerator: Any, run: RunConfig, loop_state: Any, keep: int = 1) -> None:
         self.root = Path(root)
         self.accelerator = accelerator
-        self.digest = run_digest(run)
+        self.run = run
         self.keep = max(1, keep)
         self.last_saved: int | None = None
         accelerator.register_for_checkpointing(loop_state)
@@ -79,7 +87,7 @@ class Checkpoints:
                 f"{path} was written by another version of hpo (checkpoint format {state.get('format', 1)}, "
                 f"now {FORMAT})"
             )
-        if state.get("digest") != self.digest:
+        if state.get("digest") != run_digest(self.run, int(state["step"])):
             raise CheckpointMismatch(f"{path} was written by a run with a different configuration")
         world = self.accelerator.num_processes
         if state.get("num_processes") != world:
@@ -104,7 +112,12 @@ class Checkpoints:
             acc.save_state(str(tmp))
             acc.wait_for_everyone()
             if acc.is_main_process:
-                state = {"format": FORMAT, "step": step, "digest": self.digest, "num_processes": acc.num_processes}
+                state = {
+                    "format": FORMAT,
+                    "step": step,
+                    "digest": run_digest(self.run, step),
+                    "num_processes": acc.num_processes,
+                }
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
                 if final.exists():
                     shutil.rmtree(final)

@@ -317,6 +317,29 @@ class TrainingConfig(_Strict):
         return self
 
 
+# Training settings a run may change at given steps (``RunConfig.schedule``): the loop writes them into the
+# optimizer and scheduler, or reads them every step. Nothing that changes the model or the batches.
+SCHEDULABLE = ("training.learning_rate", "training.weight_decay", "training.max_grad_norm")
+
+
+class ScheduleStep(_Strict):
+    """From optimizer step ``step`` on, these settings (``training.learning_rate``: a new peak of the same
+    warm-up/decay curve, at the same position in it). A population-based-training winner's schedule."""
+
+    step: int = Field(ge=0)
+    set: dict[str, float]
+
+    @field_validator("set")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, value in v.items():
+            if key not in SCHEDULABLE:
+                raise ValueError(f"{key!r} cannot change during a run (schedulable: {', '.join(SCHEDULABLE)})")
+            if not value >= 0.0:
+                raise ValueError(f"{key} must be >= 0, but got {value}")
+        return v
+
+
 class RunConfig(_Strict):
     """One resolved training run: what a trainer takes."""
 
@@ -329,6 +352,7 @@ class RunConfig(_Strict):
     decode_only: bool = False  # evaluate (and decode) the model as loaded: no training step
     measure_latency: bool = False  # time inference on the first eval batch after training (trainers.latency)
     distillation: DistillationConfig | None = None  # a teacher's softened outputs (trainers/distill.py)
+    schedule: list[ScheduleStep] = Field(default_factory=list)  # settings that change at given steps (PBT)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -340,6 +364,8 @@ class RunConfig(_Strict):
         for flag in ("decode_only", "measure_latency"):
             if out.get(flag) is False:
                 del out[flag]
+        if out.get("schedule", 0) == []:
+            del out["schedule"]
         return out
 
     @property
@@ -371,4 +397,15 @@ class RunConfig(_Strict):
                     f"`data.max_target_length` ({target}) must leave room for the prompt in data.max_length "
                     f"({self.data.max_length})"
                 )
+        steps = [s.step for s in self.schedule]
+        if steps != sorted(set(steps)):
+            raise ValueError(f"`schedule` steps must be increasing, but got {steps}")
         return self
+
+    def settings_at(self, step: int) -> dict[str, float]:
+        """The scheduled settings in force after ``step`` optimizer steps (empty without a schedule)."""
+        out: dict[str, float] = {}
+        for s in self.schedule:
+            if s.step <= step:
+                out.update(s.set)
+        return out

@@ -352,6 +352,28 @@ def _mean_over_ranks(accelerator: Any, value: float) -> float:
     return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
 
 
+def apply_settings(optimizer: Any, scheduler: Any, settings: dict[str, float], clip: float) -> float:
+    """Write scheduled settings (``RunConfig.schedule``) into the optimizer and scheduler; return the
+    gradient-clipping norm in force.
+
+    A new learning rate is a new peak of the same warm-up/decay curve, taken at the position the run has
+    reached. Values already in force are left alone, so a run whose schedule changes nothing (or an
+    ordinary resume) computes bit for bit what it did before.
+    """
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper holds the torch scheduler
+    lr = settings.get("training.learning_rate")
+    decay = settings.get("training.weight_decay")
+    for i, group in enumerate(optimizer.param_groups):
+        if lr is not None and inner.base_lrs[i] != lr:
+            factor = group["lr"] / inner.base_lrs[i] if inner.base_lrs[i] else 0.0
+            group["lr"] = lr * factor
+            group["initial_lr"] = lr
+            inner.base_lrs[i] = lr
+        if decay is not None and i == 0 and group["weight_decay"] != decay:  # group 1 (biases, norms): no decay
+            group["weight_decay"] = decay
+    return settings.get("training.max_grad_norm", clip)
+
+
 def train(
     run: RunConfig,
     reporter: Reporter,
@@ -424,6 +446,8 @@ def train(
         if resume and ckpt.load_latest():
             resumed_from = state.step
     batches = _micro_batches(accelerator, loader, order, state.batches)
+    clip = apply_settings(optimizer, scheduler, run.settings_at(state.step), t.max_grad_norm)
+    changes = {s.step for s in run.schedule}
     reporter.on_start(state.step, steps)
 
     try:
@@ -431,6 +455,8 @@ def train(
             stopped = reporter.stop_reason()
             if stopped is not None:
                 break
+            if state.step in changes:
+                clip = apply_settings(optimizer, scheduler, run.settings_at(state.step), clip)
             ts = time.perf_counter()
             step_loss = 0.0
             for _ in range(t.gradient_accumulation_steps):
@@ -445,8 +471,8 @@ def train(
                 raise NonFiniteLoss(state.step + 1, step_loss)
             if first_loss is None:  # before any update: where this run starts (or resumes)
                 first_loss = _mean_over_ranks(accelerator, step_loss)
-            if t.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            if clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -342,7 +342,8 @@ def best(
     api = _api()
     pareto = api.front(study_file)
     if pareto is not None:  # several objectives: no single best, the front of trials none beats on all
-        _print_front(study_file, *pareto, as_json)
+        front_cfg, front_trials = pareto
+        _print_front(study_file, front_cfg, front_trials, as_json)
         return
     cfg, t = api.best(study_file)
     confirmed = confirmed_best(study_file)  # `hpo confirm` re-trained the top trials: its winner is preferred

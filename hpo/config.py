@@ -588,6 +588,11 @@ def _check_pbt(cfg: StudyConfig) -> list[tuple[str, str]]:
     if cfg.pbt is None:
         return []
     f = cfg.fidelity
+    if cfg.multi_objective:  # exploit ranks members by one number
+        return [("pbt", "population-based training ranks members by one objective: give `objective` one metric")]
+    if not f.max_steps:  # intervals, checkpoints and schedules count optimizer steps
+        return [("pbt", "population-based training needs the trial length in steps: give fidelity.max_steps "
+                 "(not max_samples / max_tokens, and not 0)")]  # fmt: skip
     return check_section(
         cfg.pbt,
         cfg.search_space,

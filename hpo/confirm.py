@@ -224,6 +224,11 @@ def plan(path: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEEDS, s
         )
     metric, direction = _metric(cfg)
     length = steps if steps is not None else cfg.fidelity.max_steps
+    if not length:  # a sample/token budget gives each configuration its own steps: say how long to run
+        raise HpoError(
+            f"study {cfg.study.name!r} sets its trial length as fidelity.{cfg.fidelity.unit}: give the steps of each "
+            "confirmation run with --steps"
+        )
     return Plan(cfg, distinct[:top], fresh_seeds(cfg.training.seed, seeds), length, metric, direction)
 
 

@@ -67,6 +67,8 @@ class PbtOrchestrator(Orchestrator):
         super().__init__(*args, **kwargs)
         assert self.cfg.pbt is not None
         self.section = self.cfg.pbt
+        assert self.cfg.fidelity.max_steps is not None  # validation: PBT counts optimizer steps
+        self.max_steps: int = self.cfg.fidelity.max_steps
         self.root = checkpoint_root(self.cfg)
         self.mutable = mutable_specs(self.section, self.cfg.search_space)
         self.seed = int(getattr(self.cfg.sampler, "seed", None) or 0)
@@ -135,7 +137,7 @@ class PbtOrchestrator(Orchestrator):
 
     def _target(self) -> int:
         """The step the current interval ends at: one interval after the last boundary decided."""
-        return min(self.decided + self.section.interval_steps, self.cfg.fidelity.max_steps)
+        return min(self.decided + self.section.interval_steps, self.max_steps)
 
     # --------------------------------------------------------------------------------------------- loop
     def _loop(self, summary: RunSummary, deadline: float | None, should_stop: Callable[[], bool] | None) -> None:
@@ -181,7 +183,7 @@ class PbtOrchestrator(Orchestrator):
         }
         self.running[trial.number] = Running(trial, worker, rec.params, time.monotonic(), step=rec.step)
         worker.send(trial.number, payload)
-        self.display.trial_started(trial.number, rec.params, worker.spec.device_label, self.cfg.fidelity.max_steps)
+        self.display.trial_started(trial.number, rec.params, worker.spec.device_label, self.max_steps)
         spec = worker.spec
         where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
         self._set_attrs(trial, where.to_user_attrs())
@@ -223,7 +225,7 @@ class PbtOrchestrator(Orchestrator):
         r: Running,
         state: TrialState,
         summary: RunSummary,
-        value: float | None = None,
+        value: float | list[float] | None = None,
         reason: Reason | None = None,
         attrs: dict[str, Any] | None = None,
         requeue: bool = False,
@@ -272,7 +274,7 @@ class PbtOrchestrator(Orchestrator):
             if r.status == "training"
         )
         self.display.message(f"step {step}: {self.metric} by member {{{shown}}}")
-        if step >= self.cfg.fidelity.max_steps:
+        if step >= self.max_steps:
             self._final(summary)
             return
         trials = {m: self.handles[m].number for m in self.records}

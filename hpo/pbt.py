@@ -19,13 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.space import CategoricalSpec, FloatSpec, IntSpec, param_name
 from trainers.config import SCHEDULABLE
+
+if TYPE_CHECKING:  # the generators are made where decisions are taken: reading a study file needs no numpy
+    import numpy as np
 
 # Settings a member may change between intervals: those a run's schedule can change at a step
 # (``trainers.config.SCHEDULABLE``: written into the optimizer and scheduler, or read at every step).
@@ -209,6 +211,8 @@ def _fit(spec: FloatSpec | IntSpec, value: float) -> Any:
 def generation_rng(seed: int, step: int) -> np.random.Generator:
     """The generator of the decisions at boundary ``step``: a function of the study's seed and the step only,
     so a population resumed after a crash decides exactly as it would have."""
+    import numpy as np
+
     return np.random.default_rng([seed, step])
 
 

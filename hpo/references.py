@@ -405,13 +405,11 @@ def _adaptable_layers(cfg: StudyConfig, model_type: str, model_dir: Path | None)
             return None
         for k, v in m.config.items():
             setattr(config, k, v)
-        auto = (
-            transformers.AutoModelForCausalLM
-            if cfg.task == "causal_lm"
-            else transformers.AutoModelForSequenceClassification
-        )
+        from trainers.models import auto_class
+
+        # The class the run builds: a seq2seq T5 has lm_head, its classification variant dense/out_proj.
         with torch.device("meta"):
-            model = auto.from_config(config, trust_remote_code=m.trust_remote_code)
+            model = auto_class(cfg.task).from_config(config, trust_remote_code=m.trust_remote_code)
     except Exception:  # a bad key or model type is reported above; the run reports anything else
         return None
     # The layer types peft's LoRA wraps (transformers' Conv1D is GPT-2's linear layer).

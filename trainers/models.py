@@ -24,7 +24,8 @@ from trainers.data import PreparedData
 _WEIGHTS: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
 
 
-def _auto_class(task: str) -> Any:
+def auto_class(task: str) -> Any:
+    """The transformers auto class that builds a model for ``task``."""
     import transformers
 
     if task == "causal_lm":
@@ -108,7 +109,7 @@ def pretrained_weights(run: RunConfig, cfg: Any) -> dict[str, torch.Tensor]:
 def _load_pretrained(run: RunConfig, cfg: Any) -> tuple[Any, dict[str, Any]]:
     name = run.model.name_or_path
     assert name is not None
-    return _auto_class(run.task).from_pretrained(  # type: ignore[no-any-return]
+    return auto_class(run.task).from_pretrained(  # type: ignore[no-any-return]
         resolve_model_path(name),
         config=cfg,
         revision=run.model.revision,
@@ -120,7 +121,7 @@ def _load_pretrained(run: RunConfig, cfg: Any) -> tuple[Any, dict[str, Any]]:
 def build_model(run: RunConfig, data: PreparedData) -> torch.nn.Module:
     """A fresh model for one run; call after seeding so new weights are reproducible."""
     cfg = build_config(run, data)
-    auto = _auto_class(run.task)
+    auto = auto_class(run.task)
     if run.model.from_config is not None:
         model = auto.from_config(cfg)
     else:

@@ -385,6 +385,9 @@ def _save(
         tokenizer.save_pretrained(staging)
         if tf.model.peft is not None:
             (staging / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+            if tf.generation is not None and hasattr(model, "generation_config"):
+                # PeftModel.save_pretrained writes the adapter only: the searched decoding goes next to it.
+                model.generation_config.save_pretrained(staging)
             if merge:  # after the adapter is saved: merging changes the model in place
                 merged = model.merge_and_unload()
                 merged.save_pretrained(staging / MERGED)

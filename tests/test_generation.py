@@ -4,6 +4,7 @@ seq2seq study and a decode-only study run end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -99,7 +100,7 @@ def write_pairs(path: Path, n: int, long_every: int = 0) -> Path:
     return path
 
 
-def gen_run(task: str, data_file: Path, **data: Any) -> RunConfig:
+def gen_run(task: str, data_file: Path, tokenizer: dict[str, Any] | None = None, **data: Any) -> RunConfig:
     model: dict[str, Any]
     if task == "seq2seq":
         model = {"from_config": {"model_type": "t5", "d_model": 32, "d_ff": 64, "num_layers": 1,
@@ -109,6 +110,8 @@ def gen_run(task: str, data_file: Path, **data: Any) -> RunConfig:
     else:
         model = {"from_config": {**studies.TINY_GPT2, "n_positions": 64}, "tokenizer": {"train_vocab_size": 300}}
         cols = {"prompt_column": "article", "target_column": "title", "source_suffix": " =>"}
+    if tokenizer is not None:
+        model["tokenizer"] = tokenizer
     return RunConfig.model_validate(
         {
             "task": task,
@@ -573,3 +576,100 @@ def test_an_empty_reference_is_named_with_its_file_and_row(tmp_path: Path) -> No
         prepare(gen_run("seq2seq", path), tmp_path / "cache")
     assert info.value.key == "data.target_column"
     assert "d.jsonl data row 7" in info.value.message and "'title' cell is empty" in info.value.message
+
+
+# ---------------------------------------------------------------------------------- pretrained tokenizers
+
+
+def _bpe(texts: list[str], specials: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return bpe
+
+
+def _no_pad_tokenizer(folder: Path, data_file: Path) -> Path:
+    """A pretrained-style tokenizer saved locally with an EOS token and no pad token (as GPT-2's ships)."""
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [v for line in data_file.read_text().splitlines() for v in json.loads(line).values()]
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bpe(texts, ["<|endoftext|>"]), eos_token="<|endoftext|>")
+    assert tok.pad_token is None
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_a_tokenizer_without_pad_gets_eos_and_the_run_says_so(tmp_path: Path, task: str) -> None:
+    data_file = write_pairs(tmp_path / "d.jsonl", 20)
+    tok_dir = _no_pad_tokenizer(tmp_path / "tok", data_file)
+    run = gen_run(task, data_file, tokenizer={"name_or_path": str(tok_dir)})
+    data = prepare(run, tmp_path / "cache")
+    assert data.pad_id == data.eos_id
+    assert data.tokenizer_note is not None
+    assert "no pad token" in data.tokenizer_note and "'<|endoftext|>'" in data.tokenizer_note
+    assert data.tokenizer_note.startswith("model.tokenizer.name_or_path: ")
+    assert prepare(run, tmp_path / "cache").tokenizer_note == data.tokenizer_note  # loaded back from the cache
+    trained = prepare(gen_run(task, data_file), tmp_path / "cache")  # its own pad token: nothing to say
+    assert trained.tokenizer_note is None
+
+
+class NoteRunner(GenCurveRunner):
+    """The generation double, with the note a worker's data carries when hpo set the pad token."""
+
+    NOTE = "model.name_or_path: 'x' has no pad token; its EOS token '</s>' pads (masked, never learnt)"
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
+        return dataclasses.replace(super().__call__(run, reporter), tokenizer_note=self.NOTE)
+
+
+def test_the_pad_token_notice_is_shown_once_per_study(tmp_path: Path) -> None:
+    import warnings
+
+    from hpo.errors import HpoWarning
+
+    d = studies.curve("gen", n_trials=3, storage=f"sqlite:///{tmp_path}/s.db")
+    d.update(task="seq2seq", objective={"metric": "rougeL"})
+    d["model"] = {"from_config": {"model_type": "t5"}, "tokenizer": {"train_vocab_size": 256}}
+    d["data"] = {"files": {"train": str(write_pairs(tmp_path / "d.jsonl", 10))}}
+    d["resources"] = {"workers": 1}
+    seen: list[str] = []
+    for n_trials in (3, 5):  # a first run, then the study resumed for more trials
+        d["study"]["n_trials"] = n_trials
+        cfg = validate_study(d)
+        study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+        display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
+        orch = Orchestrator(cfg, study, [WorkerSpec(0, 1, {}, "cpu")], NoteRunner(), display)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                orch.run()
+            finally:
+                orch.close()
+        seen += [str(w.message) for w in caught if issubclass(w.category, HpoWarning)]
+        assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * n_trials
+    assert seen == [NoteRunner.NOTE]  # once for the study: not per trial, not again on resume
+    assert study.user_attrs["tokenizer_note"] == NoteRunner.NOTE
+
+
+@pytest.mark.slow
+def test_hpo_train_says_it_set_the_pad_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_file = write_pairs(tmp_path / "d.jsonl", 20)
+    tok_dir = _no_pad_tokenizer(tmp_path / "tok", data_file)
+    run = gen_run("seq2seq", data_file, tokenizer={"name_or_path": str(tok_dir)})
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert notices == [f"warning: model.tokenizer.name_or_path: {str(tok_dir)!r} has no pad token; "
+                       "its EOS token '<|endoftext|>' pads (masked, never learnt)"]  # fmt: skip
+    assert "rougeL" in result.output

@@ -536,6 +536,7 @@ def train(
         latency_ms=_latency(accelerator.unwrap_model(model), data, run, device) if run.measure_latency else None,
         teacher_time=getattr(loss_fn, "teacher_time", None),
         data_clean=data.clean_counts,
+        tokenizer_note=data.tokenizer_note,
         model=accelerator.unwrap_model(model),
     )
 
@@ -574,4 +575,5 @@ def _decode_only(
         peak_memory_mb=_peak_memory_mb(device),
         model=accelerator.unwrap_model(model),
         examples=examples,
+        tokenizer_note=data.tokenizer_note,
     )

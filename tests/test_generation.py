@@ -673,3 +673,94 @@ def test_hpo_train_says_it_set_the_pad_token(tmp_path: Path, monkeypatch: pytest
     assert notices == [f"warning: model.tokenizer.name_or_path: {str(tok_dir)!r} has no pad token; "
                        "its EOS token '<|endoftext|>' pads (masked, never learnt)"]  # fmt: skip
     assert "rougeL" in result.output
+
+
+def _styled_tokenizer(folder: Path, data_file: Path, style: str) -> Path:
+    """A tokenizer saved locally that adds its special tokens as a known family does (no hub)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [v for line in data_file.read_text().splitlines() for v in json.loads(line).values()]
+    bpe = _bpe(texts, ["<s>", "<pad>", "</s>", "<unk>"])  # ids 0 1 2 3, as BART's
+    templates = {"bart": "<s> $A </s>", "t5": "$A </s>", "llama": "<s> $A", "plain": "$A"}
+    specials = [("<s>", 0), ("</s>", 2)]
+    bpe.post_processor = processors.TemplateProcessing(single=templates[style], special_tokens=specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>")  # fmt: skip
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+BOS, EOS = 0, 2
+STYLES = [  # style, task: first and last token of the source (prompt) row, first and last of the target
+    ("bart", "seq2seq", (BOS, EOS), (BOS, EOS)),
+    ("t5", "seq2seq", (None, EOS), (None, EOS)),  # EOS once: the tokenizer's own, not a second one
+    ("plain", "seq2seq", (None, EOS), (None, EOS)),  # a tokenizer that adds nothing: EOS still closes both
+    ("llama", "causal_lm", (BOS, None), (None, EOS)),  # the prompt opens with BOS, the completion ends with EOS
+]
+
+
+@pytest.mark.parametrize(("style", "task", "source", "target"), [s[:4] for s in STYLES], ids=[s[0] for s in STYLES])
+def test_pretrained_tokenizers_add_their_own_special_tokens(
+    tmp_path: Path, style: str, task: str, source: tuple[int | None, int | None], target: tuple[int | None, int]
+) -> None:
+    data_file = write_pairs(tmp_path / "d.jsonl", 20)
+    tok_dir = _styled_tokenizer(tmp_path / "tok", data_file, style)
+    run = gen_run(task, data_file, tokenizer={"name_or_path": str(tok_dir)})
+    data = prepare(run, tmp_path / "cache")
+    assert data.eos_id == EOS and data.pad_id == 1
+    lengths = data.train_lengths
+    assert lengths is not None and data.train_labels is not None
+    plens = np.load(data.path / "train_prompt_lengths.npy") if task == "causal_lm" else lengths
+    specials = {BOS, EOS}
+    for row, ids in enumerate(data.train_ids):
+        src = [int(x) for x in ids[: int(plens[row])]]
+        labels = [int(x) for x in data.train_labels[row] if x != -100]
+        body = src[1 if source[0] is not None else 0 : -1 if source[1] is not None else None]
+        assert not specials & set(body), (src, body)  # the specials only where the tokenizer puts them
+        if source[0] is not None:
+            assert src[0] == source[0]
+        if source[1] is not None:
+            assert src[-1] == source[1]
+        assert labels[-1] == target[1] and EOS not in labels[:-1]  # EOS once, at the end
+        assert (labels[0] == BOS) == (target[0] == BOS) and BOS not in labels[1:]
+
+
+@pytest.mark.slow
+def test_a_tiny_bart_from_config_trains_and_decodes_with_a_bart_tokenizer(tmp_path: Path) -> None:
+    from trainers.base import NullReporter
+    from trainers.loop import train
+
+    data_file = write_pairs(tmp_path / "d.jsonl", 40)
+    tok_dir = _styled_tokenizer(tmp_path / "tok", data_file, "bart")
+    run = gen_run("seq2seq", data_file, tokenizer={"name_or_path": str(tok_dir)})
+    bart = {
+        "model_type": "bart",
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 64,
+    }
+    run = run.model_copy(update={"model": run.model.model_copy(update={"from_config": bart})})  # fmt: skip
+    data = prepare(run, tmp_path / "cache")
+    assert data.train_ids[0][0] == BOS and data.train_labels is not None and data.train_labels[0][0] == BOS
+    result = train(run, NullReporter(), tmp_path / "cache")
+    assert set(GENERATION_METRICS) <= set(result.metrics) and result.metrics["generated"] == 4.0
+    assert result.examples is not None
+    assert all("<s>" not in e["prediction"] and "</s>" not in e["prediction"] for e in result.examples)
+
+
+def test_pairs_of_pretrained_tokenizers_enter_the_fingerprint_and_trained_ones_keep_theirs(tmp_path: Path) -> None:
+    from hpo.config import _digest
+    from trainers.data import CACHE_VERSION
+
+    d = seq2seq_study(tmp_path)
+    cfg = validate_study(d)
+    before = _digest({**cfg.data.model_dump(), "cache_version": CACHE_VERSION})  # as it was before pairs v2
+    assert cfg.fingerprints()["data"] == before  # a tokenizer trained here: the same tokens as before
+    d["model"] = {"name_or_path": str(tmp_path / "t5")}
+    assert validate_study(d).fingerprints()["data"] != before  # a pretrained one: its specials are new

@@ -67,6 +67,8 @@ def cache_key(run: RunConfig) -> str:
     }
     if run.data.augment is not None and run.task == "sequence_classification":
         parts["word_ids"] = True
+    if run.generates:  # only there: the caches of other tasks stay where they are
+        parts["pairs"] = generation.PAIRS_VERSION
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -456,7 +456,8 @@ class StudyConfig(_Strict):
         if self.models:  # absent when unset: older studies keep their fingerprint
             parts["models"] = self.models
         if self.generation is not None:  # only where set: fingerprints of other studies stay what they were
-            parts["generation"] = self.generation.model_dump()
+            # at_steps only adds decoded evals to the record (their RNG forked): no result changes with it
+            parts["generation"] = self.generation.model_dump(exclude={"at_steps"})
         if self.distillation is not None:  # absent: the fingerprint of older files stays as it was
             parts["distillation"] = self.distillation.model_dump()
         if self.pbt is not None:  # only then: the fingerprints of studies without PBT stay as they were

@@ -352,6 +352,14 @@ BAD = [
      ["trains nothing"]),
     ("threshold pruner on a proxy", _set("pruner", {"name": "threshold", "lower": 10.0}), "pruner",
      ["pruning proxy"]),
+    ("at_steps not an eval step", _set("generation.at_steps", [2, 3]), "generation.at_steps",
+     ["3: not an eval step", "eval_every=2"]),
+    ("at_steps after the end", _set("generation.at_steps", [6]), "generation.at_steps",
+     ["6: after the trials end", "max_steps=4"]),
+    ("at_steps in a samples budget", _many(_set("fidelity", {"max_samples": 64, "eval_every": 16}),
+                                           _set("generation.at_steps", [16])),
+     "generation.at_steps", ["names optimizer steps", "samples"]),
+    ("at_steps below 1", _set("generation.at_steps", [0]), "generation.at_steps[0]", ["greater than or equal to 1"]),
 ]  # fmt: skip
 
 
@@ -764,3 +772,75 @@ def test_pairs_of_pretrained_tokenizers_enter_the_fingerprint_and_trained_ones_k
     assert cfg.fingerprints()["data"] == before  # a tokenizer trained here: the same tokens as before
     d["model"] = {"name_or_path": str(tmp_path / "t5")}
     assert validate_study(d).fingerprints()["data"] != before  # a pretrained one: its specials are new
+
+
+# --------------------------------------------------------------------------------- generation.at_steps
+
+
+def test_at_steps_decode_at_those_evals_and_keep_the_final_examples(tmp_path: Path) -> None:
+    from trainers.base import NullReporter
+    from trainers.loop import train
+
+    data_file = write_pairs(tmp_path / "d.jsonl", 40)
+    base = gen_run("seq2seq", data_file)
+    run = base.model_copy(update={"generation": base.generation.model_copy(update={"at_steps": [2]})})  # type: ignore[union-attr]
+    result = train(run, NullReporter(), tmp_path / "cache")
+    assert [s for s, _ in result.evals] == [2, 4]
+    for _, metrics in result.evals:  # both evals decoded and scored: every metric at step 2 too
+        assert set(GENERATION_METRICS) | {"generate_time", "generated"} <= set(metrics)
+    plain = train(base, NullReporter(), tmp_path / "cache")  # the same run without at_steps
+    assert "rougeL" not in plain.evals[0][1]
+    # decoding at step 2 forks the RNG: training goes on exactly as without it
+    assert result.evals[1][1]["eval_loss"] == plain.evals[1][1]["eval_loss"]
+    assert result.metrics["rougeL"] == plain.metrics["rougeL"] and result.examples == plain.examples
+
+
+class AtStepsRunner(GenCurveRunner):
+    """The generation double, decoding (a ROUGE-L in the eval's metrics) at generation.at_steps as well."""
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
+        at = set(run["generation"]["at_steps"])
+
+        class Decoding:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reporter, name)
+
+            def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+                extra = {"rougeL": 100.0 / metrics["eval_loss"]} if step in at else {}
+                reporter.on_eval(step, {**metrics, **extra})
+
+        return super().__call__(run, Decoding())
+
+
+def test_at_steps_are_recorded_in_the_curves_and_the_pruner_keeps_the_proxy(tmp_path: Path) -> None:
+    from hpo.curves import CurveStore, read_curves
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    d = studies.curve("gen", n_trials=4, storage=url)
+    d.update(task="seq2seq", objective={"metric": "rougeL"}, pruner={"name": "median", "n_startup_trials": 1})
+    d["model"] = {"from_config": {"model_type": "t5"}, "tokenizer": {"train_vocab_size": 256}}
+    d["data"] = {"files": {"train": str(write_pairs(tmp_path / "d.jsonl", 10))}}
+    d["generation"] = {"at_steps": [10]}
+    d["resources"] = {"workers": 1}
+    cfg = validate_study(d)
+    assert cfg.fingerprint() == validate_study({**d, "generation": {}}).fingerprint()  # recorded, not a result
+    study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+    display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
+    orch = Orchestrator(
+        cfg, study, [WorkerSpec(0, 1, {}, "cpu")], AtStepsRunner(), display, curves=CurveStore(url, "gen")
+    )
+    try:
+        orch.run()
+    finally:
+        orch.close()
+    points = read_curves(url, "gen")
+    reached = 0
+    for t in study.get_trials(deepcopy=False):
+        rouge = {p.step: p.value for p in points if p.trial_number == t.number and p.name == "rougeL"}
+        loss = {p.step: p.value for p in points if p.trial_number == t.number and p.name == "eval_loss"}
+        if 10 in t.intermediate_values:  # the trial reported step 10: its ROUGE-L there is in the curves
+            assert rouge[10] == pytest.approx(100.0 / loss[10])
+            assert t.intermediate_values[10] == pytest.approx(-loss[10])  # the pruner saw the proxy
+            reached += 1
+        assert set(rouge) <= {10, 20}
+    assert reached >= 2

@@ -844,3 +844,33 @@ def test_at_steps_are_recorded_in_the_curves_and_the_pruner_keeps_the_proxy(tmp_
             reached += 1
         assert set(rouge) <= {10, 20}
     assert reached >= 2
+
+
+@pytest.mark.slow
+def test_a_two_rank_trial_decodes_the_whole_subset_and_reports_every_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resources.gpus_per_trial > 1 (2 CPU ranks, gloo): every rank holds the same weights (DDP) and decodes
+    the same fixed subset with the same seed, outside the DDP wrapper (no collective to wait on), so rank 0's
+    scores are the model's; nothing hangs and nothing is split or counted twice."""
+    import os
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    d = seq2seq_study(tmp_path)
+    d["study"]["n_trials"] = 1
+    d["generation"] = {"eval_samples": 4, "max_new_tokens": 4, "examples": 2}
+    d["training"] = {"per_device_train_batch_size": 4}
+    d["resources"] = {"gpus_per_trial": 2, "devices": "cpu"}
+    d["data"]["eval_fraction"] = 0.3  # 6 eval rows: the 4 decoded are a subset, not all there is
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    (t,) = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path}/runs/gen.db").get_trials()
+    assert t.state == TrialState.COMPLETE and t.user_attrs["rank_steps"] == [4, 4]
+    assert set(GENERATION_METRICS) | {"generate_time", "eval_loss"} <= set(t.user_attrs["metrics"])
+    assert t.user_attrs["metrics"]["generated"] == 4.0  # the whole subset, not a rank's share
+    assert t.value == t.user_attrs["metrics"]["rougeL"] and len(t.user_attrs["examples"]) == 2

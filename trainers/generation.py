@@ -12,10 +12,11 @@ The seam this module owns, between the data cache, the training loop and the met
   Llama's BOS) + completion + EOS, and ``labels`` the same with every prompt token masked (-100), so the
   loss is on the completion only;
 * training and eval batches (``to_batch``): padding trimmed to the longest row, masked in the labels;
-* the final eval's decoding (``generate_and_score``): a fixed, seeded subset of ``generation.eval_samples``
-  eval examples (the same for every trial), decoded in batches with the model's ``generate`` and
-  ``max_new_tokens``, scored against the untruncated references (``trainers.textmetrics``), timed apart
-  (``generate_time``), and a few (source, reference, prediction) examples kept.
+* the final eval's decoding, and that of the evals at ``generation.at_steps`` (``generate_and_score``): a fixed,
+  seeded subset of ``generation.eval_samples`` eval examples (the same for every trial), decoded in
+  batches with the model's ``generate`` and ``max_new_tokens``, scored against the untruncated references
+  (``trainers.textmetrics``), timed apart (``generate_time``), and a few (source, reference, prediction)
+  examples kept.
 """
 
 from __future__ import annotations

@@ -562,6 +562,7 @@ def train(
     from trainers.base import quiet_libraries
 
     quiet_libraries()  # this command's process trains: transformers' and accelerate's chatter is noise here
+    warnings.simplefilter("always", HpoWarning)  # hpo's own notices are not chatter: still shown
 
     res = train_file(config, out_dir, force=force, keep_checkpoints=keep_checkpoints, console=err, merge=merge)
     r = res.result
@@ -577,6 +578,8 @@ def train(
             soft_wrap=True,
         )
         raise typer.Exit(128 + (res.signum or signal.SIGINT))
+    if r.tokenizer_note:  # e.g. a pad token hpo set: said once, before the result
+        warnings.warn(r.tokenizer_note, HpoWarning, stacklevel=1)
     shown = ", ".join(f"{k} = {fmt_value(v)}" for k, v in r.metrics.items())
     out.print(f"[bold]trained {r.steps} steps[/] in {r.train_time + r.eval_time:.0f}s: {shown}", highlight=False)
     prov = res.provenance or {}

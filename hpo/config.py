@@ -433,10 +433,15 @@ class StudyConfig(_Strict):
 
     def fingerprints(self) -> dict[str, str]:
         """A short hash of each section that must not change when a study is resumed."""
+        from hpo.genstudy import generates
         from trainers.data import CACHE_VERSION  # imports numpy: not needed to validate a file
+        from trainers.generation import PAIRS_VERSION
 
         # The budget keys only when given: studies from before they existed keep their fingerprint.
         unset = {k for k in ("max_samples", "max_tokens") if getattr(self.fidelity, k) is None}
+        # Pairs tokenised by a pretrained tokenizer with its own special tokens (BOS...) since PAIRS_VERSION 2.
+        pretrained_pairs = generates(self) and self.model.tokenizer.train_vocab_size is None
+        pairs = {"pairs": PAIRS_VERSION} if pretrained_pairs else {}
         parts = {
             "task": self.task,
             "objective": [o.model_dump() for o in self.objective]
@@ -444,14 +449,15 @@ class StudyConfig(_Strict):
             else self.objective.model_dump(),
             "fidelity": self.fidelity.model_dump(exclude=unset | {"save_models"}),
             "model": self.model.model_dump(),
-            "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION},  # same data, same results
+            "data": {**self.data.model_dump(), "cache_version": CACHE_VERSION, **pairs},  # same data, same results
             "training": self.training.model_dump(),
             "search_space": {k: v.model_dump() for k, v in self.search_space.items()},
         }
         if self.models:  # absent when unset: older studies keep their fingerprint
             parts["models"] = self.models
         if self.generation is not None:  # only where set: fingerprints of other studies stay what they were
-            parts["generation"] = self.generation.model_dump()
+            # at_steps only adds decoded evals to the record (their RNG forked): no result changes with it
+            parts["generation"] = self.generation.model_dump(exclude={"at_steps"})
         if self.distillation is not None:  # absent: the fingerprint of older files stays as it was
             parts["distillation"] = self.distillation.model_dump()
         if self.pbt is not None:  # only then: the fingerprints of studies without PBT stay as they were

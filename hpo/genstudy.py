@@ -2,8 +2,9 @@
 
 Validation (``check_generation``, ``architecture_problem``, ``pair_columns``): the keys of generation tasks
 (``data.source_column`` ..., the ``generation`` section) only on generation tasks, a model architecture that
-fits the task (an encoder-decoder for seq2seq, a decoder for causal LM), and the decode-only study
-(``fidelity.max_steps: 0``: a trained model, only ``generation.*`` searched).
+fits the task (an encoder-decoder for seq2seq, a decoder for causal LM), the decode-only study
+(``fidelity.max_steps: 0``: a trained model, only ``generation.*`` searched), and ``generation.at_steps``
+(eval steps of the trials).
 
 The pruning proxy (``pruning_value``): the generation metrics (ROUGE, BLEU, ...) are computed at the final
 eval only, since decoding costs ~10x a loss-only eval. Every intermediate eval reports the *proxy*, the eval
@@ -13,7 +14,8 @@ all maximised, so the value reported is ``-eval_loss`` (higher is better, like t
 pruners compare a trial's intermediate values only with other trials' intermediate values (never with
 final values), so they rank trials by the proxy consistently; the trial's final value (what TPE learns
 from and what "best" means) is the generation metric. ``threshold`` pruning, whose bounds would be in the
-proxy's units, is refused for generation objectives.
+proxy's units, is refused for generation objectives. Evals that decode before the end
+(``generation.at_steps``) record their ROUGE & co in the curves table; the pruner still sees the proxy.
 """
 
 from __future__ import annotations
@@ -99,10 +101,29 @@ def check_generation(cfg: StudyConfig) -> list[tuple[str, str]]:
                          f"data.max_length={d.max_length}"))  # fmt: skip
     if cfg.fidelity.max_steps == 0:
         problems += _check_decode_only(cfg, gen)
+    if gen and cfg.generation is not None and cfg.generation.at_steps:
+        problems += _check_at_steps(cfg, cfg.generation.at_steps)
     if uses_proxy(cfg.metric) and cfg.pruner.name == "threshold":
         problems.append(("pruner", f"threshold bounds would apply to the pruning proxy ({PROXY_METRIC}), not to "
                          f"{cfg.metric}: use another pruner"))  # fmt: skip
     return problems
+
+
+def _check_at_steps(cfg: StudyConfig, steps: list[int]) -> list[tuple[str, str]]:
+    """``generation.at_steps`` names eval steps of the trials: multiples of ``eval_every``, within ``max_steps``."""
+    f = cfg.fidelity
+    if f.max_steps is None:
+        return [("generation.at_steps", f"names optimizer steps, but the trial length is in {f.unit} "
+                 "(give it as fidelity.max_steps)")]  # fmt: skip
+    off = [s for s in steps if s % f.eval_every != 0]
+    if off:
+        return [("generation.at_steps", f"{', '.join(map(str, off))}: not an eval step (a multiple of "
+                 f"fidelity.eval_every={f.eval_every})")]  # fmt: skip
+    late = [s for s in steps if s > f.max_steps]
+    if late:
+        return [("generation.at_steps", f"{', '.join(map(str, late))}: after the trials end "
+                 f"(fidelity.max_steps={f.max_steps})")]  # fmt: skip
+    return []
 
 
 def _check_decode_only(cfg: StudyConfig, gen: bool) -> list[tuple[str, str]]:

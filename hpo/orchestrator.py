@@ -30,12 +30,12 @@ from hpo.conditional import ask
 from hpo.config import StudyConfig
 from hpo.curves import CurveStore
 from hpo.display import RunDisplay
-from hpo.errors import Terminated, WorkerSetupError
+from hpo.errors import HpoWarning, Terminated, WorkerSetupError
 from hpo.genstudy import pruning_value, uses_proxy
 from hpo.ledger import HOSTNAME, Reason, ReasonKind, TrialLedger
 from hpo.objectives import ProxyPruner, trial_values
 from hpo.protocol import TRIAL_ENDS, Done, Error, Eval, Event, Fatal, Log, NonFinite, Oom, Ready, Stop, TrialResult
-from hpo.record import A_REASON, ATTR_DATA_CLEAN, TrialAttrs, better
+from hpo.record import A_REASON, ATTR_DATA_CLEAN, ATTR_TOKENIZER_NOTE, TrialAttrs, better
 from hpo.saved_models import A_MODEL_DIR, keeper_of
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
@@ -446,6 +446,9 @@ class Orchestrator:
         ).to_user_attrs()
         if result.data_clean and self.study.user_attrs.get(ATTR_DATA_CLEAN) != result.data_clean:
             self.study.set_user_attr(ATTR_DATA_CLEAN, result.data_clean)  # what data.clean removed: once per study
+        if result.tokenizer_note and self.study.user_attrs.get(ATTR_TOKENIZER_NOTE) != result.tokenizer_note:
+            self.study.set_user_attr(ATTR_TOKENIZER_NOTE, result.tokenizer_note)
+            warnings.warn(result.tokenizer_note, HpoWarning, stacklevel=1)  # once per study, not per trial
         stopped = result.stopped
         if stopped == Stop.INTERRUPT.reason or r.stop_sent == Stop.INTERRUPT:
             self._finish(r, TrialState.FAIL, summary, reason=Reason.interrupted(), attrs=attrs, requeue=True)

@@ -106,6 +106,7 @@ class TrialResult:
     model_dir: str | None = None  # fidelity.save_models: the folder (under the models root) the weights went to
     teacher_time: float | None = None  # distillation: seconds in teacher forward passes (inside train_time)
     data_clean: dict[str, Any] | None = None  # data.clean: rows each rule removed (trainers/clean.py)
+    tokenizer_note: str | None = None  # what hpo changed in the tokenizer: shown once per study
 
     @classmethod
     def from_train(cls, r: TrainResult, **extra: Any) -> TrialResult:
@@ -127,6 +128,7 @@ class TrialResult:
             latency_ms=r.latency_ms,
             teacher_time=r.teacher_time,
             data_clean=r.data_clean,
+            tokenizer_note=r.tokenizer_note,
             **extra,
         )
 

@@ -45,6 +45,7 @@ A_HOST = "host"
 A_PID = "orchestrator_pid"
 # A study user attribute (not a trial's): {rule: {"train": n, "eval": n}} of what data.clean removed.
 ATTR_DATA_CLEAN = "data_clean"
+ATTR_TOKENIZER_NOTE = "tokenizer_note"  # shown once per study: the study remembers it was
 
 
 # --------------------------------------------------------------------------------- reading stored values

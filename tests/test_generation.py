@@ -4,6 +4,7 @@ seq2seq study and a decode-only study run end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -99,7 +100,7 @@ def write_pairs(path: Path, n: int, long_every: int = 0) -> Path:
     return path
 
 
-def gen_run(task: str, data_file: Path, **data: Any) -> RunConfig:
+def gen_run(task: str, data_file: Path, tokenizer: dict[str, Any] | None = None, **data: Any) -> RunConfig:
     model: dict[str, Any]
     if task == "seq2seq":
         model = {"from_config": {"model_type": "t5", "d_model": 32, "d_ff": 64, "num_layers": 1,
@@ -109,6 +110,8 @@ def gen_run(task: str, data_file: Path, **data: Any) -> RunConfig:
     else:
         model = {"from_config": {**studies.TINY_GPT2, "n_positions": 64}, "tokenizer": {"train_vocab_size": 300}}
         cols = {"prompt_column": "article", "target_column": "title", "source_suffix": " =>"}
+    if tokenizer is not None:
+        model["tokenizer"] = tokenizer
     return RunConfig.model_validate(
         {
             "task": task,
@@ -349,6 +352,14 @@ BAD = [
      ["trains nothing"]),
     ("threshold pruner on a proxy", _set("pruner", {"name": "threshold", "lower": 10.0}), "pruner",
      ["pruning proxy"]),
+    ("at_steps not an eval step", _set("generation.at_steps", [2, 3]), "generation.at_steps",
+     ["3: not an eval step", "eval_every=2"]),
+    ("at_steps after the end", _set("generation.at_steps", [6]), "generation.at_steps",
+     ["6: after the trials end", "max_steps=4"]),
+    ("at_steps in a samples budget", _many(_set("fidelity", {"max_samples": 64, "eval_every": 16}),
+                                           _set("generation.at_steps", [16])),
+     "generation.at_steps", ["names optimizer steps", "samples"]),
+    ("at_steps below 1", _set("generation.at_steps", [0]), "generation.at_steps[0]", ["greater than or equal to 1"]),
 ]  # fmt: skip
 
 
@@ -573,3 +584,293 @@ def test_an_empty_reference_is_named_with_its_file_and_row(tmp_path: Path) -> No
         prepare(gen_run("seq2seq", path), tmp_path / "cache")
     assert info.value.key == "data.target_column"
     assert "d.jsonl data row 7" in info.value.message and "'title' cell is empty" in info.value.message
+
+
+# ---------------------------------------------------------------------------------- pretrained tokenizers
+
+
+def _bpe(texts: list[str], specials: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return bpe
+
+
+def _no_pad_tokenizer(folder: Path, data_file: Path) -> Path:
+    """A pretrained-style tokenizer saved locally with an EOS token and no pad token (as GPT-2's ships)."""
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [v for line in data_file.read_text().splitlines() for v in json.loads(line).values()]
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bpe(texts, ["<|endoftext|>"]), eos_token="<|endoftext|>")
+    assert tok.pad_token is None
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_a_tokenizer_without_pad_gets_eos_and_the_run_says_so(tmp_path: Path, task: str) -> None:
+    data_file = write_pairs(tmp_path / "d.jsonl", 20)
+    tok_dir = _no_pad_tokenizer(tmp_path / "tok", data_file)
+    run = gen_run(task, data_file, tokenizer={"name_or_path": str(tok_dir)})
+    data = prepare(run, tmp_path / "cache")
+    assert data.pad_id == data.eos_id
+    assert data.tokenizer_note is not None
+    assert "no pad token" in data.tokenizer_note and "'<|endoftext|>'" in data.tokenizer_note
+    assert data.tokenizer_note.startswith("model.tokenizer.name_or_path: ")
+    assert prepare(run, tmp_path / "cache").tokenizer_note == data.tokenizer_note  # loaded back from the cache
+    trained = prepare(gen_run(task, data_file), tmp_path / "cache")  # its own pad token: nothing to say
+    assert trained.tokenizer_note is None
+
+
+class NoteRunner(GenCurveRunner):
+    """The generation double, with the note a worker's data carries when hpo set the pad token."""
+
+    NOTE = "model.name_or_path: 'x' has no pad token; its EOS token '</s>' pads (masked, never learnt)"
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
+        return dataclasses.replace(super().__call__(run, reporter), tokenizer_note=self.NOTE)
+
+
+def test_the_pad_token_notice_is_shown_once_per_study(tmp_path: Path) -> None:
+    import warnings
+
+    from hpo.errors import HpoWarning
+
+    d = studies.curve("gen", n_trials=3, storage=f"sqlite:///{tmp_path}/s.db")
+    d.update(task="seq2seq", objective={"metric": "rougeL"})
+    d["model"] = {"from_config": {"model_type": "t5"}, "tokenizer": {"train_vocab_size": 256}}
+    d["data"] = {"files": {"train": str(write_pairs(tmp_path / "d.jsonl", 10))}}
+    d["resources"] = {"workers": 1}
+    seen: list[str] = []
+    for n_trials in (3, 5):  # a first run, then the study resumed for more trials
+        d["study"]["n_trials"] = n_trials
+        cfg = validate_study(d)
+        study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+        display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
+        orch = Orchestrator(cfg, study, [WorkerSpec(0, 1, {}, "cpu")], NoteRunner(), display)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                orch.run()
+            finally:
+                orch.close()
+        seen += [str(w.message) for w in caught if issubclass(w.category, HpoWarning)]
+        assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * n_trials
+    assert seen == [NoteRunner.NOTE]  # once for the study: not per trial, not again on resume
+    assert study.user_attrs["tokenizer_note"] == NoteRunner.NOTE
+
+
+@pytest.mark.slow
+def test_hpo_train_says_it_set_the_pad_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_file = write_pairs(tmp_path / "d.jsonl", 20)
+    tok_dir = _no_pad_tokenizer(tmp_path / "tok", data_file)
+    run = gen_run("seq2seq", data_file, tokenizer={"name_or_path": str(tok_dir)})
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert notices == [f"warning: model.tokenizer.name_or_path: {str(tok_dir)!r} has no pad token; "
+                       "its EOS token '<|endoftext|>' pads (masked, never learnt)"]  # fmt: skip
+    assert "rougeL" in result.output
+
+
+def _styled_tokenizer(folder: Path, data_file: Path, style: str) -> Path:
+    """A tokenizer saved locally that adds its special tokens as a known family does (no hub)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [v for line in data_file.read_text().splitlines() for v in json.loads(line).values()]
+    bpe = _bpe(texts, ["<s>", "<pad>", "</s>", "<unk>"])  # ids 0 1 2 3, as BART's
+    templates = {"bart": "<s> $A </s>", "t5": "$A </s>", "llama": "<s> $A", "plain": "$A"}
+    specials = [("<s>", 0), ("</s>", 2)]
+    bpe.post_processor = processors.TemplateProcessing(single=templates[style], special_tokens=specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>")  # fmt: skip
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+BOS, EOS = 0, 2
+STYLES = [  # style, task: first and last token of the source (prompt) row, first and last of the target
+    ("bart", "seq2seq", (BOS, EOS), (BOS, EOS)),
+    ("t5", "seq2seq", (None, EOS), (None, EOS)),  # EOS once: the tokenizer's own, not a second one
+    ("plain", "seq2seq", (None, EOS), (None, EOS)),  # a tokenizer that adds nothing: EOS still closes both
+    ("llama", "causal_lm", (BOS, None), (None, EOS)),  # the prompt opens with BOS, the completion ends with EOS
+]
+
+
+@pytest.mark.parametrize(("style", "task", "source", "target"), [s[:4] for s in STYLES], ids=[s[0] for s in STYLES])
+def test_pretrained_tokenizers_add_their_own_special_tokens(
+    tmp_path: Path, style: str, task: str, source: tuple[int | None, int | None], target: tuple[int | None, int]
+) -> None:
+    data_file = write_pairs(tmp_path / "d.jsonl", 20)
+    tok_dir = _styled_tokenizer(tmp_path / "tok", data_file, style)
+    run = gen_run(task, data_file, tokenizer={"name_or_path": str(tok_dir)})
+    data = prepare(run, tmp_path / "cache")
+    assert data.eos_id == EOS and data.pad_id == 1
+    lengths = data.train_lengths
+    assert lengths is not None and data.train_labels is not None
+    plens = np.load(data.path / "train_prompt_lengths.npy") if task == "causal_lm" else lengths
+    specials = {BOS, EOS}
+    for row, ids in enumerate(data.train_ids):
+        src = [int(x) for x in ids[: int(plens[row])]]
+        labels = [int(x) for x in data.train_labels[row] if x != -100]
+        body = src[1 if source[0] is not None else 0 : -1 if source[1] is not None else None]
+        assert not specials & set(body), (src, body)  # the specials only where the tokenizer puts them
+        if source[0] is not None:
+            assert src[0] == source[0]
+        if source[1] is not None:
+            assert src[-1] == source[1]
+        assert labels[-1] == target[1] and EOS not in labels[:-1]  # EOS once, at the end
+        assert (labels[0] == BOS) == (target[0] == BOS) and BOS not in labels[1:]
+
+
+@pytest.mark.slow
+def test_a_tiny_bart_from_config_trains_and_decodes_with_a_bart_tokenizer(tmp_path: Path) -> None:
+    from trainers.base import NullReporter
+    from trainers.loop import train
+
+    data_file = write_pairs(tmp_path / "d.jsonl", 40)
+    tok_dir = _styled_tokenizer(tmp_path / "tok", data_file, "bart")
+    run = gen_run("seq2seq", data_file, tokenizer={"name_or_path": str(tok_dir)})
+    bart = {
+        "model_type": "bart",
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 64,
+    }
+    run = run.model_copy(update={"model": run.model.model_copy(update={"from_config": bart})})  # fmt: skip
+    data = prepare(run, tmp_path / "cache")
+    assert data.train_ids[0][0] == BOS and data.train_labels is not None and data.train_labels[0][0] == BOS
+    result = train(run, NullReporter(), tmp_path / "cache")
+    assert set(GENERATION_METRICS) <= set(result.metrics) and result.metrics["generated"] == 4.0
+    assert result.examples is not None
+    assert all("<s>" not in e["prediction"] and "</s>" not in e["prediction"] for e in result.examples)
+
+
+def test_pairs_of_pretrained_tokenizers_enter_the_fingerprint_and_trained_ones_keep_theirs(tmp_path: Path) -> None:
+    from hpo.config import _digest
+    from trainers.data import CACHE_VERSION
+
+    d = seq2seq_study(tmp_path)
+    cfg = validate_study(d)
+    before = _digest({**cfg.data.model_dump(), "cache_version": CACHE_VERSION})  # as it was before pairs v2
+    assert cfg.fingerprints()["data"] == before  # a tokenizer trained here: the same tokens as before
+    d["model"] = {"name_or_path": str(tmp_path / "t5")}
+    assert validate_study(d).fingerprints()["data"] != before  # a pretrained one: its specials are new
+
+
+# --------------------------------------------------------------------------------- generation.at_steps
+
+
+def test_at_steps_decode_at_those_evals_and_keep_the_final_examples(tmp_path: Path) -> None:
+    from trainers.base import NullReporter
+    from trainers.loop import train
+
+    data_file = write_pairs(tmp_path / "d.jsonl", 40)
+    base = gen_run("seq2seq", data_file)
+    run = base.model_copy(update={"generation": base.generation.model_copy(update={"at_steps": [2]})})  # type: ignore[union-attr]
+    result = train(run, NullReporter(), tmp_path / "cache")
+    assert [s for s, _ in result.evals] == [2, 4]
+    for _, metrics in result.evals:  # both evals decoded and scored: every metric at step 2 too
+        assert set(GENERATION_METRICS) | {"generate_time", "generated"} <= set(metrics)
+    plain = train(base, NullReporter(), tmp_path / "cache")  # the same run without at_steps
+    assert "rougeL" not in plain.evals[0][1]
+    # decoding at step 2 forks the RNG: training goes on exactly as without it
+    assert result.evals[1][1]["eval_loss"] == plain.evals[1][1]["eval_loss"]
+    assert result.metrics["rougeL"] == plain.metrics["rougeL"] and result.examples == plain.examples
+
+
+class AtStepsRunner(GenCurveRunner):
+    """The generation double, decoding (a ROUGE-L in the eval's metrics) at generation.at_steps as well."""
+
+    def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
+        at = set(run["generation"]["at_steps"])
+
+        class Decoding:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reporter, name)
+
+            def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+                extra = {"rougeL": 100.0 / metrics["eval_loss"]} if step in at else {}
+                reporter.on_eval(step, {**metrics, **extra})
+
+        return super().__call__(run, Decoding())
+
+
+def test_at_steps_are_recorded_in_the_curves_and_the_pruner_keeps_the_proxy(tmp_path: Path) -> None:
+    from hpo.curves import CurveStore, read_curves
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    d = studies.curve("gen", n_trials=4, storage=url)
+    d.update(task="seq2seq", objective={"metric": "rougeL"}, pruner={"name": "median", "n_startup_trials": 1})
+    d["model"] = {"from_config": {"model_type": "t5"}, "tokenizer": {"train_vocab_size": 256}}
+    d["data"] = {"files": {"train": str(write_pairs(tmp_path / "d.jsonl", 10))}}
+    d["generation"] = {"at_steps": [10]}
+    d["resources"] = {"workers": 1}
+    cfg = validate_study(d)
+    assert cfg.fingerprint() == validate_study({**d, "generation": {}}).fingerprint()  # recorded, not a result
+    study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+    display = RunDisplay(console=Console(file=io.StringIO(), width=200), live=False)
+    orch = Orchestrator(
+        cfg, study, [WorkerSpec(0, 1, {}, "cpu")], AtStepsRunner(), display, curves=CurveStore(url, "gen")
+    )
+    try:
+        orch.run()
+    finally:
+        orch.close()
+    points = read_curves(url, "gen")
+    reached = 0
+    for t in study.get_trials(deepcopy=False):
+        rouge = {p.step: p.value for p in points if p.trial_number == t.number and p.name == "rougeL"}
+        loss = {p.step: p.value for p in points if p.trial_number == t.number and p.name == "eval_loss"}
+        if 10 in t.intermediate_values:  # the trial reported step 10: its ROUGE-L there is in the curves
+            assert rouge[10] == pytest.approx(100.0 / loss[10])
+            assert t.intermediate_values[10] == pytest.approx(-loss[10])  # the pruner saw the proxy
+            reached += 1
+        assert set(rouge) <= {10, 20}
+    assert reached >= 2
+
+
+@pytest.mark.slow
+def test_a_two_rank_trial_decodes_the_whole_subset_and_reports_every_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resources.gpus_per_trial > 1 (2 CPU ranks, gloo): every rank holds the same weights (DDP) and decodes
+    the same fixed subset with the same seed, outside the DDP wrapper (no collective to wait on), so rank 0's
+    scores are the model's; nothing hangs and nothing is split or counted twice."""
+    import os
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    d = seq2seq_study(tmp_path)
+    d["study"]["n_trials"] = 1
+    d["generation"] = {"eval_samples": 4, "max_new_tokens": 4, "examples": 2}
+    d["training"] = {"per_device_train_batch_size": 4}
+    d["resources"] = {"gpus_per_trial": 2, "devices": "cpu"}
+    d["data"]["eval_fraction"] = 0.3  # 6 eval rows: the 4 decoded are a subset, not all there is
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    (t,) = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path}/runs/gen.db").get_trials()
+    assert t.state == TrialState.COMPLETE and t.user_attrs["rank_steps"] == [4, 4]
+    assert set(GENERATION_METRICS) | {"generate_time", "eval_loss"} <= set(t.user_attrs["metrics"])
+    assert t.user_attrs["metrics"]["generated"] == 4.0  # the whole subset, not a rank's share
+    assert t.value == t.user_attrs["metrics"]["rougeL"] and len(t.user_attrs["examples"]) == 2

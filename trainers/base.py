@@ -117,6 +117,7 @@ class TrainResult:
     latency_ms: float | None = None  # inference per example on the first eval batch (``trainers.latency``), when asked
     teacher_time: float | None = None  # distillation: seconds in teacher forward passes (inside train_time)
     data_clean: dict[str, Any] | None = None  # data.clean: rows each rule removed, per split
+    tokenizer_note: str | None = None  # what hpo changed in the tokenizer (PreparedData.tokenizer_note)
     # The trained model (unwrapped from accelerate), for whoever saves it (``hpo train``). Not part of
     # ``to_dict``, which is what leaves the process: a worker keeps no model past its trial.
     model: Any = field(default=None, repr=False, compare=False)

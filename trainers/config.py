@@ -9,7 +9,7 @@ loads into ``transformers.TrainingArguments(**training)`` as it is.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -241,7 +241,8 @@ class GenerationConfig(_Strict):
 
     Names and defaults are ``transformers.GenerationConfig``'s (``max_new_tokens`` excepted). ``eval_samples``
     eval examples, drawn once with ``seed``, are decoded for every trial (the same ones); ``examples`` of
-    them are stored with each trial (source, reference, prediction).
+    them are stored with each trial (source, reference, prediction). ``at_steps``: evals that decode too
+    (recorded, never shown to the pruner), besides the final one.
     """
 
     num_beams: int = Field(default=1, ge=1)
@@ -255,6 +256,8 @@ class GenerationConfig(_Strict):
     eval_samples: int = Field(default=200, ge=1)
     examples: int = Field(default=3, ge=0, le=50)
     seed: int = 0  # which eval examples are decoded, and the sampling seed with do_sample
+    # Steps whose eval decodes and scores too (the final eval always does); a step with no eval never decodes.
+    at_steps: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
 
     def generate_kwargs(self) -> dict[str, Any]:
         """``model.generate`` arguments (sampling ones only when sampling: greedy/beam ignore them)."""

@@ -47,6 +47,7 @@ class PreparedData:
     eval_prompt_lengths: np.ndarray | None = None  # causal prompt -> completion: where each completion starts
     train_words: np.ndarray | None = None  # with data.augment (classification): word id per token, -1 special
     clean_counts: dict[str, Any] | None = None  # with data.clean: rows each rule removed, per split
+    tokenizer_note: str | None = None  # what hpo changed in the tokenizer (a pad token it lacked), to tell the user
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -66,6 +67,8 @@ def cache_key(run: RunConfig) -> str:
     }
     if run.data.augment is not None and run.task == "sequence_classification":
         parts["word_ids"] = True
+    if run.generates:  # only there: the caches of other tasks stay where they are
+        parts["pairs"] = generation.PAIRS_VERSION
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -209,6 +212,7 @@ def _load(path: Path) -> PreparedData:
         eval_prompt_lengths=arr("eval_prompt_lengths"),
         train_words=arr("train_words"),
         clean_counts=meta.get("clean"),
+        tokenizer_note=meta.get("tokenizer_note"),
     )
 
 
@@ -375,8 +379,13 @@ def _format_from_extension(files: str | list[str]) -> str:
 # -------------------------------------------------------------------------------------------- tokenising
 
 
-def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: Path) -> Any:
-    """The tokenizer: from_pretrained(name_or_path), or a byte-level BPE trained here on the train split."""
+def load_tokenizer(
+    model: ModelConfig, train_texts: list[str] | None, out_dir: Path, notes: list[str] | None = None
+) -> Any:
+    """The tokenizer: from_pretrained(name_or_path), or a byte-level BPE trained here on the train split.
+
+    What was changed in a pretrained tokenizer (a pad token set) is appended to ``notes``, for the user.
+    """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok_cfg = model.tokenizer
@@ -411,6 +420,9 @@ def load_tokenizer(model: ModelConfig, train_texts: list[str] | None, out_dir: P
                 raise ConfigError(key, f"{name!r} has neither a pad nor an EOS token; give a tokenizer that has one")
             # Causal LMs often ship without a pad token; reuse EOS as HF examples do.
             tok.pad_token = tok.eos_token
+            if notes is not None:
+                eos = tok.eos_token
+                notes.append(f"{key}: {name!r} has no pad token; its EOS token {eos!r} pads (masked, never learnt)")
     tok.save_pretrained(str(out_dir))
     return tok
 
@@ -436,7 +448,8 @@ def _build(run: RunConfig, out: Path) -> None:
         train, evals, counts = clean_records(train, evals, rules)
     if not train["text"] or not evals["text"]:
         raise ConfigError("data.clean" if rules is not None else "data", "the train or eval split is empty")
-    tok = load_tokenizer(run.model, train["text"] + train.get("target", []), out / "tokenizer")
+    notes: list[str] = []
+    tok = load_tokenizer(run.model, train["text"] + train.get("target", []), out / "tokenizer", notes)
     if rules is not None and counts is not None:
         if rules.needs_tokens:  # lengths in tokens: once the tokenizer exists
             train = length_filter(
@@ -448,6 +461,8 @@ def _build(run: RunConfig, out: Path) -> None:
     meta: dict[str, Any] = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id}
     if counts is not None:
         meta["clean"] = counts
+    if notes and run.generates:  # generation pads (batches, left-padded prompts): the user is told once
+        meta["tokenizer_note"] = "; ".join(notes)
     L = run.data.max_length
     if run.generates:
         meta.update(generation.build_pairs(run, tok, train, evals, out))

@@ -4,14 +4,19 @@ The seam this module owns, between the data cache, the training loop and the met
 
 * tokenising pairs into fixed-width arrays (``build_pairs``, called by ``trainers.data`` when it builds the
   cache): sources / prompts cut to their length (the prefix and suffix kept), targets cut to
-  ``max_target_length`` and counted (``targets_truncated``), EOS after every target. Seq2seq: ``ids`` are
-  the source, ``labels`` the target; causal LM: ``ids`` are prompt + completion and ``labels`` the same with
-  every prompt token masked (-100), so the loss is on the completion only;
+  ``max_target_length`` and counted (``targets_truncated``), EOS after every target. The special tokens
+  are the tokenizer's own (``special_tokens``: what it adds around a source and around a target, e.g.
+  BART's ``<s> ... </s>``, T5's ``... </s>``), read off the tokenizer rather than assumed, with EOS added
+  where it adds none (a tokenizer trained here, GPT-2's) so a target always ends. Seq2seq: ``ids`` are the
+  source, ``labels`` the target; causal LM: ``ids`` are prompt (with the tokenizer's leading specials, e.g.
+  Llama's BOS) + completion + EOS, and ``labels`` the same with every prompt token masked (-100), so the
+  loss is on the completion only;
 * training and eval batches (``to_batch``): padding trimmed to the longest row, masked in the labels;
-* the final eval's decoding (``generate_and_score``): a fixed, seeded subset of ``generation.eval_samples``
-  eval examples (the same for every trial), decoded in batches with the model's ``generate`` and
-  ``max_new_tokens``, scored against the untruncated references (``trainers.textmetrics``), timed apart
-  (``generate_time``), and a few (source, reference, prediction) examples kept.
+* the final eval's decoding, and that of the evals at ``generation.at_steps`` (``generate_and_score``): a fixed,
+  seeded subset of ``generation.eval_samples`` eval examples (the same for every trial), decoded in
+  batches with the model's ``generate`` and ``max_new_tokens``, scored against the untruncated references
+  (``trainers.textmetrics``), timed apart (``generate_time``), and a few (source, reference, prediction)
+  examples kept.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from trainers.base import ConfigError
 from trainers.config import GenerationConfig, RunConfig
 
 TEXTS_FILE = "eval_texts.json"  # eval sources and references, untruncated, in eval order
+# Bump when the token layout of pairs changes (in the cache key of generation runs and, for pretrained
+# tokenizers, the study fingerprint). 2: the tokenizer's own special tokens (BOS of BART, Llama).
+PAIRS_VERSION = 2
 SEQ2SEQ_TARGET_LENGTH = 64  # default max_target_length of seq2seq
 
 
@@ -68,6 +76,23 @@ def _encode(tok: Any, texts: list[str]) -> list[list[int]]:
     return [list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
+def special_tokens(tok: Any, target: bool) -> tuple[list[int], list[int]]:
+    """(tokens before, tokens after) the text that ``tok`` adds to a source (``target=False``) or a target.
+
+    Read off the tokenizer itself (``tok(text)`` / ``tok(text_target=text)`` against the plain tokens), so
+    every tokenizer's own rule applies: BART ``<s> x </s>``, T5 ``x </s>``, Llama ``<s> x``, GPT-2 and the
+    tokenizers trained here nothing. The text is encoded without specials and cut to length first, then
+    wrapped: truncation never cuts a special token off.
+    """
+    probe = "a b c"
+    plain = _encode(tok, [probe])[0]
+    full = list(tok(text_target=probe)["input_ids"] if target else tok(probe)["input_ids"])
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []  # the specials cannot be told apart from the text: add none (EOS is still added)
+
+
 def build_pairs(
     run: RunConfig, tok: Any, train: dict[str, list[Any]], evals: dict[str, list[Any]], out: Path
 ) -> dict[str, Any]:
@@ -81,21 +106,31 @@ def build_pairs(
     d = run.data
     prefix, suffix = d.source_prefix or "", d.source_suffix or ""
     suffix_ids = _encode(tok, [suffix])[0] if suffix else []
-    keep = src_len - len(suffix_ids) - (1 if run.task == "seq2seq" else 0)
+    s_head, s_tail = special_tokens(tok, target=False)
+    if run.task == "seq2seq":
+        t_head, t_tail = special_tokens(tok, target=True)
+        s_tail = s_tail if s_tail[-1:] == [eos] else [*s_tail, eos]  # the encoder sees where the source ends
+    else:  # a prompt is continued, not closed; the completion follows it directly and ends with EOS
+        s_tail, t_head, t_tail = [], [], []
+    t_tail = t_tail if t_tail[-1:] == [eos] else [*t_tail, eos]
+    keep = src_len - len(suffix_ids) - len(s_head) - len(s_tail)
     if keep < 1:
         raise ConfigError("data.source_suffix", f"the suffix is {len(suffix_ids)} tokens: no room left in {src_len}")
+    room = tgt_len - len(t_head) - len(t_tail)
+    if room < 1:
+        raise ConfigError("data.max_target_length", f"{tgt_len} leaves no room for text after the special tokens")
     truncated: dict[str, int] = {}
     for split, cols in (("train", train), ("eval", evals)):
         for i, t in enumerate(cols["target"]):
             if t is None or not str(t).strip():
                 raise ConfigError("data.target_column", f"{split} example {i + 1}: the reference is empty")
-        sources = [ids[:keep] + suffix_ids for ids in _encode(tok, [prefix + str(s) for s in cols["text"]])]
+        src_ids = _encode(tok, [prefix + str(s) for s in cols["text"]])
+        sources = [[*s_head, *ids[:keep], *suffix_ids, *s_tail] for ids in src_ids]
         targets = _encode(tok, [str(t) for t in cols["target"]])
-        truncated[split] = sum(len(t) > tgt_len - 1 for t in targets)
-        targets = [[*t[: tgt_len - 1], eos] for t in targets]
+        truncated[split] = sum(len(t) > room for t in targets)
+        targets = [[*t_head, *t[:room], *t_tail] for t in targets]
         n = len(sources)
         if run.task == "seq2seq":
-            sources = [[*s, eos] for s in sources]
             ids = np.full((n, src_len), pad, np.int32)
             labels = np.full((n, tgt_len), -100, np.int64)
             for r, (s, t) in enumerate(zip(sources, targets, strict=True)):

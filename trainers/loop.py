@@ -25,7 +25,7 @@ from trainers import generation
 from trainers.augment import Augmenter
 from trainers.base import ConfigError, Diverged, NonFiniteLoss, Reporter, TrainResult, diverged
 from trainers.checkpoints import Checkpoints
-from trainers.config import RunConfig
+from trainers.config import GenerationConfig, RunConfig
 from trainers.data import PreparedData, prepare
 from trainers.distill import distiller_for
 from trainers.models import build_model, parameter_counts
@@ -501,9 +501,12 @@ def train(
             if step % eval_every == 0 or step == steps:
                 te = time.perf_counter()
                 state.metrics = evaluate(model, data, run, device)
-                if run.generates and step == steps:  # decoding is ~10x an eval: at the final eval only
-                    generated, examples = generation.generate_and_score(model, data, run, device)
+                # Decoding is ~10x an eval: at the final eval, and at the steps the user named (generation.at_steps)
+                if run.generates and (step == steps or step in (run.generation or GenerationConfig()).at_steps):
+                    generated, shown = generation.generate_and_score(model, data, run, device)
                     state.metrics.update(generated)
+                    if step == steps:  # the examples a trial keeps are its final eval's
+                        examples = shown
                 state.eval_time += time.perf_counter() - te
                 state.evals.append((step, state.metrics))
                 reporter.on_eval(step, state.metrics)
@@ -536,6 +539,7 @@ def train(
         latency_ms=_latency(accelerator.unwrap_model(model), data, run, device) if run.measure_latency else None,
         teacher_time=getattr(loss_fn, "teacher_time", None),
         data_clean=data.clean_counts,
+        tokenizer_note=data.tokenizer_note,
         model=accelerator.unwrap_model(model),
     )
 
@@ -574,4 +578,5 @@ def _decode_only(
         peak_memory_mb=_peak_memory_mb(device),
         model=accelerator.unwrap_model(model),
         examples=examples,
+        tokenizer_note=data.tokenizer_note,
     )

@@ -12,7 +12,7 @@ import pytest
 
 from hpo.config import validate_study
 from hpo.errors import StudyFileError
-from tests.studies import causal_lm, classification
+from studies import causal_lm, classification
 from trainers.augment import AugmentConfig, Augmenter, eda
 from trainers.data import PreparedData
 
@@ -164,7 +164,7 @@ def test_augmentation_keys_are_searchable() -> None:
 
 
 def test_word_ids_are_cached_for_classification(tmp_path: Path) -> None:
-    from tests.studies import write_sentiment_csv
+    from studies import write_sentiment_csv
     from trainers.config import RunConfig
     from trainers.data import prepare
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+import studies
 from hpo.batching import accumulation
 from hpo.config import validate_study
 from hpo.errors import StudyFileError
-from tests import studies
 
 BATCH = {"type": "categorical", "choices": [4, 8, 16]}
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from hpo.cli import app
 from hpo.config import validate_study
-from tests.studies import classification, sentiment_rows, write_csv
+from studies import classification, sentiment_rows, write_csv
 from trainers.clean import CleanConfig, clean_records, summary
 
 CAFE_NFD = unicodedata.normalize("NFD", "café au lait")  # "e" + combining accent: NFKC composes it

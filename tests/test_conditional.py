@@ -7,10 +7,10 @@ from typing import Any
 import optuna
 import pytest
 
+import studies
 from hpo.conditional import active_params, ask, draw_order
 from hpo.config import StudyConfig, validate_study
 from hpo.errors import StudyFileError
-from tests import studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -17,7 +17,7 @@ import yaml
 from hpo.config import validate_study
 from hpo.errors import StudyFileError
 from hpo.references import check_references
-from tests.studies import LEARNING_RATE, causal_lm, classification, tiny_gpt2, write_sentiment_csv
+from studies import LEARNING_RATE, causal_lm, classification, tiny_gpt2, write_sentiment_csv
 from trainers.distill import DistillationConfig, Distiller, soft_loss
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+import studies
 from hpo.config import validate_study
 from hpo.errors import StudyFileError
 from hpo.modelchoice import ModelGroup, group_by_model
 from hpo.references import check_references
-from tests import studies
 from trainers.data import cache_key
 
 NARROW = {"from_config": studies.TINY_GPT2}

@@ -24,7 +24,7 @@ from hpo.pbt import (
     scale_schedule,
 )
 from hpo.space import CategoricalSpec, FloatSpec, IntSpec
-from tests.studies import causal_lm
+from studies import causal_lm
 from trainers.config import RunConfig
 
 

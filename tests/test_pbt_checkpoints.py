@@ -11,7 +11,7 @@ import pytest
 from hpo.config import validate_study
 from hpo.pbt_store import copy_checkpoint, member_dir
 from hpo.pbt_worker import IntervalReporter
-from tests.studies import causal_lm
+from studies import causal_lm
 from trainers.base import NullReporter
 from trainers.checkpoints import latest
 from trainers.config import RunConfig

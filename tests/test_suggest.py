@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
+import studies
 from hpo import yamlio
 from hpo.conditional import ask
 from hpo.config import load_study_file
@@ -19,7 +20,6 @@ from hpo.space import CategoricalSpec, FloatSpec, IntSpec, ParamSpec
 from hpo.storage import create_or_resume, open_storage
 from hpo.suggest import narrow, suggest
 from hpo.warmstart import plan
-from tests import studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 _SPEC: TypeAdapter[Any] = TypeAdapter(ParamSpec)

@@ -10,12 +10,12 @@ import optuna
 import pytest
 import yaml
 
+import studies
 from hpo.conditional import ask
 from hpo.config import StudyConfig, load_study_file
 from hpo.errors import StudyFileError
 from hpo.storage import create_or_resume, open_storage
 from hpo.warmstart import enqueue, plan
-from tests import studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

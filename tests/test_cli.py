@@ -103,6 +103,7 @@ def test_status_before_any_run_says_what_to_do(tmp_path: Path) -> None:
     assert not (tmp_path / "runs" / "e2e.db").exists()
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_end_to_end_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
     path = write(tmp_path, tiny(tmp_path))

@@ -134,6 +134,7 @@ def test_confirm_runs_top_k_on_fresh_seeds_stored_apart_from_the_search(tmp_path
     assert len(load(path, "t:confirm").get_trials()) == 8
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_confirm_resumes_after_kill_9_without_repeating_a_result(tmp_path: Path) -> None:
     path = search(tmp_path)
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -606,6 +606,7 @@ for i in range(6):
 """
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_dashboard_keeps_working_while_another_process_writes(tmp_path: Path) -> None:
     path = sqlite_study_file(tmp_path, "alpha")
     url = f"sqlite:///{tmp_path}/runs/alpha.db"

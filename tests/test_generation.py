@@ -222,6 +222,7 @@ class GenCurveRunner:
                            tokens_per_s=0.0, precision="no", stopped=stopped or reporter.stop_reason())  # fmt: skip
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_the_pruner_sees_one_quantity_in_the_objectives_direction(tmp_path: Path) -> None:
     d = studies.curve("gen", n_trials=10, storage=f"sqlite:///{tmp_path}/s.db")
     d.update(task="seq2seq", objective={"metric": "rougeL"}, pruner={"name": "median", "n_startup_trials": 2})
@@ -638,6 +639,7 @@ class NoteRunner(GenCurveRunner):
         return dataclasses.replace(super().__call__(run, reporter), tokenizer_note=self.NOTE)
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_the_pad_token_notice_is_shown_once_per_study(tmp_path: Path) -> None:
     import warnings
 
@@ -812,6 +814,7 @@ class AtStepsRunner(GenCurveRunner):
         return super().__call__(run, Decoding())
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_at_steps_are_recorded_in_the_curves_and_the_pruner_keeps_the_proxy(tmp_path: Path) -> None:
     from hpo.curves import CurveStore, read_curves
 

@@ -48,6 +48,7 @@ def run(tmp_path: Path, policy: str, retries: int = 3) -> dict[int, optuna.trial
     return {t.params["per_device_train_batch_size"]: t for t in st.get_trials()}
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_retry_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path: Path) -> None:
     trials = run(tmp_path, "retry")
     assert {bs: t.state.name for bs, t in trials.items()} == {4: "COMPLETE", 8: "COMPLETE", 16: "COMPLETE"}
@@ -57,6 +58,7 @@ def test_retry_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path: Pa
     assert trials[16].user_attrs["steps"] == 4
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_retries_exhausted_fail_with_reason_oom(tmp_path: Path) -> None:
     trials = run(tmp_path, "retry", retries=1)
     assert trials[8].state.name == "COMPLETE"
@@ -65,6 +67,7 @@ def test_retries_exhausted_fail_with_reason_oom(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("policy", "state"), [("prune", "PRUNED"), ("fail", "FAIL")])
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_prune_or_fail_policy(tmp_path: Path, policy: str, state: str) -> None:
     trials = run(tmp_path, policy)
     assert trials[4].state.name == "COMPLETE"

@@ -182,6 +182,7 @@ def test_orphaned_running_trial_is_failed_and_rerun(harness: Harness) -> None:
     assert states(study) == {"FAIL": 1, "COMPLETE": 3}
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_live_trial_of_another_process_is_left_alone(harness: Harness) -> None:
     cfg = validate_study(study_dict(study={"n_trials": 2}))
     study, _ = create_or_resume(cfg, harness.storage)
@@ -236,6 +237,7 @@ def test_a_trial_another_process_closed_meanwhile_is_dropped_with_a_note(harness
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_heartbeats_go_on_while_the_main_loop_waits(storage_url: str) -> None:
     # The main loop can wait on the storage for minutes (busy timeout, retries on a lost connection). Other
     # processes must not find its trials without heartbeat meanwhile. Here: a 1 s heartbeat, a 2 s grace,
@@ -292,6 +294,7 @@ def test_resume_with_changed_search_space_is_refused(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize("sampler", ["random", "grid"])
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_processes_sharing_a_study_keep_n_trials_total_and_grid_points_unique(storage_url: str, sampler: str) -> None:
     if storage_url == "memory":
         pytest.skip("an in-memory study cannot be shared between processes")
@@ -310,6 +313,7 @@ def test_processes_sharing_a_study_keep_n_trials_total_and_grid_points_unique(st
         assert len(set(points)) == 10  # no grid point run twice
 
 
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_postgres_restart_during_a_study_is_waited_out(
     postgres_server: Any, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

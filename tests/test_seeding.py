@@ -75,6 +75,7 @@ def test_a_resumed_seeded_study_repeats_no_parameters_and_matches_one_long_run(
 
 
 @pytest.mark.parametrize("sampler", [s[1] for s in SAMPLERS], ids=[s[0] for s in SAMPLERS])
+@pytest.mark.slow  # a few seconds of real processes: CI's slow run (make test stays ~2 min)
 def test_two_processes_on_one_seeded_study_repeat_no_parameters(sampler: dict[str, Any], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/shared.db"
     d = seeded(sampler, 8)

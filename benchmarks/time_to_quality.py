@@ -204,6 +204,10 @@ def run_trainer(side: str, seed: int, setup: dict[str, Any], tmp: Path, cores: i
         children.append(path)
     from vs_trainer import BASELINE_STUDY, LoadSampler
 
+    if procs > 1:
+        # One process makes the database's tables first, as a user launching N processes would: N processes
+        # creating a fresh SQLite schema at once race on Optuna's alembic version row (UNIQUE constraint).
+        optuna.storages.RDBStorage(storage)
     t0 = dt.datetime.now()
     w0 = time.perf_counter()
     with LoadSampler() as load, ChildCpu() as cpu:

@@ -88,4 +88,6 @@ def test_last_trial_runs_on_the_idle_workers_cores_too(tmp_path: Path) -> None:
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     threads = [(t.user_attrs["metrics"]["threads_first"], t.user_attrs["metrics"]["threads_max"]) for t in trials]
     assert threads[0] == (1, 1) and threads[1] == (1, 1)
-    assert threads[2] == (1, 2)  # started on its own thread, raised to 2 once the other worker went idle
+    # Ends on 2 threads: raised once the other worker went idle, or started with 2 when that worker was
+    # already idle at its start (which of the two depends on the machine's timing).
+    assert threads[2][1] == 2 and threads[2][0] in (1, 2)

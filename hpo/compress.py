@@ -341,6 +341,8 @@ def _choose(variants: list[Variant], tolerance: float) -> Variant:
 
 
 def _write(out: Path, r: CompressResult, v: Variant, model: Any, src: Path, config_file: Path, force: bool) -> None:
+    from hpo.ensemble import TOKENIZER_FILES
+
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
@@ -353,7 +355,7 @@ def _write(out: Path, r: CompressResult, v: Variant, model: Any, src: Path, conf
         else:
             model.save_pretrained(staging)
         for f in src.iterdir():  # the tokenizer
-            if f.is_file() and (f.name.startswith("tokenizer") or f.name in _TOKENIZER_FILES):
+            if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
                 shutil.copy2(f, staging / f.name)
         shutil.copy2(config_file, staging / TRAIN_CONFIG)
         info = {**r.to_json(), "quantized": v.quantize, "load": "hpo.compress.load(DIR)"}
@@ -365,8 +367,6 @@ def _write(out: Path, r: CompressResult, v: Variant, model: Any, src: Path, conf
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-
-_TOKENIZER_FILES = {"special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json"}
 
 
 def load(path: str | Path) -> Any:

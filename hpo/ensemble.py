@@ -514,7 +514,7 @@ def _write(
             model.load_state_dict(soups[chosen.name])
             model.save_pretrained(staging)
             for f in best.iterdir():  # tokenizer and the run config (hpo compress reads it)
-                if f.is_file() and (f.name.startswith("tokenizer") or f.name in _TOKENIZER_FILES):
+                if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
                     shutil.copy2(f, staging / f.name)
         else:
             entries = []
@@ -536,7 +536,8 @@ def _write(
         raise
 
 
-_TOKENIZER_FILES = {"special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json"}
+# A tokenizer's files besides `tokenizer*`: what a saved model folder carries over (also hpo.compress).
+TOKENIZER_FILES = {"special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json"}
 
 
 # ---------------------------------------------------------------------------------------------- loader

@@ -434,8 +434,7 @@ class StudyConfig(_Strict):
     def fingerprints(self) -> dict[str, str]:
         """A short hash of each section that must not change when a study is resumed."""
         from hpo.genstudy import generates
-        from trainers.data import CACHE_VERSION  # imports numpy: not needed to validate a file
-        from trainers.generation import PAIRS_VERSION
+        from trainers.versions import CACHE_VERSION, PAIRS_VERSION
 
         # The budget keys only when given: studies from before they existed keep their fingerprint.
         unset = {k for k in ("max_samples", "max_tokens") if getattr(self.fidelity, k) is None}

@@ -133,6 +133,16 @@ class TrainResult:
         return d
 
 
+class _NoHubKernelNotice:
+    """A logging filter: drops bitsandbytes' notice that a Hub kernel could not be loaded."""
+
+    def filter(self, record: Any) -> bool:
+        return "from kernels-community" not in record.getMessage()
+
+
+_NO_HUB_KERNEL_NOTICE = _NoHubKernelNotice()
+
+
 def quiet_libraries() -> None:
     """Silence library chatter that says nothing about the user's study (warnings, transformers' logs and
     progress bars, accelerate's logs).
@@ -155,3 +165,7 @@ def quiet_libraries() -> None:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
+    # transformers.trainer_utils imports peft when installed, and peft imports bitsandbytes, whose CPU backend
+    # logs a warning when it cannot fetch an optional kernel from the Hub (never here: offline, no `kernels`)
+    # in every process, QLoRA or not. Its fallback kernel is the one tested; other bitsandbytes warnings stay.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_HUB_KERNEL_NOTICE)  # one instance: added once

@@ -25,8 +25,7 @@ from trainers import corpora, generation
 from trainers.base import ConfigError
 from trainers.clean import clean_records, length_filter
 from trainers.config import DataConfig, ModelConfig, RunConfig
-
-CACHE_VERSION = 2  # bump when the on-disk layout or the tokenisation changes (2: shuffled eval order)
+from trainers.versions import CACHE_VERSION, PAIRS_VERSION
 
 
 @dataclass
@@ -68,7 +67,7 @@ def cache_key(run: RunConfig) -> str:
     if run.data.augment is not None and run.task == "sequence_classification":
         parts["word_ids"] = True
     if run.generates:  # only there: the caches of other tasks stay where they are
-        parts["pairs"] = generation.PAIRS_VERSION
+        parts["pairs"] = PAIRS_VERSION
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

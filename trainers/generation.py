@@ -33,9 +33,6 @@ from trainers.base import ConfigError
 from trainers.config import GenerationConfig, RunConfig
 
 TEXTS_FILE = "eval_texts.json"  # eval sources and references, untruncated, in eval order
-# Bump when the token layout of pairs changes (in the cache key of generation runs and, for pretrained
-# tokenizers, the study fingerprint). 2: the tokenizer's own special tokens (BOS of BART, Llama).
-PAIRS_VERSION = 2
 SEQ2SEQ_TARGET_LENGTH = 64  # default max_target_length of seq2seq
 
 

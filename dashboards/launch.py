@@ -37,7 +37,8 @@ from hpo.config import StudyConfig, load_study_file
 from hpo.errors import HpoError, StorageError
 from hpo.record import ATTR_DATA_CLEAN, TrialRecord
 from hpo.storage import load_existing, redact, scrub_password
-from hpo.store import study_store, url_password
+from hpo.store import study_store
+from hpo.urls import url_password
 
 A_STUDY_NOTE_VER = "hpo:study_note_ver"  # study system attr: the note version hpo wrote last
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,15 @@ from hpo.config import DEFAULT_RUNS_DIR, StudyConfig, build_problems, load_study
 from hpo.curves import CurvePoint, CurveStore, read_curves
 from hpo.display import RunDisplay, fmt_counts, plural
 from hpo.errors import HpoError, StudyFileError, WorkerSetupError
-from hpo.genstudy import uses_proxy
 from hpo.hostload import HostRun, HostRuns
-from hpo.modelchoice import ModelGroup, group_by_model
 from hpo.orchestrator import Orchestrator, RunSummary
-from hpo.record import ATTR_DATA_CLEAN, TrialRecord, best_of
+from hpo.record import TrialRecord, best_of
 from hpo.references import validate_file
 from hpo.resources import cpu_cores, detect_gpus, plan_workers
+from hpo.status import StudyStatus as StudyStatus  # the public API keeps its names
+from hpo.status import TrialRow as TrialRow
+from hpo.status import status as status
 from hpo.storage import (
-    ATTR_N_TRIALS,
     check_fingerprint,
     create_or_resume,
     load_existing,
@@ -186,73 +185,6 @@ def _header(cfg: StudyConfig, specs: list[Any], created: bool, counts: str, othe
         f" eval every {cfg.fidelity.eval_every}",
         f"  workers  {len(specs)} x {threads} thread(s) on {', '.join(devices)} ({cores} CPU cores{shared})",
     ]
-
-
-@dataclass
-class TrialRow:
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    steps: int | None
-    duration: float | None
-    reason: str | None
-    device: str | None
-
-
-def _row(r: TrialRecord, proxied: bool = False) -> TrialRow:
-    return TrialRow(
-        number=r.number,
-        state=r.state.name,
-        # A generation objective's pruned trial last reported the pruning proxy, not the objective (hpo.genstudy);
-        # several objectives: the first.
-        value=None
-        if proxied and r.state == TrialState.PRUNED
-        else (r.value if r.value is not None or not r.values else r.values[0]),
-        params=dict(r.params),
-        steps=r.steps,
-        duration=r.duration,
-        reason=r.attrs.reason,
-        device=r.attrs.device,
-    )
-
-
-@dataclass
-class StudyStatus:
-    name: str
-    storage: str
-    direction: str
-    metric: str
-    n_trials: int
-    counted: int
-    rows: list[TrialRow]
-    best: TrialRow | None
-    by_model: list[ModelGroup] = field(default_factory=list)  # a study that chooses its model: per model
-    data_clean: dict[str, Any] | None = None  # what data.clean removed (trainers/clean.py)
-
-
-def status(path: str | Path) -> StudyStatus:
-    """The trials of a file's study, oldest first, and the best one."""
-    cfg = load_study_file(path)
-    study = load_existing(cfg)
-    trials = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
-    best = best_of(trials, study.directions[0])  # several objectives: no one best (`hpo best` lists the front)
-    return StudyStatus(
-        name=cfg.study.name,
-        storage=redact(cfg.storage_url),
-        direction=cfg.direction,
-        metric=cfg.metric,
-        n_trials=int(study.user_attrs.get(ATTR_N_TRIALS, cfg.study.n_trials)),
-        counted=sum(1 for t in trials if t.counted),
-        rows=[_row(t, uses_proxy(cfg.metric)) for t in trials],
-        best=_row(best) if best is not None else None,
-        by_model=group_by_model(
-            ((t.number, t.state.name, t.value, t.params) for t in trials if t.counted),
-            {"search_space": {k: v.model_dump() for k, v in cfg.search_space.items()}},
-            cfg.direction,
-        ),
-        data_clean=study.user_attrs.get(ATTR_DATA_CLEAN),
-    )
 
 
 def best(path: str | Path) -> tuple[StudyConfig, TrialRecord]:

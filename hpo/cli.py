@@ -23,7 +23,7 @@ from hpo.display import fmt_counts, fmt_value, plural
 from hpo.errors import HpoError, HpoWarning, StudyFileError, Terminated
 
 if TYPE_CHECKING:
-    from hpo.api import TrialRow
+    from hpo.status import TrialRow
 
 # Imports here are what `hpo --help` pays for (see tests/test_cli_imports.py): Optuna, SQLAlchemy, torch
 # and transformers are imported inside the commands that need them.
@@ -231,10 +231,14 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show every trial: state, parameters, value, steps, duration, and why it was pruned or failed."""
+    import optuna
     from rich import box
     from rich.table import Table
 
-    st = _api().status(study_file)
+    from hpo.status import status as study_status  # not hpo.api: this command runs in loops, keep it light
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = study_status(study_file)
     if as_json:
         out.print_json(
             json.dumps(

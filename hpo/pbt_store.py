@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from hpo.config import DEFAULT_RUNS_DIR, StudyConfig
-from hpo.store import sqlite_path
+from hpo.urls import sqlite_path
 from trainers.checkpoints import PREFIX, latest
 
 _COPY = ".copy-"

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +16,32 @@ import optuna
 import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy import inspect as sql_inspect
-from sqlalchemy.engine import URL
 
 from hpo.config import StudyConfig
-from hpo.errors import HpoWarning, StorageError, StudyMismatchError
+from hpo.errors import StorageError
+from hpo.fingerprint import (  # re-exported: the study attributes every reader names
+    ATTR_CONFIG,
+    ATTR_FINGERPRINT,
+    ATTR_N_TRIALS,
+    ATTR_SECTIONS,
+    check_fingerprint,
+)
 
 # Naming, faults, retries and every private Optuna call live in the storage adapter (``hpo.store``).
 from hpo.store import ANY_OPTUNA_TABLE as _ANY_OPTUNA_TABLE
 from hpo.store import OPTUNA_TABLES as _OPTUNA_TABLES
 from hpo.store import SQLITE_FAULTS as _SQLITE_FAULTS
-from hpo.store import RetryingRDBStorage, redact, storage_fault, study_store, url_password, where
-from hpo.store import sqlite_path as _sqlite_path
+from hpo.store import RetryingRDBStorage, storage_fault, study_store
+from hpo.urls import reader_url, redact, sqlite_uri, url_password, where, writable
+from hpo.urls import sqlite_path as _sqlite_path
 
 # Study attributes hpo writes (user attrs, so optuna-dashboard shows them).
-ATTR_FINGERPRINT = "hpo:fingerprint"
-ATTR_SECTIONS = "hpo:fingerprints"
-ATTR_CONFIG = "hpo:config"
-ATTR_N_TRIALS = "hpo:n_trials"
 
 
 def storage_exists(url: str) -> bool:
     """Whether opening the storage could find an existing study (SQLite: the file exists)."""
     path = _sqlite_path(url)
     return path is None or path.exists()
-
-
-def _writable(path: Path) -> bool:
-    """Whether SQLite may write the file and its folder (where its -wal and -shm files live). False on a
-    read-only file system, a read-only file, or a folder the user cannot write."""
-    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
-
-
-def _sqlite_uri(path: Path, writable: bool) -> str:
-    """A URI that opens an existing SQLite file without creating anything. Where SQLite cannot write (a
-    read-only file system or file), a WAL file is read through its existing -wal/-shm files, or, when
-    there are none (the last writer closed cleanly, so the file holds everything), opened immutable:
-    SQLite could not create them."""
-    from urllib.parse import quote
-
-    uri = f"file:{quote(str(path.absolute()), safe='/')}?mode={'rw' if writable else 'ro'}"
-    if not writable and not (Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()):
-        uri += "&immutable=1"
-    return uri
 
 
 def _sqlite_tables(path: Path) -> set[str]:
@@ -71,7 +53,7 @@ def _sqlite_tables(path: Path) -> set[str]:
     """
     # A writable file is read through a read-write connection: reading writes nothing, and on a WAL file
     # it removes the -wal/-shm it needed when it closes (a read-only connection would leave them).
-    uri = _sqlite_uri(path, _writable(path))
+    uri = sqlite_uri(path, writable(path))
     try:
         con = sqlite3.connect(uri, uri=True, timeout=60)
         try:
@@ -92,19 +74,6 @@ def _not_a_study_database(path: Path, tables: set[str]) -> StorageError:
         return StorageError(f"{path} is {what}, not an hpo study database; check study.storage")
     shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
     return StorageError(f"{path} is not an hpo study database (no Optuna tables; it has {shown}); check study.storage")
-
-
-def reader_url(url: str) -> str:
-    """The URL through which read-only commands read a storage: the URL itself, except for an SQLite file
-    that cannot be written (read-only file system or file), which is opened read-only (``_sqlite_uri``)."""
-    path = _sqlite_path(url)
-    if path is None or not path.exists() or _writable(path):
-        return url
-    database, _, query = _sqlite_uri(path, writable=False).partition("?")
-    params = dict(kv.split("=", 1) for kv in query.split("&"))
-    return URL.create("sqlite", database=database, query={**params, "uri": "true"}).render_as_string(
-        hide_password=False
-    )
 
 
 def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.storages.BaseStorage:
@@ -137,7 +106,7 @@ def open_storage(url: str, create: bool, readonly: bool = False) -> optuna.stora
                 raise _not_a_study_database(path, tables)
         if readonly:
             open_url = reader_url(url)
-        elif not _writable(path):  # SQLite might open it and fail only at the first write
+        elif not writable(path):  # SQLite might open it and fail only at the first write
             raise StorageError(f"{path}: {_SQLITE_FAULTS['SQLITE_READONLY']}")
         else:
             # WAL lets readers (optuna-dashboard, `hpo status`) work while the run writes, and is
@@ -285,52 +254,6 @@ def _describe(cfg: StudyConfig, study: optuna.Study) -> bool:
     except sqlalchemy.exc.IntegrityError:
         return False  # written at the same moment by another process: check that it is the same study
     return True
-
-
-class StudyChangedWarning(HpoWarning):
-    """A read-only command shows a study whose file changed since the study was created."""
-
-
-def check_fingerprint(cfg: StudyConfig, study: optuna.Study, strict: bool = True) -> None:
-    """Refuse to resume a study whose results came from a different search space, objective or base config.
-
-    ``strict=False`` (commands that only read): a changed file is a ``StudyChangedWarning``, not an error,
-    and a study still being created (no fingerprint, no trials) is shown as it is.
-    """
-    attrs = study.user_attrs
-    stored = attrs.get(ATTR_FINGERPRINT)
-    if stored is None:
-        if not study.get_trials(deepcopy=False):
-            return  # still being created; `create_or_resume` completes it
-        raise StudyMismatchError(
-            f"study {cfg.study.name!r} in {redact(cfg.storage_url)} was not created by hpo; "
-            "give `study.name` a new value to start a new study"
-        )
-    if stored == cfg.fingerprint():
-        return
-    same_directions = [d.name.lower() for d in study.directions] == cfg.directions
-    if not study.get_trials(deepcopy=False) and same_directions:
-        return  # nothing to compare yet (e.g. a run that failed at start-up on a typo): the name stays usable
-    old = attrs.get(ATTR_SECTIONS, {})
-    changed = [k for k, v in cfg.fingerprints().items() if old.get(k) != v]
-    if not same_directions:
-        changed.append("direction")
-    what = ", ".join(changed) or "configuration"
-    if not strict:
-        warnings.warn(
-            StudyChangedWarning(
-                f"the study file changed since study {cfg.study.name!r} was created ({what}); "
-                "showing the study as it is in the database"
-            ),
-            stacklevel=2,
-        )
-        return
-    raise StudyMismatchError(
-        f"study {cfg.study.name!r} in {redact(cfg.storage_url)} was created from a different "
-        f"{what}; its results would not be comparable. "
-        "To start a new study, change `study.name` in the file (or delete the old study with "
-        f"`optuna delete-study --study-name {cfg.study.name} --storage URL`)."
-    )
 
 
 def load_existing(cfg: StudyConfig, strict: bool = False) -> optuna.Study:

@@ -31,7 +31,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -40,10 +39,10 @@ from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import and_, exists, func, not_, select
-from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError
 from hpo.record import A_DISCARDED, A_REQUEUED, counted
+from hpo.urls import where
 
 HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
 GRACE_PERIOD = 40  # a RUNNING trial without heartbeat for this long belonged to a dead process
@@ -60,58 +59,6 @@ _T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------------------------- naming, faults
-def redact(url: str) -> str:
-    """The URL with its password hidden (``user:***@host``, and a ``password=`` query argument, which libpq
-    accepts too): safe for logs, reports and exports."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return "<storage>"
-    if "password" in u.query:
-        u = u.update_query_dict({"password": "***"})
-    return u.render_as_string(hide_password=True) if u.password or "password" in u.query else url
-
-
-def url_password(url: str) -> str | None:
-    """The password a storage URL carries (``user:PASSWORD@host`` or ``?password=PASSWORD``), if any."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return None
-    if u.password:
-        return str(u.password)
-    given = u.query.get("password")
-    value = given[0] if isinstance(given, tuple) else given
-    return str(value) if value else None
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of an SQLite URL; None for other databases and in-memory SQLite."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
-
-
-def uri_path(database: str) -> str:
-    """The file named by an SQLite ``file:`` URI."""
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(database).path)
-
-
-def where(url: str) -> str:
-    """How errors name a storage: the SQLite file's path, or the URL with its password hidden."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return redact(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
-        return uri_path(u.database)
-    path = sqlite_path(url)
-    return str(path) if path is not None else redact(url)
-
-
 # SQLite results (``sqlite_errorname`` prefixes) that describe the file or the disk, not a passing
 # condition: retrying cannot help, so they end the command at once with the cause.
 SQLITE_FAULTS = {

@@ -72,3 +72,27 @@ def test_status_does_not_import_torch_or_transformers(tmp_path: Path) -> None:
     heavy, out = heavy_imports(["status", str(ROOT / "studies" / "quickstart.yaml")], cwd=tmp_path)
     assert "no study yet" in out
     assert not {"torch", "transformers"} & set(heavy)
+
+
+def test_status_of_a_study_reads_it_without_alembic_or_the_orchestrator(tmp_path: Path) -> None:
+    """`hpo status` on a real study goes through the SQL snapshot (hpo.snapshot): no alembic (Optuna's schema
+    check) and no torch; the table still shows every trial."""
+    import optuna
+    import yaml
+
+    from hpo.config import load_study_file
+    from hpo.storage import create_or_resume, open_storage
+
+    raw = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
+    raw["study"]["storage"] = f"sqlite:///{tmp_path / 'q.db'}"
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_study_file(path)
+    study, _ = create_or_resume(cfg, open_storage(cfg.storage_url, create=True))
+    for value in (310.5, 290.25):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={"steps": 300}))
+
+    heavy, out = heavy_imports(["status", str(path)], cwd=tmp_path)
+
+    assert "290.2" in out and "310.5" in out and "2/16 trials" in out
+    assert not {"alembic", "torch", "transformers"} & set(heavy)

@@ -240,7 +240,7 @@ def test_urllib_reaches_the_dashboard_through_its_printed_url(tmp_path: Path) ->
     ],
 )
 def test_a_password_in_either_place_of_the_url_is_found_and_hidden(url: str, password: str | None) -> None:
-    from hpo.store import redact, url_password
+    from hpo.urls import redact, url_password
 
     assert url_password(url) == password
     shown = redact(url)

@@ -35,10 +35,10 @@ from hpo.cli import app
 from hpo.config import load_study_file, validate_study
 from hpo.display import RunDisplay
 from hpo.errors import StorageError, StudyMismatchError
+from hpo.fingerprint import StudyChangedWarning
 from hpo.storage import (
     ATTR_CONFIG,
     ATTR_FINGERPRINT,
-    StudyChangedWarning,
     create_or_resume,
     load_existing,
     open_storage,

@@ -33,54 +33,29 @@ SCHEMA_VERSION = 12
 ALEMBIC_REVISION = "v3.2.0.a"
 
 _meta = sa.MetaData()
-_studies = sa.Table("studies", _meta, sa.Column("study_id", sa.Integer), sa.Column("study_name", sa.String))
-_directions = sa.Table(
-    "study_directions",
-    _meta,
-    sa.Column("study_id", sa.Integer),
-    sa.Column("direction", sa.String),
-    sa.Column("objective", sa.Integer),
-)
-_study_attrs = sa.Table(
-    "study_user_attributes", _meta, sa.Column("study_id", sa.Integer), sa.Column("key", sa.String),
-    sa.Column("value_json", sa.Text),
-)  # fmt: skip
-_trials = sa.Table(
-    "trials",
-    _meta,
-    sa.Column("trial_id", sa.Integer),
-    sa.Column("number", sa.Integer),
-    sa.Column("study_id", sa.Integer),
-    sa.Column("state", sa.String),
-    sa.Column("datetime_start", sa.DateTime),
-    sa.Column("datetime_complete", sa.DateTime),
-)
 
 
-def _trial_table(name: str, *columns: sa.Column[Any]) -> sa.Table:
-    return sa.Table(name, _meta, sa.Column("trial_id", sa.Integer), *columns)
+def _table(name: str, **columns: Any) -> sa.Table:
+    """The columns of one of Optuna's tables that the snapshot reads (name=type)."""
+    return sa.Table(name, _meta, *(sa.Column(k, t) for k, t in columns.items()))
 
 
-_params = _trial_table(
-    "trial_params",
-    sa.Column("param_id", sa.Integer),
-    sa.Column("param_name", sa.String),
-    sa.Column("param_value", sa.Float),
-    sa.Column("distribution_json", sa.Text),
+INT, STR, TEXT, FLOAT, TIME = sa.Integer, sa.String, sa.Text, sa.Float, sa.DateTime
+_studies = _table("studies", study_id=INT, study_name=STR)
+_directions = _table("study_directions", study_id=INT, direction=STR, objective=INT)
+_study_attrs = _table("study_user_attributes", study_id=INT, key=STR, value_json=TEXT)
+_trials = _table(
+    "trials", trial_id=INT, number=INT, study_id=INT, state=STR, datetime_start=TIME, datetime_complete=TIME
 )
-_values = _trial_table(
-    "trial_values", sa.Column("objective", sa.Integer), sa.Column("value", sa.Float), sa.Column("value_type", sa.String)
+_params = _table("trial_params", trial_id=INT, param_id=INT, param_name=STR, param_value=FLOAT, distribution_json=TEXT)
+_values = _table("trial_values", trial_id=INT, objective=INT, value=FLOAT, value_type=STR)
+_intermediate = _table(
+    "trial_intermediate_values", trial_id=INT, step=INT, intermediate_value=FLOAT, intermediate_value_type=STR
 )
-_intermediate = _trial_table(
-    "trial_intermediate_values",
-    sa.Column("step", sa.Integer),
-    sa.Column("intermediate_value", sa.Float),
-    sa.Column("intermediate_value_type", sa.String),
-)
-_user_attrs = _trial_table("trial_user_attributes", sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
-_system_attrs = _trial_table("trial_system_attributes", sa.Column("key", sa.String), sa.Column("value_json", sa.Text))
-_version = sa.Table("version_info", _meta, sa.Column("schema_version", sa.Integer))
-_alembic = sa.Table("alembic_version", _meta, sa.Column("version_num", sa.String))
+_user_attrs = _table("trial_user_attributes", trial_id=INT, key=STR, value_json=TEXT)
+_system_attrs = _table("trial_system_attributes", trial_id=INT, key=STR, value_json=TEXT)
+_version = _table("version_info", schema_version=INT)
+_alembic = _table("alembic_version", version_num=STR)
 
 # Optuna stores infinities (and NaN intermediate values) as NULL plus a type; FINITE carries the number.
 _SPECIAL = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}

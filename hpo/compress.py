@@ -368,7 +368,6 @@ def _write(out: Path, r: CompressResult, v: Variant, model: Any, src: Path, conf
         raise
 
 
-
 def load(path: str | Path) -> Any:
     """A folder `hpo compress` wrote, as a model (an int8 variant is rebuilt, then its weights loaded)."""
     from transformers import AutoConfig

@@ -97,6 +97,8 @@ Objectives = Annotated[
     Union[Annotated[ObjectiveSection, Tag("one")], Annotated[list[ObjectiveSection], Tag("many")]],
     Discriminator(lambda v: "many" if isinstance(v, list) else "one"),
 ]
+
+
 class SaveModelsSection(_Strict):
     """Keep the final weights of the best ``top_k`` complete trials (``hpo.saved_models``); others are deleted."""
 

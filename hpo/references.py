@@ -97,8 +97,38 @@ def check_references(cfg: StudyConfig, source: str) -> None:
         from hpo.teacher import check_teacher
 
         check_teacher(cfg, source, problems)
+    if cfg.warm_start is not None and cfg.warm_start.from_ is not None:
+        _check_warm_start(cfg.warm_start.from_, base, problems)
     if problems:
         raise StudyFileError(source, problems)
+
+
+def _check_warm_start(value: str, base: Path | None, problems: list[tuple[str, str]]) -> None:
+    """The earlier study of ``warm_start.from``: its file exists and validates, and (SQLite) its database
+    exists. Which of its trials fit this space is `hpo run`'s to say (it reads them; validate reads no study)."""
+    from hpo.config import load_study_file  # hpo.config imports this module
+    from hpo.urls import redact, sqlite_path
+
+    path = resolve_file(value, base)
+    if not Path(path).is_file():
+        problems.append(("warm_start.from", f"no such study file: {path}{_where(value, base)}"))
+        return
+    try:
+        other = load_study_file(path)
+    except StudyFileError as e:
+        problems.append(("warm_start.from", f"{value} does not validate: {str(e).splitlines()[0]}"))
+        return
+    db = sqlite_path(other.storage_url)
+    if db is not None and not db.exists():
+        # Relative SQLite paths are relative to the working directory, as for `hpo run`.
+        problems.append(
+            (
+                "warm_start.from",
+                f"{value}: no study yet: {redact(other.storage_url)} does not exist"
+                + (f" in {Path.cwd()}" if not db.is_absolute() else "")
+                + "; run that study first",
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -132,6 +132,28 @@ def test_a_warm_start_study_that_does_not_exist(tmp_path: Path, warm: dict[str, 
     assert not (tmp_path / "old.db").exists() and not (tmp_path / "s.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("warm", "message"),
+    [
+        ({"from": "nope.yaml"}, "s.yaml: warm_start.from: no such study file: nope.yaml"),
+        ({"from": "old.yaml"}, "s.yaml: warm_start.from: old.yaml: no study yet: sqlite:///old.db does not exist"),
+        ({"from": "bad.yaml"}, "s.yaml: warm_start.from: bad.yaml does not validate: bad.yaml: sampler: `name`"),
+    ],
+    ids=["no file", "never run", "invalid file"],
+)
+def test_hpo_validate_follows_the_warm_start_reference(tmp_path: Path, warm: dict[str, Any], message: str) -> None:
+    from hpo.references import validate_file
+
+    write(tmp_path, "old.yaml", studies.causal_lm("old", storage=f"sqlite:///{tmp_path}/old.db", search_space=SPACE))
+    bad = studies.causal_lm("bad", storage=f"sqlite:///{tmp_path}/bad.db", search_space=SPACE)
+    write(tmp_path, "bad.yaml", {**bad, "sampler": {"name": "annealing"}})
+    path = study_file(tmp_path, warm_start=warm)
+    with pytest.raises(StudyFileError) as e:
+        validate_file(path)
+    assert str(e.value).replace(str(tmp_path) + "/", "").startswith(message), str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "old.yaml", "s.yaml"]  # nothing written
+
+
 def test_the_cli_refuses_a_bad_enqueue_file_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -215,6 +215,8 @@ def model_table(sd: D.StudyData, config: Any) -> str:
         f"median {sd.metric}",
     ]
     return "<h3>By model</h3>" + _table(heads, rows, "top")
+
+
 def examples_table(sd: D.StudyData, n: int = 3) -> str:
     """Generation tasks: the fixed eval examples as the best ``n`` complete trials wrote them, best first."""
     best = [t for t in D.rank_trials(sd.trials, sd.direction)[:n] if t.examples]

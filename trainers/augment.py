@@ -66,6 +66,7 @@ class AugmentConfig(BaseModel):
 def row_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     """The generator of one example's augmentation in one epoch."""
     import numpy as np
+
     return np.random.default_rng([seed, epoch, int(row)])
 
 
@@ -118,6 +119,7 @@ class Augmenter:
     def rows(self, data: PreparedData, rows: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The (augmented) token ids of training ``rows`` in ``epoch``, and their lengths (classification)."""
         import numpy as np
+
         c = self.cfg
         ids = data.train_ids[rows].astype(np.int64)
         if self.task == "causal_lm":

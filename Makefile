@@ -50,6 +50,7 @@ test-all: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check hpo trainers dashboards tests benchmarks
+	$(BIN)/ruff format --check hpo trainers dashboards tests benchmarks
 	$(BIN)/mypy hpo trainers dashboards
 
 ## Where a study's wall time goes (training vs everything else).

@@ -14,6 +14,8 @@ Each student study runs with ``hpo run`` (a subprocess, as a user runs it) once 
 (``--seeds``), ``--trials`` trials of ``--steps`` steps, into a fresh database. Reports per study and seed the
 best value and wall time, then per kind the median and range over seeds, and the paired difference
 (distilled - labels) with a 95% t-interval over seeds. ``--teacher DIR`` reuses a trained teacher folder.
+The distilled trials also pay the teacher's forward passes; ``--kinds labels --labels-steps N`` runs only the
+label-only studies, N steps per trial (no teacher needed), for the comparison at equal compute.
 ``--quick``: 2 trials of 12 steps, one seed pair, a teacher of 2 trials (the plumbing: 9 min on a machine
 under load 20; tests/test_bench_distill.py runs it).
 
@@ -99,15 +101,16 @@ def train_teacher(pair: str, trials: int, steps: int | None, full_steps: int | N
     return work / "teacher-export" / "model"
 
 
-def student(pair: str, kind: str, teacher: Path) -> dict[str, Any]:
+def student(pair: str, kind: str, teacher: Path | None) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((STUDIES / PAIRS[pair]["student"]).read_text())
     if pair == "quickstart":
+        assert teacher is not None, "the quickstart student uses the teacher's tokenizer"
         data["model"]["tokenizer"] = {"name_or_path": str(teacher)}  # the teacher's: one vocabulary
         data["search_space"] = {"training.learning_rate": data["search_space"]["training.learning_rate"]}
         data["distillation"] = {"teacher": str(teacher), "temperature": 2.0, "alpha": 0.5}
         data["search_space"]["distillation.temperature"] = {"type": "float", "low": 1.0, "high": 8.0}
         data["search_space"]["distillation.alpha"] = {"type": "float", "low": 0.0, "high": 1.0}
-    else:
+    elif teacher is not None:  # None: labels alone, the section is dropped below
         data["distillation"]["teacher"] = str(teacher)
     if kind == "labels":
         del data["distillation"]
@@ -115,7 +118,9 @@ def student(pair: str, kind: str, teacher: Path) -> dict[str, Any]:
     return data
 
 
-def run_student(pair: str, kind: str, seed: int, trials: int, steps: int, teacher: Path, work: Path) -> dict[str, Any]:
+def run_student(
+    pair: str, kind: str, seed: int, trials: int, steps: int, teacher: Path | None, work: Path
+) -> dict[str, Any]:
     name = f"{pair}-{kind}-s{seed}"
     data = cut(student(pair, kind, teacher), name, trials, steps, seed, work)
     path = work / f"{name}.yaml"
@@ -128,6 +133,7 @@ def run_student(pair: str, kind: str, seed: int, trials: int, steps: int, teache
     return {
         "kind": kind,
         "seed": seed,
+        "steps": steps,
         "objective": data["objective"]["metric"],
         "best": best["value"],
         "best_params": best["params"],
@@ -141,7 +147,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("distilled", "labels"):
         vals = [r["best"] for r in rows if r["kind"] == kind]
-        out[kind] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+        if vals:
+            out[kind] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+    if len(out) < 2:
+        return out
     by_seed = {(r["kind"], r["seed"]): r["best"] for r in rows}
     seeds = sorted({r["seed"] for r in rows})
     diffs = [by_seed[("distilled", s)] - by_seed[("labels", s)] for s in seeds]
@@ -158,9 +167,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=None, help="per trial (default: the student study's)")
     ap.add_argument("--teacher", default=None, help="a trained teacher folder (skips training one)")
     ap.add_argument("--teacher-trials", type=int, default=None, help="default: the teacher study's n_trials")
+    ap.add_argument("--kinds", default="distilled,labels", help="which student studies (labels alone: no teacher)")
+    ap.add_argument("--labels-steps", type=int, default=None, help="steps of the label-only trials (default: --steps)")
     ap.add_argument("--quick", action="store_true", help="2 trials of 12 steps, one seed (the plumbing)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    kinds = [k for k in ("distilled", "labels") if k in args.kinds.split(",")]
+    if not kinds or set(args.kinds.split(",")) - {"distilled", "labels"}:
+        ap.error(f"--kinds: distilled and/or labels, not {args.kinds!r}")
+    if args.pair == "quickstart" and not args.teacher and kinds == ["labels"]:
+        ap.error("--pair quickstart --kinds labels: the student uses the teacher's tokenizer; give --teacher DIR")
     load_start = os.getloadavg()
     seeds = [int(s) for s in args.seeds.split(",")]
     default_steps = yaml.safe_load((STUDIES / PAIRS[args.pair]["student"]).read_text())["fidelity"]["max_steps"]
@@ -174,23 +190,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        teacher: Path | None
         if args.teacher:
             teacher = Path(args.teacher).resolve()
+        elif kinds == ["labels"]:
+            teacher = None  # nothing to distil from: the label-only studies need no teacher
         else:
             written = yaml.safe_load((STUDIES / PAIRS[args.pair]["teacher"]).read_text())["study"]["n_trials"]
             n = teacher_trials or written
             teacher = train_teacher(args.pair, n, teacher_steps, full_steps, work)
-        teacher_metrics = json.loads((teacher / "metrics.json").read_text()).get("metrics")
+        teacher_metrics = json.loads((teacher / "metrics.json").read_text()).get("metrics") if teacher else None
         for seed in seeds:
-            for kind in ("distilled", "labels"):
-                r = run_student(args.pair, kind, seed, trials, steps, teacher, work)
+            for kind in kinds:
+                n = (args.labels_steps or steps) if kind == "labels" else steps
+                r = run_student(args.pair, kind, seed, trials, n, teacher, work)
                 rows.append(r)
                 print(f"{kind:9} seed {seed}: best {r['objective']} {r['best']:.4g}, {r['wall_s']:.0f}s", flush=True)
     summary = summarise(rows)
-    for kind in ("distilled", "labels"):
+    for kind in kinds:
         s = summary[kind]
         print(f"{kind:9}: median {s['median']:.4g} (range {s['min']:.4g}-{s['max']:.4g}, {s['n']} seeds)")
-    d = summary["difference"]
+    d = summary.get("difference") or {"mean": math.nan, "ci95": [math.nan, math.nan]}
     print(f"distilled - labels: mean {d['mean']:+.4g}, 95% CI [{d['ci95'][0]:+.4g}, {d['ci95'][1]:+.4g}]")
     out = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -202,12 +222,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quick": args.quick,
         "trials": trials,
         "steps": steps,
-        "teacher": {"folder": str(teacher), "metrics": teacher_metrics},
+        "labels_steps": args.labels_steps or steps,
+        "kinds": kinds,
+        "teacher": {"folder": str(teacher) if teacher else None, "metrics": teacher_metrics},
         "wall_s": round(time.perf_counter() - t0, 1),
         "rows": rows,
         "summary": summary,
     }
-    name = f"distillation-{args.pair}{'-quick' if args.quick else ''}.json"
+    only = "" if len(kinds) == 2 else f"-{kinds[0]}-only"
+    name = f"distillation-{args.pair}{only}{'-quick' if args.quick else ''}.json"
     path = Path(args.json or ROOT / "benchmarks" / "data" / name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

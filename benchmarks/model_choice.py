@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,7 +32,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation import ROOT, STUDIES, hpo, t_interval
+from distillation import STUDIES, record, run_and_best, t_interval, write_json
 
 KINDS = ("search", "narrow", "wide")
 
@@ -64,12 +61,7 @@ def run_one(kind: str, seed: int, trials: int, steps: int, work: Path) -> dict[s
     data["sampler"]["n_startup_trials"] = min(data["sampler"]["n_startup_trials"], max(1, trials // 2))
     data["fidelity"] = {**data["fidelity"], "max_steps": steps, "eval_every": max(1, steps // 6)}
     data["pruner"] = {**data["pruner"], "n_warmup_steps": max(1, steps // 6)}
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    t0 = time.perf_counter()
-    hpo("run", str(path), cwd=work)
-    wall = time.perf_counter() - t0
-    best = json.loads(hpo("best", str(path), "--json", cwd=work))
+    wall, best = run_and_best(data, name, work)
     return {
         "kind": kind,
         "seed": seed,
@@ -128,21 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"search - oracle (the better fixed model per seed): mean {d['mean']:+.1f},"
         f" 95% CI [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
     )
-    out = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "load_at_start": load_start,
-        "load_at_end": os.getloadavg(),
-        "quick": args.quick,
-        "trials": trials,
-        "steps": steps,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "rows": rows,
-        "summary": summary,
-    }
-    path = Path(args.json or ROOT / "benchmarks" / "data" / f"model_choice{'-quick' if args.quick else ''}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    out = record(load_start, t0, quick=args.quick, trials=trials, steps=steps, rows=rows, summary=summary)
+    write_json(out, args.json, f"model_choice{'-quick' if args.quick else ''}.json")
     return out
 
 

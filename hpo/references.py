@@ -107,7 +107,7 @@ def _check_warm_start(value: str, base: Path | None, problems: list[tuple[str, s
     """The earlier study of ``warm_start.from``: its file exists and validates, and (SQLite) its database
     exists. Which of its trials fit this space is `hpo run`'s to say (it reads them; validate reads no study)."""
     from hpo.config import load_study_file  # hpo.config imports this module
-    from hpo.urls import redact, sqlite_path
+    from hpo.urls import missing_sqlite
 
     path = resolve_file(value, base)
     if not Path(path).is_file():
@@ -118,17 +118,9 @@ def _check_warm_start(value: str, base: Path | None, problems: list[tuple[str, s
     except StudyFileError as e:
         problems.append(("warm_start.from", f"{value} does not validate: {str(e).splitlines()[0]}"))
         return
-    db = sqlite_path(other.storage_url)
-    if db is not None and not db.exists():
-        # Relative SQLite paths are relative to the working directory, as for `hpo run`.
-        problems.append(
-            (
-                "warm_start.from",
-                f"{value}: no study yet: {redact(other.storage_url)} does not exist"
-                + (f" in {Path.cwd()}" if not db.is_absolute() else "")
-                + "; run that study first",
-            )
-        )
+    missing = missing_sqlite(other.storage_url)  # relative to the working directory, as for `hpo run`
+    if missing is not None:
+        problems.append(("warm_start.from", f"{value}: {missing}; run that study first"))
 
 
 # ------------------------------------------------------------------------------------------------- data

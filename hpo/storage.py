@@ -32,7 +32,7 @@ from hpo.store import ANY_OPTUNA_TABLE as _ANY_OPTUNA_TABLE
 from hpo.store import OPTUNA_TABLES as _OPTUNA_TABLES
 from hpo.store import SQLITE_FAULTS as _SQLITE_FAULTS
 from hpo.store import RetryingRDBStorage, storage_fault, study_store
-from hpo.urls import reader_url, redact, sqlite_uri, url_password, where, writable
+from hpo.urls import missing_sqlite, reader_url, redact, sqlite_uri, url_password, where, writable
 from hpo.urls import sqlite_path as _sqlite_path
 
 # Study attributes hpo writes (user attrs, so optuna-dashboard shows them).
@@ -261,16 +261,15 @@ def load_existing(cfg: StudyConfig, strict: bool = False) -> optuna.Study:
     exist; the storage is opened read-only. A study whose file changed is shown with a
     ``StudyChangedWarning`` unless ``strict`` (then it is refused, as `hpo run` does)."""
     url = cfg.storage_url
-    if not storage_exists(url):
+    missing = missing_sqlite(url)
+    if missing is not None:
         path = _sqlite_path(url)
-        # A relative SQLite path (the default runs/<name>.db) is relative to the working directory, not to
-        # the study file: say where it was looked for, and how to reach a study run from elsewhere.
-        where = f" in {Path.cwd()}" if path is not None and not path.is_absolute() else ""
+        relative = path is not None and not path.is_absolute()  # say how to reach a study run elsewhere
         raise StorageError(
-            f"no study yet: {redact(url)} does not exist{where}; run `hpo run` on the file first"
+            f"{missing}; run `hpo run` on the file first"
             + (
                 ", or run this command from the directory the study ran in (or give study.storage an absolute path)"
-                if where
+                if relative
                 else ""
             )
         )

@@ -45,6 +45,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def missing_sqlite(url: str) -> str | None:
+    """``no study yet: URL does not exist[ in CWD]`` when the URL's SQLite file is not there; None otherwise.
+
+    A relative SQLite path (the default runs/<name>.db) is relative to the working directory, not to the
+    study file: the message says where it was looked for.
+    """
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return None
+    return f"no study yet: {redact(url)} does not exist" + ("" if path.is_absolute() else f" in {Path.cwd()}")
+
+
 def uri_path(database: str) -> str:
     """The file named by an SQLite ``file:`` URI."""
     from urllib.parse import unquote, urlsplit

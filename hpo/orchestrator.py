@@ -338,7 +338,13 @@ class Orchestrator:
         worker.send(trial.number, run.model_dump(mode="json"))
         self.display.trial_started(trial.number, params, worker.spec.device_label, length.max_steps)
         spec = worker.spec
-        where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
+        where = TrialAttrs(
+            device=spec.device_label,
+            worker=spec.worker_id,
+            host=HOSTNAME,
+            orchestrator_pid=os.getpid(),
+            worker_pid=worker.process.pid,
+        )
         self._set_attrs(trial, where.to_user_attrs())
         self._beat.beat([self.store.trial_id(trial)])
 

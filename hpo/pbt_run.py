@@ -185,7 +185,13 @@ class PbtOrchestrator(Orchestrator):
         worker.send(trial.number, payload)
         self.display.trial_started(trial.number, rec.params, worker.spec.device_label, self.max_steps)
         spec = worker.spec
-        where = TrialAttrs(device=spec.device_label, worker=spec.worker_id, host=HOSTNAME, orchestrator_pid=os.getpid())
+        where = TrialAttrs(
+            device=spec.device_label,
+            worker=spec.worker_id,
+            host=HOSTNAME,
+            orchestrator_pid=os.getpid(),
+            worker_pid=worker.process.pid,
+        )
         self._set_attrs(trial, where.to_user_attrs())
 
     def _judge(self, r: Running, step: int, metrics: dict[str, float]) -> None:

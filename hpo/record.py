@@ -103,6 +103,7 @@ class TrialAttrs:
     worker: int | None = _attr(_int, "worker id within its orchestrator")
     host: str | None = _attr(_str, "host name of the orchestrator running it")
     orchestrator_pid: int | None = _attr(_int, "pid of the orchestrator running it")
+    worker_pid: int | None = _attr(_int, "pid of the worker process running it (to inspect or stop that process)")
     # With the worker's result
     metrics: Mapping[str, float] | None = _attr(_metrics, "final eval metrics")
     steps: int | None = _attr(_int, "optimizer steps run")

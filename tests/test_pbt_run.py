@@ -144,10 +144,36 @@ def _wait_for_step(storage: str, step: int, timeout: float = 300.0) -> None:
     raise AssertionError(f"the population never reached step {step}")
 
 
-def _workers(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    pids = [int(x) for x in out.split()]
-    return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+def _kill_a_worker_mid_interval(storage: str, interval: int, timeout: float = 300.0) -> int:
+    """``kill -9`` the worker of a member that is inside an interval past the first boundary; returns the step
+    that interval started at. The worker is stopped (SIGSTOP) and the storage read again before the kill: a
+    worker that ended its interval between the two reads (its member then reported the boundary's eval, or it
+    sat idle waiting for the others) would be killed with nothing to re-run, so it is let go and another
+    moment is tried."""
+
+    def mid_interval() -> dict[int, tuple[int, int]]:  # trial -> (worker pid, last reported step)
+        try:
+            got = members(storage)
+        except Exception:  # the study or its attributes are not written yet
+            return {}
+        out = {}
+        for t, _ in got.values():
+            pid, steps = t.user_attrs.get("worker_pid"), t.intermediate_values
+            if t.state == TrialState.RUNNING and pid and steps and max(steps) > interval and max(steps) % interval:
+                out[t.number] = (pid, max(steps))
+        return out
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for number, (pid, step) in mid_interval().items():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(1.0)  # the orchestrator takes in whatever the worker sent before it stopped
+            if mid_interval().get(number) == (pid, step):
+                os.kill(pid, signal.SIGKILL)
+                return step - step % interval
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.1)
+    raise AssertionError("no worker was ever caught inside an interval")
 
 
 def test_kill_9_of_the_run_resumes_to_the_uninterrupted_result(
@@ -177,17 +203,14 @@ def test_kill_9_of_a_worker_reruns_its_interval_to_the_uninterrupted_result(
     path, storage = pbt_study(tmp_path / "c")
     proc = _start(path, cache)
     try:
-        _wait_for_step(storage, 24)
-        workers = _workers(proc.pid)
-        assert workers
-        os.kill(workers[0], signal.SIGKILL)
+        start = _kill_a_worker_mid_interval(storage, interval=16)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out
     said = " ".join(out.split())  # the console wraps long lines when it is not a terminal
-    assert "worker died (exit code -9); its interval runs again from step 16" in said
+    assert f"worker died (exit code -9); its interval runs again from step {start}" in said, out
     assert outcome(storage) == outcome(expected_storage)
 
 

@@ -34,6 +34,7 @@ DIST = {"x": FloatDistribution(0.0, 1.0)}
 # renaming a field is a format change, and must fail here.
 STORED_NAMES = {
     "device", "worker", "host", "orchestrator_pid",
+    "worker_pid",  # added to find the process of a trial (a stuck one, a test's kill -9)
     "metrics", "steps", "train_time", "eval_time", "setup_time", "tokens_per_s", "precision",
     "trainable_params", "total_params", "peak_memory_mb",  # added with model.peft (issue 17)
     "latency_ms", "objective_curve",  # added with multi-objective studies (issue 12)
@@ -54,7 +55,7 @@ def test_the_record_owns_the_stored_names() -> None:
 # ------------------------------------------------------------------------------------- attribute sets
 # What each writer of the orchestrator stores, and what older versions or other tools left behind.
 
-LAUNCH = TrialAttrs(device="cpu", worker=1, host="node-1", orchestrator_pid=4242)
+LAUNCH = TrialAttrs(device="cpu", worker=1, host="node-1", orchestrator_pid=4242, worker_pid=4243)
 RESULT = TrialAttrs(
     metrics={"eval_loss": 2.3, "perplexity": 10.0},
     steps=100,

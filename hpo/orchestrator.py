@@ -40,7 +40,7 @@ from hpo.saved_models import A_MODEL_DIR, keeper_of
 from hpo.space import to_distributions
 from hpo.store import HEARTBEAT_INTERVAL, RETRY_FOR, StudyStore, study_store
 from hpo.tail import Busy, lend_idle_cores
-from hpo.worker import WorkerHandle, WorkerSpec, close_all, mp_context
+from hpo.worker import WorkerHandle, WorkerSpec, close_all, idle_death, mp_context
 
 BEST_REFRESH = 5.0  # seconds between reads of the study's best trial (other processes' results)
 
@@ -575,17 +575,13 @@ class Orchestrator:
             code = w.process.exitcode
             number = w.trial
             self.workers[i] = self._start(w.spec)
-            if number is not None and number in self.running:
-                r = self.running[number]
-                retries = int(r.trial.user_attrs.get("retries", 0)) if hasattr(r.trial, "user_attrs") else 0
-                again = retries < self.max_retries
-                self._finish(
-                    r,
-                    TrialState.FAIL,
-                    summary,
-                    reason=Reason.worker_died(code, again),
-                    requeue=again,
-                )
+            if number is None or number not in self.running:
+                self.display.message(idle_death(w.spec, code))
+                continue
+            r = self.running[number]
+            retries = int(r.trial.user_attrs.get("retries", 0)) if hasattr(r.trial, "user_attrs") else 0
+            again = retries < self.max_retries
+            self._finish(r, TrialState.FAIL, summary, reason=Reason.worker_died(code, again), requeue=again)
 
     def _drain(self, code: Stop, summary: RunSummary, wait: float) -> None:
         """Ask running trials to stop, wait for their results, and record every one of them (in ``summary``)."""

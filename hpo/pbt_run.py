@@ -39,7 +39,7 @@ from hpo.pbt_worker import INTERVAL_STOP
 from hpo.protocol import Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs
 from hpo.space import param_name
-from hpo.worker import WorkerHandle
+from hpo.worker import WorkerHandle, idle_death
 from trainers.config import RunConfig, ScheduleStep
 
 BOUNDARY_ATTR = "pbt_boundary"  # study user attribute: the last generation's decisions, and whether applied
@@ -257,6 +257,7 @@ class PbtOrchestrator(Orchestrator):
             number = w.trial
             self.workers[i] = self._start(w.spec)
             if number is None or number not in self.running:
+                self.display.message(idle_death(w.spec, code))
                 continue
             r = self.running[number]
             m = self.member_of[number]

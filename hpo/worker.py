@@ -273,6 +273,15 @@ def worker_main(spec: WorkerSpec, runner: Any, tasks: Any, results: Any, stop: A
             results.put(Error(spec.worker_id, trial, ErrorInfo.from_exception(e)))
 
 
+def idle_death(spec: WorkerSpec, code: int | None) -> str:
+    """The console line for a worker that died with no trial (while starting, or between trials): nothing to
+    fail or re-run, but an OOM killer or a segfault there is still worth knowing of."""
+    return (
+        f"[yellow]worker {spec.worker_id} ({spec.device_label}) died with no trial running "
+        f"(exit code {code}); a new one takes its place[/]"
+    )
+
+
 class WorkerHandle:
     """The orchestrator's side of one worker process."""
 

@@ -75,6 +75,8 @@ class CurveRunner:
     - ``fail_above``: raise RuntimeError when lr is above it (a crashing trial).
     - ``nan_above``: raise NonFiniteLoss when lr is above it (a diverging trial).
     - ``die_above`` + ``marker_dir``: the worker process kills itself the first time such params run.
+    - ``die_in_setup`` + ``marker_dir``: the first worker process to start kills itself before it is ready
+      (a worker that dies with no trial: nothing to fail).
     - ``block``: after the first eval, wait (up to 30 s) until told to stop — for interrupt tests.
     - ``close_elsewhere`` = (storage URL, study name, trial number): before that trial's first eval, this
       worker process does what another process's orphan check does to a trial without heartbeat (FAIL,
@@ -95,7 +97,9 @@ class CurveRunner:
         close_elsewhere: tuple[str, str, int] | None = None,
         seed_noise: float = 0.0,
         params_from_lr: bool = False,
+        die_in_setup: bool = False,
     ) -> None:
+        self.die_in_setup = die_in_setup
         self.fail_above = fail_above
         self.nan_above = nan_above
         self.die_above = die_above
@@ -108,7 +112,13 @@ class CurveRunner:
         self.verdicts = Verdicts()
 
     def setup(self, spec: Any) -> None:
-        pass
+        if self.die_in_setup:
+            assert self.marker_dir is not None
+            try:  # O_EXCL: one worker alone dies, however many start together
+                os.close(os.open(Path(self.marker_dir) / "died-in-setup", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(9)
 
     def __call__(self, run: dict[str, Any], reporter: Any) -> TrialResult:
         lr = float(run["training"]["learning_rate"])

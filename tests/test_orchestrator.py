@@ -146,6 +146,14 @@ def test_non_finite_loss_is_pruned_with_reason(harness: Harness) -> None:
         assert t.user_attrs[A_REASON] == "non-finite training loss (nan) at step 5"
 
 
+def test_a_worker_that_dies_with_no_trial_is_named_and_replaced(harness: Harness, tmp_path: Path) -> None:
+    runner = CurveRunner(die_in_setup=True, marker_dir=str(tmp_path))
+    study = harness.run(validate_study(study_dict(study={"n_trials": 3})), runner, workers=1)
+    assert states(study) == {"COMPLETE": 3}  # nothing failed: it had no trial
+    said = " ".join(harness.out.getvalue().split())
+    assert "worker 0 (cpu) died with no trial running (exit code 9); a new one takes its place" in said
+
+
 def test_dead_worker_fails_trial_and_requeues_same_params(harness: Harness, tmp_path: Path) -> None:
     runner = CurveRunner(die_above=1.0e-1, marker_dir=str(tmp_path))
     study = harness.run(validate_study(study_dict(study={"n_trials": 8})), runner)

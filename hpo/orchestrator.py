@@ -343,7 +343,7 @@ class Orchestrator:
             worker=spec.worker_id,
             host=HOSTNAME,
             orchestrator_pid=os.getpid(),
-            worker_pid=worker.process.pid,
+            worker_pid=worker.pid,
         )
         self._set_attrs(trial, where.to_user_attrs())
         self._beat.beat([self.store.trial_id(trial)])
@@ -353,8 +353,8 @@ class Orchestrator:
 
     def _handle(self, event: Event, summary: RunSummary) -> None:
         match event:
-            case Ready(worker=wid):
-                self.workers[wid].ready = True
+            case Ready(worker=wid, pid=pid):
+                self.workers[wid].ready, self.workers[wid].pid = True, pid
                 self.display.workers_ready(sum(w.ready for w in self.workers), len(self.workers))
                 return
             case Fatal(worker=wid, error=error):

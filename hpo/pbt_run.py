@@ -190,7 +190,7 @@ class PbtOrchestrator(Orchestrator):
             worker=spec.worker_id,
             host=HOSTNAME,
             orchestrator_pid=os.getpid(),
-            worker_pid=worker.process.pid,
+            worker_pid=worker.pid,
         )
         self._set_attrs(trial, where.to_user_attrs())
 

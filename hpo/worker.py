@@ -299,6 +299,7 @@ class WorkerHandle:
         )
         self.process.start()
         self.ready = False
+        self.pid: int | None = None  # as the worker announced it when ready
         self.trial: int | None = None  # trial number being run
         self._closing = False
 

@@ -101,6 +101,7 @@ class FakeWorker:
         self.results = results
         self.scripts = scripts
         self.ready = False
+        self.pid: int | None = None
         self.trial: int | None = None
         self.sent: list[int] = []
         self.stops: list[tuple[int, Stop]] = []
@@ -246,6 +247,7 @@ def test_a_completed_trial_keeps_its_result_and_curves() -> None:
     )
     assert (attrs["processes"], attrs["rank_steps"]) == (2, [10, 10])
     assert (attrs["oom_retries"], attrs["micro_batch"]) == (1, [4, 2])
+    assert attrs["worker_pid"] == 12345  # as its worker announced it when ready
     assert summary.compute_time == 1.25
     points = {(p.kind, p.step, p.name): p.value for p in run.orch.curves.read(0)}
     assert points[("train", 5, "train_loss")] == 3.5 and points[("eval", 10, "eval_loss")] == 2.0

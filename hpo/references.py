@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -439,6 +440,16 @@ def _adaptable_layers(cfg: StudyConfig, model_type: str, model_dir: Path | None)
     return {n: type(mod).__name__ for n, mod in model.named_modules() if n and type(mod).__name__ in kinds}
 
 
+# The pyproject's extras say the same: older releases read a private transformers method newer ones removed.
+PEFT_MIN = "0.21.2"
+
+
+def _older(version: str, minimum: str) -> bool:
+    from packaging.version import Version
+
+    return Version(version) < Version(minimum)
+
+
 def _check_peft(cfg: StudyConfig, model_type: str, model_dir: Path | None, problems: list[tuple[str, str]]) -> None:
     """``model.peft``: QLoRA needs a working bitsandbytes; target module names must exist in the model."""
     peft = cfg.model.peft
@@ -458,6 +469,10 @@ def _check_peft(cfg: StudyConfig, model_type: str, model_dir: Path | None, probl
                 break
     if importlib.util.find_spec("peft") is None:
         problems.append(("model.peft", "the peft library is not installed (pip install 'hpo[peft]')"))
+        return
+    if _older(importlib.metadata.version("peft"), PEFT_MIN):
+        have = importlib.metadata.version("peft")
+        problems.append(("model.peft", f"hpo needs peft >= {PEFT_MIN}, this machine has {have} (pip install -U peft)"))
         return
     layers = _adaptable_layers(cfg, model_type, model_dir)
     if layers is None:

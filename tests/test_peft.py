@@ -223,7 +223,10 @@ def test_a_classifier_adapter_and_its_merged_model_load_and_give_the_reported_me
     assert not any("lora" in k or "modules_to_save" in k for k in merged.state_dict())
     assert merged.config.id2label == {0: "0", 1: "1"}
     again = evaluate(merged, data, trained, cpu)
-    assert again["eval_loss"] == pytest.approx(reported["eval_loss"], rel=1e-5)
+    # Merging adds the adapter into the weights: float sums in another order. On a GPU the reported metrics
+    # were computed there (bf16, CUDA kernels), these on the CPU.
+    close, exact = (1e-5, 1e-9) if not torch.cuda.is_available() else (1e-3, 1e-3)
+    assert again["eval_loss"] == pytest.approx(reported["eval_loss"], rel=close)
     assert (again["accuracy"], again["f1_macro"]) == (reported["accuracy"], reported["f1_macro"])
 
     # The adapter folder holds the trained head (modules_to_save), so any base with the same encoder
@@ -233,7 +236,7 @@ def test_a_classifier_adapter_and_its_merged_model_load_and_give_the_reported_me
     assert not torch.allclose(fresh, merged.classifier.weight)
     adapted = PeftModel.from_pretrained(base, out)
     again = evaluate(adapted, data, trained, cpu)
-    assert again["eval_loss"] == pytest.approx(reported["eval_loss"], rel=1e-9)
+    assert again["eval_loss"] == pytest.approx(reported["eval_loss"], rel=exact)
     assert (again["accuracy"], again["f1_macro"]) == (reported["accuracy"], reported["f1_macro"])
 
 
@@ -277,6 +280,23 @@ def test_peft_without_a_default_for_the_model_type_asks_for_targets(tmp_path: Pa
             f"error: {path}: model.peft.target_modules: peft has no default target modules for model_type 'ctrl'"
         ), line
         assert "(its layers LoRA can adapt: " in line and "Wq" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_a_peft_too_old_for_this_transformers_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.21.0" if name == "peft" else real(name))
+    path = write(tmp_path / "s.yaml", lm_study(tmp_path, {"r": 2}))
+    for cmd in ("validate", "run"):
+        line = one_line_error(runner.invoke(app, [cmd, str(path)]))
+        assert (
+            line
+            == f"error: {path}: model.peft: hpo needs peft >= 0.21.2, this machine has 0.21.0 (pip install -U peft)"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 

@@ -117,7 +117,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "cli_latency.json")
     args = ap.parse_args()
     repeat = 1 if args.quick else args.repeat
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's install has bytecode; without it every run compiles hpo
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

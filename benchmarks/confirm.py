@@ -99,7 +99,7 @@ def live(study: Path, quick: bool, workdir: Path) -> dict[str, Any]:
         raw["pruner"] = {"name": "none"}
     path = workdir / study.name
     path.write_text(yamlio.dumps(raw))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "hpo.cli", "run", str(path)], cwd=workdir, env=env, capture_output=True, text=True

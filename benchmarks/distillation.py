@@ -65,7 +65,11 @@ def t_interval(diffs: list[float]) -> tuple[float, float, float]:
 
 
 def hpo(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "HPO_CACHE_DIR": str(cwd / "cache"), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HPO_CACHE_DIR": str(cwd / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     p = subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"hpo {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

@@ -69,7 +69,7 @@ def prepare_study(data: dict[str, Any], name: str, work: Path, trials: int | Non
 
 def run_study(path: Path) -> float:
     t0 = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, "-m", "hpo.cli", "run", str(path)], cwd=ROOT, env=env, capture_output=True, text=True
     )

@@ -235,15 +235,19 @@ def utilisation(spec: dict[str, Any], tmp: Path, cache_dir: Path, dry: bool) -> 
     spec["study"]["storage"] = f"sqlite:///{tmp}/gpu-check.db"
     study_file = tmp / "gpu-check.yaml"
     study_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    env = {**os.environ, "HPO_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HPO_CACHE_DIR": str(cache_dir),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     with Utilisation(dry) as u, open(tmp / "run.log", "w") as log:
         rc = subprocess.run([sys.executable, "-m", "hpo.cli", "run", str(study_file)], env=env, stdout=log, stderr=log)
     if rc.returncode != 0:
         sys.exit(f"hpo run failed: see {tmp / 'run.log'}")
     study = optuna.load_study(study_name="gpu-check", storage=spec["study"]["storage"])
     trials = [t for t in study.get_trials() if t.datetime_start and t.datetime_complete]
-    t0 = min(t.datetime_start for t in trials).timestamp()
-    t1 = max(t.datetime_complete for t in trials).timestamp()
+    t0 = min(t.datetime_start.timestamp() for t in trials if t.datetime_start)
+    t1 = max(t.datetime_complete.timestamp() for t in trials if t.datetime_complete)
     busy = u.busy(t0, t1)
     return {
         "source": u.source,
@@ -263,7 +267,11 @@ def utilisation(spec: dict[str, Any], tmp: Path, cache_dir: Path, dry: bool) -> 
 
 def multi_gpu(study_file: Path, tmp: Path, cache_dir: Path, n: int, dry: bool) -> dict[str, Any]:
     """``accelerate launch`` of the study's best trial at its own length, N processes against 1."""
-    env = {**os.environ, "HPO_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HPO_CACHE_DIR": str(cache_dir),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     export = tmp / "export"
     subprocess.run(
         [sys.executable, "-m", "hpo.cli", "export", str(study_file), "--trial-length", "-o", str(export)],
@@ -327,7 +335,10 @@ def main() -> None:
         "load_1min_before": round(os.getloadavg()[0], 2),
     }
     print(f"(a) throughput: one trial vs a bare loop, {steps} steps of batch {batch}", flush=True)
-    result["throughput"] = throughput(cfg, cache_dir, warmup)
+    result["throughput"] = a = throughput(cfg, cache_dir, warmup)
+    print(f"    hpo {a['hpo_tokens_per_s']} vs bare {a['bare_tokens_per_s']} tokens/s: ratio {a['ratio']}", flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, default=str))  # kept if a later part fails
     print("(b) utilisation during a study, one worker per device", flush=True)
     result["utilisation"] = utilisation(spec, tmp, cache_dir, dry)
     if gpus > 1 or dry:
@@ -337,7 +348,7 @@ def main() -> None:
     else:
         result["multi_gpu"] = "skipped: one GPU"
     result["load_1min_after"] = round(os.getloadavg()[0], 2)
-    a, b = result["throughput"], result["utilisation"]
+    b = result["utilisation"]
     print(f"\n{'dry run on CPU: the figures say nothing about GPUs' if dry else 'GPU check'}; {result['machine']}")
     print(
         f"(a) tokens/s hpo {a['hpo_tokens_per_s']} vs bare {a['bare_tokens_per_s']} ({a['device']}, {a['precision']}):"

@@ -132,7 +132,7 @@ def live(quick: bool, workdir: Path) -> dict[str, Any]:
     path = workdir / "study.yaml"
     path.write_text(yamlio.dumps(raw))
     t0 = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "hpo.cli", "run", str(path)], cwd=workdir, env=env, capture_output=True, text=True
     )

@@ -50,7 +50,11 @@ def test_summary_has_one_line_per_study_over_its_seeds() -> None:
 
 def _run(script: str, *args: str, tmp_path: Path) -> dict[str, Any]:
     out = tmp_path / "out.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
         env=env,

@@ -48,7 +48,11 @@ def test_confirmation_replay_on_the_recorded_grid() -> None:
 @pytest.mark.parametrize("script", ["confirm.py", "multi_objective.py"])
 def test_quick_mode_writes_json(script: str, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--no-live", "--out", str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -400,7 +400,11 @@ def test_benchmark_quick_mode_runs_and_writes_json(script: str, tmp_path: Path) 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "out.json"
     extra = ["--work", str(tmp_path / "work")] if script == "fusion.py" else []
-    env = {**os.environ, "PYTHONPATH": str(root), "HPO_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        "HPO_CACHE_DIR": str(tmp_path / "cache"),
+    }
     done = subprocess.run(
         [sys.executable, str(root / "benchmarks" / script), "--quick", "--out", str(out), *extra],
         capture_output=True,

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -41,6 +42,10 @@ from trainers.base import NullReporter
 from trainers.checkpoints import STATE_FILE
 
 runner = CliRunner()
+
+# `hpo train` reproduces a trial to the last digit on the CPU; on a GPU (bf16, CUDA kernels that sum in no
+# fixed order) two identical runs differ in the 4th-5th digit: 0.025% on an H200.
+EXACT = 1e-9 if not torch.cuda.is_available() else 1e-3
 
 
 def tiny(root: Path, name: str = "ex") -> dict[str, Any]:
@@ -165,7 +170,8 @@ def test_export_trial_top_and_lengths(study: Path, tmp_path: Path) -> None:
     assert export(str(study), "--trial-length", "-o", str(tmp_path / "l")).exit_code == 0
     tf = load_train_file(tmp_path / "l" / CONFIG_NAME)
     assert (tf.training.max_steps, tf.training.eval_steps, tf.eval_batches) == (16, 8, 2)
-    assert tf.threads == 1  # the trial worker's CPU threads: float sums depend on them
+    # The trial worker's CPU threads: float sums depend on them (a GPU trial has none to set).
+    assert tf.threads == (None if torch.cuda.is_available() else 1)
 
 
 def test_full_run_section_sets_the_length_and_does_not_change_the_fingerprint(study: Path, tmp_path: Path) -> None:
@@ -213,7 +219,7 @@ def test_round_trip_reproduces_the_trial_and_the_saved_model_its_metric(study: P
     assert "trained 16 steps" in result.output and f"trial {best.number}" in result.output
     metrics = json.loads((out / METRICS).read_text())
     assert metrics["steps"] == 16 and [e["step"] for e in metrics["evals"]] == [8, 16]
-    assert metrics["metrics"]["perplexity"] == pytest.approx(best.value, rel=1e-9, abs=0)
+    assert metrics["metrics"]["perplexity"] == pytest.approx(best.value, rel=EXACT, abs=0)
     assert not (out / CHECKPOINTS).exists()
     assert load_train_file(out / OUT_CONFIG).run_config() == load_train_file(tmp_path / "b" / CONFIG_NAME).run_config()
 
@@ -222,7 +228,7 @@ def test_round_trip_reproduces_the_trial_and_the_saved_model_its_metric(study: P
     model = AutoModelForCausalLM.from_pretrained(out)
     assert AutoTokenizer.from_pretrained(out)("def f(): pass")["input_ids"]
     again = evaluate(model, prepare(run, os.environ["HPO_CACHE_DIR"]), run, model.device)
-    assert again["eval_loss"] == pytest.approx(metrics["metrics"]["eval_loss"], rel=1e-9, abs=0)
+    assert again["eval_loss"] == pytest.approx(metrics["metrics"]["eval_loss"], rel=EXACT, abs=0)
 
 
 def pretrained_classifier(root: Path) -> dict[str, Any]:

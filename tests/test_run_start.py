@@ -204,6 +204,7 @@ def test_a_second_run_on_the_host_uses_the_cores_left_and_says_so(
     other = other_run(cpu_cores())  # takes every core of this machine
     d = tiny(tmp_path, sampler={"name": "random", "seed": 0}, pruner={"name": "none"})
     d["study"]["n_trials"] = 2
+    d["resources"] = {**d.get("resources", {}), "devices": "cpu"}  # cores are the point (a GPU host plans GPUs)
     result = runner.invoke(app, ["run", str(write(tmp_path, d))])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())

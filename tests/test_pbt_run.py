@@ -4,6 +4,7 @@ resumed to exactly the result of an uninterrupted one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -144,12 +145,21 @@ def _wait_for_step(storage: str, step: int, timeout: float = 300.0) -> None:
     raise AssertionError(f"the population never reached step {step}")
 
 
-def _kill_a_worker_mid_interval(storage: str, interval: int, timeout: float = 300.0) -> int:
-    """``kill -9`` the worker of a member that is inside an interval past the first boundary; returns the step
-    that interval started at. The worker is stopped (SIGSTOP) and the storage read again before the kill: a
-    worker that ended its interval between the two reads (its member then reported the boundary's eval, or it
-    sat idle waiting for the others) would be killed with nothing to re-run, so it is let go and another
-    moment is tried."""
+def _workers(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    found = []
+    for p in (int(x) for x in out.split()):
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes():
+                found.append(p)
+    return found
+
+
+def _kill_a_worker_mid_interval(proc: subprocess.Popen[str], storage: str, interval: int) -> int:
+    """``kill -9`` the worker of a member inside an interval past the first boundary (its last eval is not a
+    boundary's); returns the step that interval started at. The workers are frozen (SIGSTOP) while the
+    storage is read, so a read takes none of their time: between two reads they run a few steps, and an
+    interval's second half is never missed (polling a running population missed all of them once)."""
 
     def mid_interval() -> dict[int, tuple[int, int]]:  # trial -> (worker pid, last reported step)
         try:
@@ -163,17 +173,23 @@ def _kill_a_worker_mid_interval(storage: str, interval: int, timeout: float = 30
                 out[t.number] = (pid, max(steps))
         return out
 
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for number, (pid, step) in mid_interval().items():
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(1.0)  # the orchestrator takes in whatever the worker sent before it stopped
-            if mid_interval().get(number) == (pid, step):
-                os.kill(pid, signal.SIGKILL)
-                return step - step % interval
-            os.kill(pid, signal.SIGCONT)
+    end = time.monotonic() + 300
+    while time.monotonic() < end and proc.poll() is None:
+        workers = _workers(proc.pid)
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)  # the orchestrator takes in whatever they sent before they stopped
+            for pid, step in mid_interval().values():
+                if pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                    return step - step % interval
+        finally:
+            for w in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w, signal.SIGCONT)
         time.sleep(0.1)
-    raise AssertionError("no worker was ever caught inside an interval")
+    raise AssertionError("no worker was caught inside an interval before the run ended")
 
 
 def test_kill_9_of_the_run_resumes_to_the_uninterrupted_result(
@@ -203,7 +219,7 @@ def test_kill_9_of_a_worker_reruns_its_interval_to_the_uninterrupted_result(
     path, storage = pbt_study(tmp_path / "c")
     proc = _start(path, cache)
     try:
-        start = _kill_a_worker_mid_interval(storage, interval=16)
+        start = _kill_a_worker_mid_interval(proc, storage, interval=16)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:

@@ -337,6 +337,11 @@ class Orchestrator:
         self.running[trial.number] = Running(trial, worker, params, time.monotonic(), length=length)
         worker.send(trial.number, run.model_dump(mode="json"))
         self.display.trial_started(trial.number, params, worker.spec.device_label, length.max_steps)
+        self._mark_launched(trial, worker)
+        self._beat.beat([self.store.trial_id(trial)])
+
+    def _mark_launched(self, trial: optuna.Trial, worker: WorkerHandle) -> None:
+        """Where the trial runs: host, orchestrator and worker process, device (orphan checks read these)."""
         spec = worker.spec
         where = TrialAttrs(
             device=spec.device_label,
@@ -346,7 +351,6 @@ class Orchestrator:
             worker_pid=worker.pid,
         )
         self._set_attrs(trial, where.to_user_attrs())
-        self._beat.beat([self.store.trial_id(trial)])
 
     def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         self.ledger.set_attrs(trial, attrs)

@@ -184,15 +184,7 @@ class PbtOrchestrator(Orchestrator):
         self.running[trial.number] = Running(trial, worker, rec.params, time.monotonic(), step=rec.step)
         worker.send(trial.number, payload)
         self.display.trial_started(trial.number, rec.params, worker.spec.device_label, self.max_steps)
-        spec = worker.spec
-        where = TrialAttrs(
-            device=spec.device_label,
-            worker=spec.worker_id,
-            host=HOSTNAME,
-            orchestrator_pid=os.getpid(),
-            worker_pid=worker.pid,
-        )
-        self._set_attrs(trial, where.to_user_attrs())
+        self._mark_launched(trial, worker)
 
     def _judge(self, r: Running, step: int, metrics: dict[str, float]) -> None:
         """Record the eval as the member's curve; members are never pruned, they are copied over."""

@@ -572,7 +572,8 @@ class Orchestrator:
         self.display.set_best(best.number, best.value)
 
     def _check_workers(self, summary: RunSummary) -> None:
-        """A worker that died (OOM-killed, segfault, kill -9) fails its trial; a new worker takes its place."""
+        """A worker that died (OOM-killed, segfault, kill -9) is replaced; its trial, if it had one, is handed
+        to ``_worker_died``."""
         for i, w in enumerate(self.workers):
             if w.alive():
                 continue
@@ -581,11 +582,14 @@ class Orchestrator:
             self.workers[i] = self._start(w.spec)
             if number is None or number not in self.running:
                 self.display.message(idle_death(w.spec, code))
-                continue
-            r = self.running[number]
-            retries = int(r.trial.user_attrs.get("retries", 0)) if hasattr(r.trial, "user_attrs") else 0
-            again = retries < self.max_retries
-            self._finish(r, TrialState.FAIL, summary, reason=Reason.worker_died(code, again), requeue=again)
+            else:
+                self._worker_died(self.running[number], code, summary)
+
+    def _worker_died(self, r: Running, code: int | None, summary: RunSummary) -> None:
+        """The trial fails, and is re-queued with the same parameters (up to ``max_retries``)."""
+        retries = int(r.trial.user_attrs.get("retries", 0)) if hasattr(r.trial, "user_attrs") else 0
+        again = retries < self.max_retries
+        self._finish(r, TrialState.FAIL, summary, reason=Reason.worker_died(code, again), requeue=again)
 
     def _drain(self, code: Stop, summary: RunSummary, wait: float) -> None:
         """Ask running trials to stop, wait for their results, and record every one of them (in ``summary``)."""

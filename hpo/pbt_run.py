@@ -39,7 +39,7 @@ from hpo.pbt_worker import INTERVAL_STOP
 from hpo.protocol import Stop, TrialResult
 from hpo.record import A_REASON, TrialAttrs
 from hpo.space import param_name
-from hpo.worker import WorkerHandle, idle_death
+from hpo.worker import WorkerHandle
 from trainers.config import RunConfig, ScheduleStep
 
 BOUNDARY_ATTR = "pbt_boundary"  # study user attribute: the last generation's decisions, and whether applied
@@ -240,30 +240,21 @@ class PbtOrchestrator(Orchestrator):
         self._set_attrs(r.trial, {"pbt_failure": str(reason) if reason else state.name, **(attrs or {})})
         self.display.message(f"[yellow]member {m} (trial {r.trial.number}): interval failed ({reason})[/]")
 
-    def _check_workers(self, summary: RunSummary) -> None:
-        """A dead worker is replaced; its member's interval runs again from its checkpoint (``max_retries``)."""
-        for i, w in enumerate(self.workers):
-            if w.alive():
-                continue
-            code = w.process.exitcode
-            number = w.trial
-            self.workers[i] = self._start(w.spec)
-            if number is None or number not in self.running:
-                self.display.message(idle_death(w.spec, code))
-                continue
-            r = self.running[number]
-            m = self.member_of[number]
-            rec = self.records[m]
-            if rec.retries < self.max_retries:
-                self._release(r)
-                rec.retries += 1
-                self._save(m)
-                self.display.message(
-                    f"[yellow]member {m} (trial {number}): worker died (exit code {code}); "
-                    f"its interval runs again from step {rec.step}[/]"
-                )
-            else:
-                self._finish(r, TrialState.FAIL, summary, reason=Reason.worker_died(code, False))
+    def _worker_died(self, r: Running, code: int | None, summary: RunSummary) -> None:
+        """The member's interval runs again from its checkpoint on the new worker (``max_retries``)."""
+        number = r.trial.number
+        m = self.member_of[number]
+        rec = self.records[m]
+        if rec.retries < self.max_retries:
+            self._release(r)
+            rec.retries += 1
+            self._save(m)
+            self.display.message(
+                f"[yellow]member {m} (trial {number}): worker died (exit code {code}); "
+                f"its interval runs again from step {rec.step}[/]"
+            )
+        else:
+            self._finish(r, TrialState.FAIL, summary, reason=Reason.worker_died(code, False))
 
     # ------------------------------------------------------------------------------------- generations
     def _boundary(self, step: int, summary: RunSummary) -> None:

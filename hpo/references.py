@@ -470,8 +470,8 @@ def _check_peft(cfg: StudyConfig, model_type: str, model_dir: Path | None, probl
     if importlib.util.find_spec("peft") is None:
         problems.append(("model.peft", "the peft library is not installed (pip install 'hpo[peft]')"))
         return
-    if _older(importlib.metadata.version("peft"), PEFT_MIN):
-        have = importlib.metadata.version("peft")
+    have = importlib.metadata.version("peft")
+    if _older(have, PEFT_MIN):
         problems.append(("model.peft", f"hpo needs peft >= {PEFT_MIN}, this machine has {have} (pip install -U peft)"))
         return
     layers = _adaptable_layers(cfg, model_type, model_dir)

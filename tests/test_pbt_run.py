@@ -155,40 +155,56 @@ def _workers(pid: int) -> list[int]:
     return found
 
 
-def _kill_a_worker_mid_interval(proc: subprocess.Popen[str], storage: str, interval: int) -> int:
-    """``kill -9`` the worker of a member inside an interval past the first boundary (its last eval is not a
-    boundary's); returns the step that interval started at. The workers are frozen (SIGSTOP) while the
-    storage is read, so a read takes none of their time: between two reads they run a few steps, and an
-    interval's second half is never missed (polling a running population missed all of them once)."""
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):  # one that ended since it was listed
+            os.kill(p, sig)
 
-    def mid_interval() -> dict[int, tuple[int, int]]:  # trial -> (worker pid, last reported step)
+
+def _kill_a_worker_mid_interval(proc: subprocess.Popen[str], storage: str, interval: int) -> int:
+    """``kill -9`` the worker of a member inside an interval past the first boundary (its last eval is past
+    its checkpoint and not a boundary's); returns the step that interval started at (its checkpoint's).
+
+    A tiny model trains an interval in ~0.15 s, the window between an eval and the interval's end in tens of
+    milliseconds: polling a running population misses it (it did, in CI). So once the members train, the
+    test is the workers' clock: they are frozen (SIGSTOP), let run for a few milliseconds at a time (about
+    one step), and the storage is read while they are stopped, with the orchestrator given time to write
+    what they sent. No window is shorter than a burst, so none is missed."""
+
+    def training() -> bool:
         try:
-            got = members(storage)
+            return any(t.intermediate_values for t, _ in members(storage).values())
         except Exception:  # the study or its attributes are not written yet
-            return {}
-        out = {}
-        for t, _ in got.values():
+            return False
+
+    def mid_interval() -> tuple[int, int] | None:  # (worker pid, the interval's first step)
+        for t, rec in members(storage).values():
             pid, steps = t.user_attrs.get("worker_pid"), t.intermediate_values
-            if t.state == TrialState.RUNNING and pid and steps and max(steps) > interval and max(steps) % interval:
-                out[t.number] = (pid, max(steps))
-        return out
+            if t.state != TrialState.RUNNING or not pid or not steps:
+                continue
+            last = max(steps)
+            if rec.step >= interval and last > rec.step and last % interval:
+                return pid, rec.step
+        return None
 
     end = time.monotonic() + 300
-    while time.monotonic() < end and proc.poll() is None:
-        workers = _workers(proc.pid)
-        for w in workers:
-            os.kill(w, signal.SIGSTOP)
-        try:
-            time.sleep(0.5)  # the orchestrator takes in whatever they sent before they stopped
-            for pid, step in mid_interval().values():
-                if pid in workers:
-                    os.kill(pid, signal.SIGKILL)
-                    return step - step % interval
-        finally:
-            for w in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w, signal.SIGCONT)
-        time.sleep(0.1)
+    while not training():  # the workers' start-up (seconds) runs at full speed
+        assert time.monotonic() < end and proc.poll() is None, "the population never started training"
+        time.sleep(0.05)
+    workers: list[int] = []
+    try:
+        while time.monotonic() < end and proc.poll() is None:
+            workers = _workers(proc.pid)
+            _signal(workers, signal.SIGSTOP)
+            time.sleep(0.1)  # the orchestrator writes whatever they sent before they stopped
+            found = mid_interval()
+            if found is not None and found[0] in workers:
+                os.kill(found[0], signal.SIGKILL)
+                return found[1]
+            _signal(workers, signal.SIGCONT)
+            time.sleep(0.005)
+    finally:
+        _signal(workers, signal.SIGCONT)
     raise AssertionError("no worker was caught inside an interval before the run ended")
 
 

@@ -48,7 +48,14 @@ def start(path: Path, tmp_path: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, like a shell job: Ctrl-C goes to the group
+        preexec_fn=_ctrl_c_reaches_it,
     )
+
+
+def _ctrl_c_reaches_it() -> None:
+    """A shell starts background jobs (``cmd &``, ``nohup``) with SIGINT ignored, and an ignored signal stays
+    ignored across exec: pytest run that way would hand it on, and Ctrl-C would never reach `hpo run`."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_to_end(path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -148,10 +155,12 @@ def test_kill_9_of_a_worker_fails_its_trial_and_study_completes(tmp_path: Path) 
     proc = start(path, tmp_path)
     # Both workers busy: a worker killed before it is ready has no trial to fail (and is replaced only when
     # the result queue falls silent, which the other worker's events may not let happen before the end).
-    wait_running(storage, n=2)
-    victims = worker_pids(proc.pid)
-    assert len(victims) == 2
-    os.kill(victims[0], signal.SIGKILL)
+    study = wait_running(storage, n=2)
+    assert len(worker_pids(proc.pid)) == 2
+    # The worker of a trial that reported an eval (its own pid, recorded at launch): one between two trials
+    # would have none to fail. 400 steps a trial leave seconds to kill it in.
+    running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.intermediate_values]
+    os.kill(running[0].user_attrs["worker_pid"], signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     study = assert_complete_and_consistent(storage, 4)

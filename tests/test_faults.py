@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from procs import worker_pids
 
 import studies
 from hpo.record import TrialRecord
@@ -75,20 +76,6 @@ def wait_running(storage: str, n: int = 1, timeout: float = 90.0) -> optuna.Stud
             pass
         time.sleep(0.2)
     raise AssertionError("no running trial with an eval appeared")
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
-def worker_pids(pid: int) -> list[int]:
-    pids = []
-    for c in children(pid):
-        cmd = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        if "multiprocessing" in cmd and "resource_tracker" not in cmd:
-            pids.append(c)
-    return pids
 
 
 def assert_complete_and_consistent(storage: str, n_trials: int) -> optuna.Study:

@@ -4,7 +4,6 @@ resumed to exactly the result of an uninterrupted one."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from procs import send, worker_pids
 
 import studies
 from hpo.pbt import ATTR, MemberRecord, params_at
@@ -145,22 +145,6 @@ def _wait_for_step(storage: str, step: int, timeout: float = 300.0) -> None:
     raise AssertionError(f"the population never reached step {step}")
 
 
-def _workers(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    found = []
-    for p in (int(x) for x in out.split()):
-        with contextlib.suppress(OSError):
-            if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes():
-                found.append(p)
-    return found
-
-
-def _signal(pids: list[int], sig: signal.Signals) -> None:
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):  # one that ended since it was listed
-            os.kill(p, sig)
-
-
 def _kill_a_worker_mid_interval(proc: subprocess.Popen[str], storage: str, interval: int) -> int:
     """``kill -9`` the worker of a member inside an interval past the first boundary (its last eval is past
     its checkpoint and not a boundary's); returns the step that interval started at (its checkpoint's).
@@ -194,17 +178,17 @@ def _kill_a_worker_mid_interval(proc: subprocess.Popen[str], storage: str, inter
     workers: list[int] = []
     try:
         while time.monotonic() < end and proc.poll() is None:
-            workers = _workers(proc.pid)
-            _signal(workers, signal.SIGSTOP)
+            workers = worker_pids(proc.pid)
+            send(workers, signal.SIGSTOP)
             time.sleep(0.1)  # the orchestrator writes whatever they sent before they stopped
             found = mid_interval()
             if found is not None and found[0] in workers:
                 os.kill(found[0], signal.SIGKILL)
                 return found[1]
-            _signal(workers, signal.SIGCONT)
+            send(workers, signal.SIGCONT)
             time.sleep(0.005)
     finally:
-        _signal(workers, signal.SIGCONT)
+        send(workers, signal.SIGCONT)
     raise AssertionError("no worker was caught inside an interval before the run ended")
 
 
